@@ -1,0 +1,56 @@
+//! `wait`: block until a TCP port accepts or a path exists.
+
+use std::time::Duration;
+
+use crate::plan::diagnostic::Diagnostics;
+use crate::plan::fields::Fields;
+use crate::plan::interpolate::has_expressions;
+use crate::plan::source::Spanned;
+
+pub const FIELDS: &[&str] = &["tcp", "path", "until"];
+
+#[derive(Clone, Debug)]
+pub enum WaitTarget {
+    Tcp(Spanned<String>),
+    Path(Spanned<String>),
+}
+
+#[derive(Clone, Debug)]
+pub struct WaitSpec {
+    pub target: WaitTarget,
+    pub until: Option<Duration>,
+}
+
+pub fn parse(fields: &Fields<'_, '_>, diags: &mut Diagnostics) -> Option<WaitSpec> {
+    fields.exactly_one(&["tcp", "path"], diags);
+    let until = fields.duration("until", diags).map(|d| d.value);
+    let target = if let Some(tcp) = fields.string("tcp", diags) {
+        if !has_expressions(&tcp) && parse_host_port(&tcp).is_none() {
+            diags.error(
+                fields.source,
+                tcp.span,
+                "invalid-value",
+                format!(
+                    "`tcp` in {} must be `host:port`, found `{}`",
+                    fields.what, tcp.value
+                ),
+            );
+            return None;
+        }
+        WaitTarget::Tcp(tcp)
+    } else {
+        WaitTarget::Path(fields.string("path", diags)?)
+    };
+    Some(WaitSpec { target, until })
+}
+
+/// `host:port` or `[v6]:port`, with a port from 1 to 65535.
+pub fn parse_host_port(text: &str) -> Option<(&str, u16)> {
+    let (host, port) = text.rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    (!host.is_empty()).then_some((host, port))
+}

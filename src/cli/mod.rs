@@ -1,0 +1,161 @@
+//! The `phoenix` command line: clap definitions and one module per command.
+//!
+//! Commands return a [`CliResult`]: an exit code on success paths (a failed
+//! validation is a result, not an error), or a [`CliError`] that `main` renders
+//! once and maps to its exit code.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::exit_codes;
+use crate::plan::diagnostic::Diagnostics;
+use crate::plan::load::{LoadError, LoadOptions, Loaded};
+
+mod graph;
+mod plan;
+mod validate;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "phoenix",
+    version,
+    about = "Rebuild infrastructure from one checkpointed plan: provision, configure, restore."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Where runs are kept: a directory, or s3://BUCKET/PREFIX.
+    #[arg(long, global = true, env = "PHOENIX_STATE", default_value = ".phoenix")]
+    pub state: String,
+    /// How log lines on stderr are written.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More detail on stderr.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TextOrJson {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check plans without touching anything: no network, credentials or secrets.
+    Validate(validate::ValidateArgs),
+    /// Show what a run would do: waves, critical path, predicted RTO.
+    Plan(plan::PlanArgs),
+    /// Print the step graph, grouped by phase.
+    Graph(graph::GraphArgs),
+}
+
+/// `--vars` and `--var`, shared by every command that loads a plan.
+#[derive(Args, Debug, Clone, Default)]
+pub struct VarArgs {
+    /// A TOML file of var values (repeatable; later files win).
+    #[arg(long = "vars", value_name = "FILE")]
+    pub vars_files: Vec<PathBuf>,
+    /// One var value, KEY=VALUE (repeatable; wins over --vars).
+    #[arg(long = "var", value_name = "KEY=VALUE")]
+    pub vars: Vec<String>,
+}
+
+impl VarArgs {
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            vars_files: self.vars_files.clone(),
+            vars: self.vars.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Load(_) | CliError::Usage(_) => exit_codes::USAGE,
+            CliError::Output(_) => exit_codes::FAILURE,
+        }
+    }
+}
+
+pub type CliResult = Result<i32, CliError>;
+
+pub fn run(cli: Cli) -> CliResult {
+    match cli.command {
+        Command::Validate(args) => validate::run(&cli.global, args),
+        Command::Plan(args) => plan::run(&cli.global, args),
+        Command::Graph(args) => graph::run(&cli.global, args),
+    }
+}
+
+/// Whether stderr is a terminal and colour is welcome there.
+pub fn stderr_style() -> (bool, bool) {
+    let terminal = std::io::stderr().is_terminal();
+    (
+        terminal,
+        terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+    )
+}
+
+/// Prints diagnostics to stderr, one `FILE:LINE:COL: severity: message` each.
+pub fn print_diagnostics(diags: Diagnostics, quiet: bool) {
+    let (snippet, color) = stderr_style();
+    for diag in diags.sorted() {
+        if quiet && diag.severity == crate::plan::diagnostic::Severity::Warning {
+            continue;
+        }
+        eprintln!("{}", diag.render(snippet, color));
+    }
+}
+
+/// Loads a plan for a command that needs a valid one: prints its diagnostics and
+/// returns `None` when it has errors (the caller exits 1).
+pub fn load_valid(
+    path: &std::path::Path,
+    vars: &VarArgs,
+    global: &GlobalArgs,
+) -> Result<Option<Loaded>, CliError> {
+    let mut loaded = crate::plan::load(path, &vars.load_options())?;
+    let diagnostics = std::mem::take(&mut loaded.diagnostics);
+    let failed = diagnostics.has_errors();
+    // Warnings are `validate`'s business; other commands show only errors.
+    if failed {
+        print_diagnostics(diagnostics, true);
+        eprintln!(
+            "error: `{}` is not a valid plan; run `phoenix validate` for details",
+            path.display()
+        );
+        let _ = global;
+        return Ok(None);
+    }
+    Ok(Some(loaded))
+}

@@ -1,0 +1,184 @@
+//! `phoenix plan`: what a run would do, without doing it.
+//!
+//! Execution waves, the critical path, and the predicted RTO against the plan's
+//! target. Durations come from each step's `estimate`; once a run of the plan is
+//! in the state, its measured durations are used instead.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Serialize;
+
+use super::{load_valid, CliResult, GlobalArgs, TextOrJson, VarArgs};
+use crate::exit_codes;
+use crate::graph::{schedule, StepGraph};
+use crate::plan::Plan;
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    #[arg(value_name = "PLAN")]
+    pub plan: PathBuf,
+    #[command(flatten)]
+    pub vars: VarArgs,
+    /// Plan a drill: include drill-only and teardown steps.
+    #[arg(long)]
+    pub drill: bool,
+    #[arg(long, value_enum, default_value_t = TextOrJson::Text)]
+    pub format: TextOrJson,
+}
+
+/// Where the expected duration of each step came from.
+#[derive(Serialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "snake_case")]
+pub enum DurationSource {
+    Estimate,
+    LastRun,
+}
+
+#[derive(Serialize)]
+struct PlanJson<'a> {
+    plan: &'a str,
+    drill: bool,
+    steps: usize,
+    waves: Vec<Vec<&'a str>>,
+    critical_path: Vec<&'a str>,
+    predicted_rto_seconds: f64,
+    rto_target_seconds: Option<f64>,
+    rto_met: Option<bool>,
+    duration_source: DurationSource,
+    without_estimate: Vec<&'a str>,
+}
+
+pub fn run(global: &GlobalArgs, args: PlanArgs) -> CliResult {
+    let Some(loaded) = load_valid(&args.plan, &args.vars, global)? else {
+        return Ok(exit_codes::FAILURE);
+    };
+    let Some(plan) = loaded.plan else {
+        return Ok(exit_codes::FAILURE);
+    };
+    let measured = BTreeMap::new();
+    let view = preview(&plan, args.drill, &measured);
+    match args.format {
+        TextOrJson::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&view).unwrap_or_default()
+        ),
+        TextOrJson::Text => print!("{}", render_text(&plan, &view)),
+    }
+    Ok(exit_codes::SUCCESS)
+}
+
+fn preview<'a>(plan: &'a Plan, drill: bool, measured: &BTreeMap<String, Duration>) -> PlanJson<'a> {
+    let graph = StepGraph::new(plan);
+    let source = if measured.is_empty() {
+        DurationSource::Estimate
+    } else {
+        DurationSource::LastRun
+    };
+    let duration = |i: usize| {
+        let step = &plan.steps[i];
+        measured
+            .get(step.id.as_str())
+            .copied()
+            .or(step.estimate)
+            .unwrap_or_default()
+    };
+    let sched = schedule(plan, &graph, |i| plan.steps[i].applies(drill), duration);
+    let id = |i: &usize| plan.steps[*i].id.as_str();
+    let predicted = sched.predicted.as_secs_f64();
+    let target = plan.rto.as_ref().map(|r| r.value.as_secs_f64());
+    PlanJson {
+        plan: &plan.name.value,
+        drill,
+        steps: plan.applicable(drill).count(),
+        waves: sched
+            .waves
+            .iter()
+            .map(|w| w.iter().map(id).collect())
+            .collect(),
+        critical_path: sched.critical_path.iter().map(id).collect(),
+        predicted_rto_seconds: predicted,
+        rto_target_seconds: target,
+        rto_met: target.map(|t| predicted <= t),
+        duration_source: source,
+        without_estimate: plan
+            .applicable(drill)
+            .filter(|s| s.estimate.is_none() && !measured.contains_key(s.id.as_str()))
+            .map(|s| s.id.as_str())
+            .collect(),
+    }
+}
+
+fn render_text(plan: &Plan, view: &PlanJson<'_>) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let kind = if view.drill { "drill" } else { "recovery" };
+    let _ = writeln!(
+        out,
+        "plan `{}`: {} steps in {} waves ({kind} run)",
+        view.plan,
+        view.steps,
+        view.waves.len()
+    );
+    for (n, wave) in view.waves.iter().enumerate() {
+        let names: Vec<String> = wave
+            .iter()
+            .map(|id| match plan.step(id) {
+                Some(step) => format!("{id} ({})", step.phase.value),
+                None => id.to_string(),
+            })
+            .collect();
+        let _ = writeln!(out, "  wave {:>3}: {}", n + 1, names.join(", "));
+    }
+    let source = match view.duration_source {
+        DurationSource::Estimate => "estimates",
+        DurationSource::LastRun => "durations measured in the last run",
+    };
+    let path: Vec<String> = view
+        .critical_path
+        .iter()
+        .map(|id| {
+            let estimate = plan.step(id).and_then(|s| s.estimate).unwrap_or_default();
+            format!("{id} ({})", humantime::format_duration(estimate))
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "critical path (from {source}): {}",
+        if path.is_empty() {
+            "none".into()
+        } else {
+            path.join(" -> ")
+        }
+    );
+    let predicted = humantime::format_duration(Duration::from_secs(
+        view.predicted_rto_seconds.round() as u64,
+    ));
+    match (view.rto_target_seconds, view.rto_met) {
+        (Some(target), Some(met)) => {
+            let target = humantime::format_duration(Duration::from_secs(target.round() as u64));
+            let verdict = if met { "within target" } else { "OVER TARGET" };
+            let _ = writeln!(
+                out,
+                "predicted RTO: {predicted} against target {target}: {verdict}"
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                out,
+                "predicted RTO: {predicted} (the plan sets no `rto` target)"
+            );
+        }
+    }
+    if !view.without_estimate.is_empty() {
+        let _ = writeln!(
+            out,
+            "{} steps have no estimate and count as 0s: {}",
+            view.without_estimate.len(),
+            view.without_estimate.join(", ")
+        );
+    }
+    out
+}

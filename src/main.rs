@@ -1,0 +1,33 @@
+use clap::Parser;
+
+use phoenix::cli::{self, Cli};
+use phoenix::exit_codes;
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let code = if err.use_stderr() {
+                exit_codes::USAGE
+            } else {
+                exit_codes::SUCCESS
+            };
+            let _ = err.print();
+            std::process::exit(code);
+        }
+    };
+    let code = match cli::run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            let mut message = format!("error: {err}");
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                message.push_str(&format!("\n  Caused by: {cause}"));
+                source = cause.source();
+            }
+            eprintln!("{message}");
+            err.exit_code()
+        }
+    };
+    std::process::exit(code);
+}

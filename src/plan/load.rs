@@ -1,0 +1,855 @@
+//! Plan text to [`Plan`]: TOML syntax, every table's keys and types, vars
+//! overrides. Cross-references and the graph are checked in [`super::validate`].
+//!
+//! The TOML is parsed into `toml::de::DeTable`, which keeps the span of every key
+//! and value, and walked by hand rather than through serde: a serde derive stops
+//! at the first problem, and a plan author wants all of them at once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use toml::de::{DeTable, DeValue};
+
+use super::diagnostic::{did_you_mean, Diagnostics};
+use super::fields::{span_of, type_name, Fields, TomlSpanned};
+use super::model::*;
+use super::source::{SourceFile, Span, Spanned};
+use crate::actions::{self, Action};
+
+/// What the command line adds to a plan.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// `--vars FILE`: TOML tables of var values, applied in order.
+    pub vars_files: Vec<PathBuf>,
+    /// `--var KEY=VALUE`, applied after the files.
+    pub vars: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read `{path}`")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`--var {0}`: expected KEY=VALUE")]
+    VarSyntax(String),
+}
+
+/// The outcome of loading: a plan when there were no errors, and every
+/// diagnostic found either way.
+pub struct Loaded {
+    pub plan: Option<Plan>,
+    pub diagnostics: Diagnostics,
+    /// The overrides applied, as values: the journal keeps them so a resume
+    /// resolves the plan the same way.
+    pub overrides: BTreeMap<String, serde_json::Value>,
+}
+
+pub const TOP_KEYS: &[&str] = &[
+    "version", "plan", "vars", "secrets", "pools", "stores", "step",
+];
+pub const PLAN_KEYS: &[&str] = &["name", "description", "rto", "rpo", "concurrency"];
+pub const STEP_KEYS: &[&str] = &[
+    "id",
+    "phase",
+    "action",
+    "needs",
+    "description",
+    "pool",
+    "timeout",
+    "retries",
+    "backoff",
+    "when",
+    "estimate",
+    "check",
+    "idempotent",
+];
+
+/// Reads and checks the plan at `path`.
+pub fn load(path: &Path, options: &LoadOptions) -> Result<Loaded, LoadError> {
+    let source = SourceFile::read(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let dir = path
+        .parent()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
+        .unwrap_or(Path::new("."));
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let overrides = read_overrides(options)?;
+    Ok(load_source(source, dir, overrides))
+}
+
+/// Checks plan text whose relative paths resolve against `dir`, with var
+/// overrides already read (as a resume does from the journal).
+pub fn load_source(source: Arc<SourceFile>, dir: PathBuf, overrides: Overrides) -> Loaded {
+    let mut diags = Diagnostics::default();
+    let (root, syntax_errors) = DeTable::parse_recoverable(&source.text);
+    if !syntax_errors.is_empty() {
+        for err in syntax_errors {
+            let span = err.span().map(Span::from).unwrap_or_default();
+            diags.error(
+                &source,
+                span,
+                "toml-syntax",
+                format!("invalid TOML: {}", err.message().trim()),
+            );
+        }
+        return Loaded {
+            plan: None,
+            diagnostics: diags,
+            overrides: BTreeMap::new(),
+        };
+    }
+    let root = Fields::new(&source, root.get_ref(), Span::new(0, 0), "the plan file");
+    let mut plan = read_plan(&root, dir, &mut diags);
+    let applied = plan
+        .as_mut()
+        .map(|plan| apply_overrides(plan, overrides, &mut diags))
+        .unwrap_or_default();
+    if let Some(plan) = &mut plan {
+        super::validate::check(plan, root.table, &mut diags);
+    }
+    Loaded {
+        plan: if diags.has_errors() { None } else { plan },
+        diagnostics: diags,
+        overrides: applied,
+    }
+}
+
+fn read_plan(root: &Fields<'_, '_>, dir: PathBuf, diags: &mut Diagnostics) -> Option<Plan> {
+    let source = root.source;
+    root.check_keys(TOP_KEYS, diags, |_| None);
+    match root.get("version") {
+        None => diags.error(
+            source,
+            Span::new(0, 0),
+            "version",
+            "the plan has no `version`; add `version = 1`",
+        ),
+        Some((_, value)) => match super::fields::integer_value(value.get_ref()) {
+            Some(1) => {}
+            _ => diags.error(
+                source,
+                span_of(value),
+                "version",
+                format!(
+                    "unsupported plan version `{}`: this phoenix reads version 1",
+                    source.slice(span_of(value))
+                ),
+            ),
+        },
+    }
+
+    let header = match root.table_field("plan", diags) {
+        Some(header) => Some(header),
+        None => {
+            if !root.contains("plan") {
+                diags.error(
+                    source,
+                    Span::new(0, 0),
+                    "missing-field",
+                    "the plan has no `[plan]` table with its `name`",
+                );
+            }
+            None
+        }
+    };
+    let mut name = None;
+    let (mut description, mut rto, mut rpo, mut concurrency) = (None, None, None, None);
+    if let Some(header) = header {
+        let header = Fields {
+            what: "`[plan]`".into(),
+            ..header
+        };
+        header.check_keys(PLAN_KEYS, diags, |_| None);
+        name = header.required_string("name", diags);
+        if let Some(n) = &name {
+            if !valid_name(n, true) {
+                diags.error(
+                    source,
+                    n.span,
+                    "plan-name",
+                    format!("plan name `{}` must match [a-z][a-z0-9_-]*", n.value),
+                );
+            }
+        }
+        description = header.string("description", diags).map(|d| d.value);
+        rto = header.duration("rto", diags);
+        rpo = header.duration("rpo", diags);
+        concurrency = header
+            .integer("concurrency", 100_000, diags)
+            .map(|c| c.value as usize);
+        if concurrency == Some(0) {
+            diags.error(
+                source,
+                header.get("concurrency")?.1.span().into(),
+                "range",
+                "`concurrency` must be at least 1",
+            );
+        }
+        if rto.is_none() && !header.contains("rto") {
+            diags.warning(
+                source,
+                header.span,
+                "no-target",
+                "the plan sets no `rto` target: reports cannot say whether recovery time was met",
+            );
+        }
+        if rpo.is_none() && !header.contains("rpo") {
+            diags.warning(source, header.span, "no-target", "the plan sets no `rpo` target: reports cannot say whether data loss was within bounds");
+        }
+    }
+
+    let vars = read_vars(root, diags);
+    let secrets = read_secrets(root, diags);
+    let pools = read_pools(root, diags);
+    let stores = read_stores(root, diags);
+    let steps = read_steps(root, diags);
+    Some(Plan {
+        source: Arc::clone(source),
+        dir,
+        name: name?,
+        description,
+        rto,
+        rpo,
+        concurrency,
+        vars,
+        secrets,
+        pools,
+        stores,
+        steps,
+    })
+}
+
+/// Names of plans, steps, vars: lowercase ASCII, starting with a letter.
+pub fn valid_name(name: &str, allow_dash: bool) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || (allow_dash && c == '-')
+        })
+}
+
+fn read_vars(root: &Fields<'_, '_>, diags: &mut Diagnostics) -> BTreeMap<String, Var> {
+    let mut vars = BTreeMap::new();
+    let Some(table) = root.table_field("vars", diags) else {
+        return vars;
+    };
+    for (key, value) in table.table.iter() {
+        match scalar(value.get_ref()) {
+            Some(json) => {
+                vars.insert(
+                    key.get_ref().to_string(),
+                    Var {
+                        value: json,
+                        span: span_of(value),
+                        overridden_by: None,
+                    },
+                );
+            }
+            None => diags.error(
+                root.source,
+                span_of(value),
+                "var-type",
+                format!(
+                    "var `{}` must be a string, number or boolean, found {}",
+                    key.get_ref(),
+                    type_name(value.get_ref())
+                ),
+            ),
+        }
+    }
+    vars
+}
+
+fn scalar(value: &DeValue<'_>) -> Option<serde_json::Value> {
+    match value {
+        DeValue::String(_) | DeValue::Integer(_) | DeValue::Float(_) | DeValue::Boolean(_) => {
+            Some(to_json(value))
+        }
+        _ => None,
+    }
+}
+
+fn read_secrets(root: &Fields<'_, '_>, diags: &mut Diagnostics) -> BTreeMap<String, Secret> {
+    let mut secrets = BTreeMap::new();
+    let Some(table) = root.table_field("secrets", diags) else {
+        return secrets;
+    };
+    for (key, value) in table.table.iter() {
+        let name = key.get_ref();
+        let DeValue::Table(inner) = value.get_ref() else {
+            diags.error(
+                root.source,
+                span_of(value),
+                "secret-source",
+                format!("secret `{name}` must be `{{ env = \"VAR\" }}` or `{{ file = \"path\" }}`, found {}", type_name(value.get_ref())),
+            );
+            continue;
+        };
+        let fields = Fields::new(
+            root.source,
+            inner,
+            span_of(value),
+            format!("secret `{name}`"),
+        );
+        fields.check_keys(&["env", "file"], diags, |_| None);
+        fields.exactly_one(&["env", "file"], diags);
+        let source = if let Some(env) = fields.string("env", diags) {
+            if env.is_empty() || env.contains('=') || env.contains('\0') {
+                diags.error(
+                    root.source,
+                    env.span,
+                    "secret-source",
+                    format!(
+                        "secret `{name}`: `{}` is not an environment variable name",
+                        env.value
+                    ),
+                );
+            }
+            SecretSource::Env(env.value)
+        } else if let Some(file) = fields.string("file", diags) {
+            SecretSource::File(PathBuf::from(file.value))
+        } else {
+            continue;
+        };
+        secrets.insert(
+            name.to_string(),
+            Secret {
+                source,
+                span: span_of(value),
+            },
+        );
+    }
+    secrets
+}
+
+fn read_pools(root: &Fields<'_, '_>, diags: &mut Diagnostics) -> BTreeMap<String, Spanned<usize>> {
+    let mut pools = BTreeMap::new();
+    let Some(table) = root.table_field("pools", diags) else {
+        return pools;
+    };
+    let table = Fields {
+        what: "`[pools]`".into(),
+        ..table
+    };
+    for key in table.table.keys() {
+        let name = key.get_ref();
+        if let Some(size) = table.integer(name, 100_000, diags) {
+            if size.value == 0 {
+                diags.error(
+                    root.source,
+                    size.span,
+                    "range",
+                    format!("pool `{name}` must allow at least 1 step"),
+                );
+            }
+            pools.insert(
+                name.to_string(),
+                Spanned::new(size.value as usize, size.span),
+            );
+        }
+    }
+    pools
+}
+
+const S3_KEYS: &[&str] = &[
+    "type",
+    "bucket",
+    "prefix",
+    "region",
+    "endpoint",
+    "path_style",
+];
+const FS_KEYS: &[&str] = &["type", "path"];
+
+fn read_stores(root: &Fields<'_, '_>, diags: &mut Diagnostics) -> BTreeMap<String, Store> {
+    let mut stores = BTreeMap::new();
+    let Some(table) = root.table_field("stores", diags) else {
+        return stores;
+    };
+    for (key, value) in table.table.iter() {
+        let name = Spanned::new(key.get_ref().to_string(), span_of(key));
+        let DeValue::Table(inner) = value.get_ref() else {
+            diags.error(
+                root.source,
+                span_of(value),
+                "type",
+                format!(
+                    "store `{}` must be a table, found {}",
+                    name.value,
+                    type_name(value.get_ref())
+                ),
+            );
+            continue;
+        };
+        let fields = Fields::new(
+            root.source,
+            inner,
+            span_of(key),
+            format!("store `{}`", name.value),
+        );
+        let Some(kind) = fields.required_string("type", diags) else {
+            continue;
+        };
+        let kind = match kind.as_str() {
+            "s3" => {
+                fields.check_keys(S3_KEYS, diags, |k| {
+                    FS_KEYS
+                        .contains(&k)
+                        .then(|| format!("; `{k}` is a field of `fs` stores"))
+                });
+                let bucket = fields.required_string("bucket", diags);
+                if let Some(bucket) = &bucket {
+                    if !valid_bucket(bucket) {
+                        diags.error(root.source, bucket.span, "store-field", format!("store `{}`: `{}` is not a valid S3 bucket name (3-63 lowercase letters, digits, `.` and `-`)", name.value, bucket.value));
+                    }
+                }
+                let endpoint = fields.string("endpoint", diags);
+                if let Some(endpoint) = &endpoint {
+                    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                        diags.error(root.source, endpoint.span, "store-field", format!("store `{}`: `endpoint` must be an http:// or https:// URL, found `{}`", name.value, endpoint.value));
+                    }
+                }
+                let prefix = fields.string("prefix", diags);
+                let region = fields.string("region", diags);
+                let path_style = fields
+                    .bool("path_style", diags)
+                    .map(|b| b.value)
+                    .unwrap_or(false);
+                let Some(bucket) = bucket else { continue };
+                StoreKind::S3 {
+                    bucket,
+                    prefix,
+                    region,
+                    endpoint,
+                    path_style,
+                }
+            }
+            "fs" => {
+                fields.check_keys(FS_KEYS, diags, |k| {
+                    S3_KEYS
+                        .contains(&k)
+                        .then(|| format!("; `{k}` is a field of `s3` stores"))
+                });
+                let Some(path) = fields.required_string("path", diags) else {
+                    continue;
+                };
+                StoreKind::Fs { path }
+            }
+            other => {
+                diags.error(
+                    root.source,
+                    kind.span,
+                    "store-type",
+                    format!(
+                        "store `{}`: unknown type `{other}`; expected `s3` or `fs`{}",
+                        name.value,
+                        did_you_mean(other, ["s3", "fs"])
+                    ),
+                );
+                continue;
+            }
+        };
+        stores.insert(name.value.clone(), Store { name, kind });
+    }
+    stores
+}
+
+fn valid_bucket(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
+}
+
+fn read_steps(root: &Fields<'_, '_>, diags: &mut Diagnostics) -> Vec<Step> {
+    let Some((_, value)) = root.get("step") else {
+        return Vec::new();
+    };
+    let DeValue::Array(tables) = value.get_ref() else {
+        diags.error(
+            root.source,
+            span_of(value),
+            "type",
+            "`step` must be an array of tables: write each step as `[[step]]`",
+        );
+        return Vec::new();
+    };
+    let mut steps = Vec::with_capacity(tables.len());
+    for (index, table) in tables.iter().enumerate() {
+        let DeValue::Table(inner) = table.get_ref() else {
+            diags.error(
+                root.source,
+                span_of(table),
+                "type",
+                "each `step` must be a table",
+            );
+            continue;
+        };
+        if let Some(step) = read_step(root.source, inner, span_of(table), index, diags) {
+            steps.push(step);
+        }
+    }
+    steps
+}
+
+fn read_step(
+    source: &Arc<SourceFile>,
+    table: &DeTable<'_>,
+    span: Span,
+    index: usize,
+    diags: &mut Diagnostics,
+) -> Option<Step> {
+    let mut fields = Fields::new(source, table, span, format!("step #{}", index + 1));
+    let id = fields.required_string("id", diags);
+    if let Some(id) = &id {
+        if valid_name(id, false) {
+            fields.what = format!("step `{}`", id.value);
+        } else {
+            diags.error(
+                source,
+                id.span,
+                "step-id",
+                format!("step id `{}` must match [a-z][a-z0-9_]*", id.value),
+            );
+        }
+    }
+    let phase = fields.string("phase", diags).and_then(|p| match Phase::from_name(&p) {
+        Some(phase) => Some(Spanned::new(phase, p.span)),
+        None => {
+            diags.error(source, p.span, "phase", format!("{}: unknown phase `{}`; expected one of provision, configure, restore, teardown{}", fields.what, p.value, did_you_mean(&p, Phase::NAMES)));
+            None
+        }
+    });
+    if !fields.contains("phase") {
+        fields.missing(diags, "phase");
+    }
+    let kind = fields.required_string("action", diags);
+    let action_fields = match &kind {
+        Some(kind) => match Action::fields_of(kind) {
+            Some(fields) => Some(fields),
+            None => {
+                let names: Vec<&str> = actions::KINDS.iter().map(|(n, _)| *n).collect();
+                diags.error(
+                    source,
+                    kind.span,
+                    "action",
+                    format!(
+                        "{}: unknown action `{}`; expected one of {}{}",
+                        fields.what,
+                        kind.value,
+                        names.join(", "),
+                        did_you_mean(kind, names.iter().copied())
+                    ),
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    // With an unknown action, its fields cannot be judged: say nothing of them.
+    if let Some(action_fields) = action_fields {
+        let allowed: Vec<&str> = STEP_KEYS.iter().chain(action_fields).copied().collect();
+        let kind_name = kind.as_ref().map(|k| k.value.clone()).unwrap_or_default();
+        fields.check_keys(&allowed, diags, |key| {
+            actions::owners_of(key).map(|owners| format!("{owners}, not of `{kind_name}`"))
+        });
+    }
+    let action = match (&kind, action_fields) {
+        (Some(kind), Some(_)) => {
+            Action::parse(kind, &fields, diags).map(|a| Spanned::new(a, kind.span))
+        }
+        _ => None,
+    };
+    let needs = fields
+        .string_list("needs", false, diags)
+        .map(|n| n.value)
+        .unwrap_or_default();
+    let description = fields.string("description", diags).map(|d| d.value);
+    let pool = fields.string("pool", diags);
+    let timeout = fields.duration("timeout", diags).map(|d| d.value);
+    if timeout == Some(std::time::Duration::ZERO) {
+        diags.error(
+            source,
+            fields.get("timeout")?.1.span().into(),
+            "range",
+            format!("{}: `timeout` must be longer than zero", fields.what),
+        );
+    }
+    let retries = fields
+        .integer("retries", 100, diags)
+        .map(|r| r.value as u32)
+        .unwrap_or(0);
+    let backoff = fields
+        .duration("backoff", diags)
+        .map(|d| d.value)
+        .unwrap_or(DEFAULT_BACKOFF);
+    let when = match fields.choice("when", &When::NAMES, diags).map(|w| w.value) {
+        Some("drill") => When::Drill,
+        Some("recovery") => When::Recovery,
+        _ => When::Always,
+    };
+    let estimate = fields.duration("estimate", diags).map(|d| d.value);
+    let check = fields.string_list("check", true, diags).map(|c| c.value);
+    let idempotent = fields
+        .bool("idempotent", diags)
+        .map(|b| b.value)
+        .unwrap_or(true);
+    let mut texts = Vec::new();
+    collect_strings(table, &mut texts);
+    if let Some(action) = &action {
+        if !fields.contains("timeout") && action.wants_timeout() {
+            diags.warning(
+                source,
+                id.as_ref().map(|i| i.span).unwrap_or(span),
+                "no-timeout",
+                format!(
+                    "{} has no `timeout`: a hung {} would stall the rebuild",
+                    fields.what,
+                    action.kind()
+                ),
+            );
+        }
+    }
+    let fingerprint = canonical_json(table);
+    Some(Step {
+        id: id?,
+        phase: phase?,
+        action: action?,
+        needs,
+        description,
+        pool,
+        timeout,
+        retries,
+        backoff,
+        when,
+        estimate,
+        check,
+        idempotent,
+        span,
+        texts,
+        fingerprint,
+    })
+}
+
+/// Every string value in a table, recursively, with its span.
+fn collect_strings(table: &DeTable<'_>, out: &mut Vec<Spanned<String>>) {
+    fn visit(value: &TomlSpanned<DeValue<'_>>, out: &mut Vec<Spanned<String>>) {
+        match value.get_ref() {
+            DeValue::String(s) => out.push(Spanned::new(s.to_string(), span_of(value))),
+            DeValue::Array(items) => items.iter().for_each(|item| visit(item, out)),
+            DeValue::Table(table) => collect_strings(table, out),
+            _ => {}
+        }
+    }
+    for value in table.values() {
+        visit(value, out);
+    }
+}
+
+/// A TOML value as JSON (objects with sorted keys).
+pub fn to_json(value: &DeValue<'_>) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        DeValue::String(s) => J::String(s.to_string()),
+        DeValue::Integer(_) => super::fields::integer_value(value)
+            .map(J::from)
+            .unwrap_or(J::Null),
+        DeValue::Float(f) => f
+            .as_str()
+            .replace('_', "")
+            .parse::<f64>()
+            .map(J::from)
+            .unwrap_or(J::Null),
+        DeValue::Boolean(b) => J::Bool(*b),
+        DeValue::Datetime(d) => J::String(d.to_string()),
+        DeValue::Array(items) => J::Array(items.iter().map(|i| to_json(i.get_ref())).collect()),
+        DeValue::Table(table) => J::Object(
+            table
+                .iter()
+                .map(|(k, v)| (k.get_ref().to_string(), to_json(v.get_ref())))
+                .collect(),
+        ),
+    }
+}
+
+/// The step's table as canonical JSON: the base of its fingerprint.
+fn canonical_json(table: &DeTable<'_>) -> String {
+    let object: serde_json::Map<String, serde_json::Value> = table
+        .iter()
+        .map(|(k, v)| (k.get_ref().to_string(), to_json(v.get_ref())))
+        .collect();
+    serde_json::Value::Object(object).to_string()
+}
+
+/// Var values from `--vars` files and `--var`, each with where it came from.
+pub type Overrides = Vec<Override>;
+
+#[derive(Clone, Debug)]
+pub struct Override {
+    pub name: String,
+    pub value: OverrideValue,
+    /// The file (or `--var` text) and span it was written at, for messages.
+    pub source: Arc<SourceFile>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub enum OverrideValue {
+    /// From a `--vars` file or the journal: typed already.
+    Typed(serde_json::Value),
+    /// From `--var`: converted to the declared var's type.
+    Text(String),
+    /// Not a string, number or boolean.
+    Invalid(&'static str),
+}
+
+pub fn read_overrides(options: &LoadOptions) -> Result<Overrides, LoadError> {
+    let mut overrides = Vec::new();
+    for path in &options.vars_files {
+        let source = SourceFile::read(path).map_err(|source| LoadError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let (table, errors) = DeTable::parse_recoverable(&source.text);
+        if let Some(err) = errors.first() {
+            overrides.push(Override {
+                name: String::new(),
+                value: OverrideValue::Invalid("invalid TOML"),
+                span: err.span().map(Span::from).unwrap_or_default(),
+                source: Arc::clone(&source),
+            });
+            continue;
+        }
+        for (key, value) in table.get_ref().iter() {
+            overrides.push(Override {
+                name: key.get_ref().to_string(),
+                value: scalar(value.get_ref())
+                    .map(OverrideValue::Typed)
+                    .unwrap_or(OverrideValue::Invalid(type_name(value.get_ref()))),
+                source: Arc::clone(&source),
+                span: span_of(key),
+            });
+        }
+    }
+    for text in &options.vars {
+        let Some((name, value)) = text.split_once('=') else {
+            return Err(LoadError::VarSyntax(text.clone()));
+        };
+        let source = SourceFile::new("--var", text.clone());
+        overrides.push(Override {
+            name: name.trim().to_string(),
+            value: OverrideValue::Text(value.to_string()),
+            span: Span::new(0, name.len()),
+            source,
+        });
+    }
+    Ok(overrides)
+}
+
+/// Overrides as the journal keeps them, ready to apply again.
+pub fn overrides_from_values(values: &BTreeMap<String, serde_json::Value>) -> Overrides {
+    let source = SourceFile::new("journal", String::new());
+    values
+        .iter()
+        .map(|(name, value)| Override {
+            name: name.clone(),
+            value: OverrideValue::Typed(value.clone()),
+            source: Arc::clone(&source),
+            span: Span::default(),
+        })
+        .collect()
+}
+
+fn apply_overrides(
+    plan: &mut Plan,
+    overrides: Overrides,
+    diags: &mut Diagnostics,
+) -> BTreeMap<String, serde_json::Value> {
+    let mut applied = BTreeMap::new();
+    for o in overrides {
+        let Some(var) = plan.vars.get_mut(&o.name) else {
+            if o.name.is_empty() {
+                diags.error(
+                    &o.source,
+                    o.span,
+                    "toml-syntax",
+                    "invalid TOML in vars file",
+                );
+            } else {
+                diags.error(
+                    &o.source,
+                    o.span,
+                    "unknown-var",
+                    format!(
+                        "unknown var `{}`: the plan declares no such var in `[vars]`{}",
+                        o.name,
+                        did_you_mean(&o.name, plan.vars.keys().map(String::as_str))
+                    ),
+                );
+            }
+            continue;
+        };
+        let value = match o.value {
+            OverrideValue::Typed(value) => value,
+            OverrideValue::Invalid(found) => {
+                diags.error(
+                    &o.source,
+                    o.span,
+                    "var-type",
+                    format!(
+                        "var `{}` must be a string, number or boolean, found {found}",
+                        o.name
+                    ),
+                );
+                continue;
+            }
+            OverrideValue::Text(text) => {
+                match &var.value {
+                    serde_json::Value::Bool(_) => match text.as_str() {
+                        "true" => true.into(),
+                        "false" => false.into(),
+                        _ => {
+                            diags.error(&o.source, o.span, "var-type", format!("var `{}` is a boolean: expected `true` or `false`, found `{text}`", o.name));
+                            continue;
+                        }
+                    },
+                    serde_json::Value::Number(_) => match text
+                        .parse::<i64>()
+                        .map(serde_json::Value::from)
+                        .or_else(|_| text.parse::<f64>().map(serde_json::Value::from))
+                    {
+                        Ok(number) => number,
+                        Err(_) => {
+                            diags.error(
+                                &o.source,
+                                o.span,
+                                "var-type",
+                                format!("var `{}` is a number: `{text}` is not one", o.name),
+                            );
+                            continue;
+                        }
+                    },
+                    _ => serde_json::Value::String(text),
+                }
+            }
+        };
+        var.value = value.clone();
+        var.overridden_by = Some(o.source.path.display().to_string());
+        applied.insert(o.name, value);
+    }
+    applied
+}

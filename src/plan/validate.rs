@@ -1,0 +1,354 @@
+//! Cross-references and the graph: the checks that need the whole plan.
+//!
+//! Runs after [`super::load`] has read every table. Checks step ids, `needs`,
+//! phase order, pools, stores, cycles and every `{{ }}` reference, pushing each
+//! problem into the same [`Diagnostics`], then computes step fingerprints.
+
+use std::collections::{BTreeSet, HashMap};
+
+use sha2::{Digest, Sha256};
+use toml::de::{DeTable, DeValue};
+
+use super::diagnostic::{did_you_mean, Diagnostics};
+use super::fields::span_of;
+use super::interpolate::{expressions, has_expressions, references};
+use super::model::{Phase, Plan};
+use super::source::{Span, Spanned};
+use crate::actions::Action;
+use crate::graph::StepGraph;
+
+/// The fields of `run` and `plan` that expressions may read.
+pub const RUN_FIELDS: &[&str] = &["id", "dir", "drill"];
+pub const PLAN_FIELDS: &[&str] = &["dir", "name"];
+const ROOTS: &[&str] = &["vars", "secrets", "steps", "run", "plan"];
+
+pub fn check(plan: &mut Plan, root: &DeTable<'_>, diags: &mut Diagnostics) {
+    let source = plan.source.clone();
+    let mut first_seen: HashMap<&str, usize> = HashMap::new();
+    for (i, step) in plan.steps.iter().enumerate() {
+        if let Some(&first) = first_seen.get(step.id.as_str()) {
+            let (line, _) = source.location(plan.steps[first].id.span.start);
+            diags.error(
+                &source,
+                step.id.span,
+                "duplicate-step",
+                format!(
+                    "duplicate step id `{}` (first defined on line {line})",
+                    step.id.value
+                ),
+            );
+        } else {
+            first_seen.insert(step.id.as_str(), i);
+        }
+    }
+    let ids: Vec<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
+    for step in &plan.steps {
+        let mut seen = BTreeSet::new();
+        for need in &step.needs {
+            if need.value == step.id.value {
+                diags.error(
+                    &source,
+                    need.span,
+                    "self-need",
+                    format!("step `{}` needs itself", step.id.value),
+                );
+                continue;
+            }
+            if !seen.insert(need.as_str()) {
+                diags.warning(
+                    &source,
+                    need.span,
+                    "duplicate-need",
+                    format!(
+                        "step `{}` lists `{}` in `needs` twice",
+                        step.id.value, need.value
+                    ),
+                );
+                continue;
+            }
+            let Some(&dep) = first_seen.get(need.as_str()) else {
+                diags.error(
+                    &source,
+                    need.span,
+                    "unknown-step",
+                    format!(
+                        "step `{}` needs unknown step `{}`{}",
+                        step.id.value,
+                        need.value,
+                        did_you_mean(need, ids.iter().copied())
+                    ),
+                );
+                continue;
+            };
+            let dep_phase = plan.steps[dep].phase.value;
+            let phase = step.phase.value;
+            if dep_phase == Phase::Teardown && phase != Phase::Teardown {
+                diags.error(&source, need.span, "phase-order", format!("step `{}` ({phase}) needs teardown step `{}`: only teardown steps may need a teardown step", step.id.value, need.value));
+            } else if phase != Phase::Teardown && dep_phase > phase {
+                diags.error(&source, need.span, "phase-order", format!("step `{}` ({phase}) needs `{}` from the later {dep_phase} phase: a step may need only its own or an earlier phase", step.id.value, need.value));
+            }
+        }
+        if let Some(pool) = &step.pool {
+            if !plan.pools.contains_key(pool.as_str()) {
+                diags.error(
+                    &source,
+                    pool.span,
+                    "unknown-pool",
+                    format!(
+                        "step `{}` uses unknown pool `{}`{}",
+                        step.id.value,
+                        pool.value,
+                        did_you_mean(pool, plan.pools.keys().map(String::as_str))
+                    ),
+                );
+            }
+        }
+        if let Action::Restore(restore) = &step.action.value {
+            if !plan.stores.contains_key(restore.store.as_str()) {
+                diags.error(
+                    &source,
+                    restore.store.span,
+                    "unknown-store",
+                    format!(
+                        "step `{}` restores from unknown store `{}`{}",
+                        step.id.value,
+                        restore.store.value,
+                        did_you_mean(&restore.store, plan.stores.keys().map(String::as_str))
+                    ),
+                );
+            }
+        }
+    }
+
+    let graph = StepGraph::new(plan);
+    for cycle in graph.cycles() {
+        let names: Vec<&str> = cycle.iter().map(|&i| plan.steps[i].id.as_str()).collect();
+        let (from, to) = (&plan.steps[cycle[0]], plan.steps[cycle[1]].id.as_str());
+        let span = from
+            .needs
+            .iter()
+            .find(|n| n.value == to)
+            .map(|n| n.span)
+            .unwrap_or(from.id.span);
+        if cycle.len() > 2 {
+            diags.error(
+                &source,
+                span,
+                "cycle",
+                format!("dependency cycle: {}", names.join(" -> ")),
+            );
+        }
+    }
+
+    check_expressions(plan, &graph, root, diags);
+}
+
+/// Every `{{ }}` in step and store strings: syntax, and that each name it reads
+/// exists and, for step outputs, comes from an ancestor.
+fn check_expressions(
+    plan: &mut Plan,
+    graph: &StepGraph,
+    root: &DeTable<'_>,
+    diags: &mut Diagnostics,
+) {
+    let source = plan.source.clone();
+    let index: HashMap<&str, usize> = plan
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.as_str(), i))
+        .collect();
+    let mut fingerprints = Vec::with_capacity(plan.steps.len());
+    for (i, step) in plan.steps.iter().enumerate() {
+        let mut ancestors = None;
+        let mut used_vars = BTreeSet::new();
+        for text in &step.texts {
+            for (span, name) in expression_names(&source, text, diags) {
+                let parts: Vec<&str> = name.split('.').collect();
+                if parts[0] == "vars" && parts.len() > 1 {
+                    used_vars.insert(parts[1].to_string());
+                }
+                if parts[0] == "steps" {
+                    let Some(target) = parts.get(1) else { continue };
+                    let Some(&dep) = index.get(target) else {
+                        diags.error(
+                            &source,
+                            span,
+                            "unknown-step",
+                            format!(
+                                "step `{}` reads outputs of unknown step `{target}`{}",
+                                step.id.value,
+                                did_you_mean(target, index.keys().copied())
+                            ),
+                        );
+                        continue;
+                    };
+                    if parts.get(2).is_some_and(|p| *p != "outputs") {
+                        diags.error(
+                            &source,
+                            span,
+                            "reference",
+                            format!("`{name}`: a step exposes only `steps.{target}.outputs.NAME`"),
+                        );
+                        continue;
+                    }
+                    let ancestors = ancestors.get_or_insert_with(|| graph.ancestors(i));
+                    if !ancestors.contains(dep) {
+                        diags.error(&source, span, "not-ancestor", format!("step `{}` reads outputs of `{target}`, which is not among its dependencies; add `{target}` to its `needs` (directly or through another step)", step.id.value));
+                    }
+                    continue;
+                }
+                check_name(plan, &name, &parts, span, diags);
+            }
+        }
+        let mut hasher = Sha256::new();
+        hasher.update(step.fingerprint.as_bytes());
+        for var in &used_vars {
+            if let Some(value) = plan.vars.get(var) {
+                hasher.update(format!("\0{var}={}", value.value).as_bytes());
+            }
+        }
+        fingerprints.push(hex(&hasher.finalize()));
+    }
+    for (step, fingerprint) in plan.steps.iter_mut().zip(fingerprints) {
+        step.fingerprint = fingerprint;
+    }
+
+    // Stores may interpolate vars, secrets, run and plan, but no step outputs.
+    if let Some(DeValue::Table(stores)) = root.get("stores").map(|v| v.get_ref()) {
+        let mut texts = Vec::new();
+        for store in stores.values() {
+            if let DeValue::Table(fields) = store.get_ref() {
+                for value in fields.values() {
+                    if let DeValue::String(s) = value.get_ref() {
+                        texts.push(Spanned::new(s.to_string(), span_of(value)));
+                    }
+                }
+            }
+        }
+        for text in &texts {
+            for (span, name) in expression_names(&source, text, diags) {
+                let parts: Vec<&str> = name.split('.').collect();
+                if parts[0] == "steps" {
+                    diags.error(
+                        &source,
+                        span,
+                        "reference",
+                        format!("`{name}`: a store cannot read step outputs"),
+                    );
+                } else {
+                    check_name(plan, &name, &parts, span, diags);
+                }
+            }
+        }
+    }
+}
+
+/// The names read by the expressions in `text`, each with the span of its `{{`.
+fn expression_names(
+    source: &std::sync::Arc<super::source::SourceFile>,
+    text: &Spanned<String>,
+    diags: &mut Diagnostics,
+) -> Vec<(Span, String)> {
+    if !has_expressions(text) {
+        return Vec::new();
+    }
+    let raw = source.slice(text.span);
+    // Escapes can make the raw text longer than the value, but never add or drop a
+    // `{{`: the k-th `{{` of the value is the k-th of the raw text.
+    let locate = |offset: usize| -> Span {
+        let k = text[..offset].matches("{{").count();
+        match raw.match_indices("{{").nth(k) {
+            Some((at, _)) => Span::new(text.span.start + at, text.span.start + at + 2),
+            None => text.span,
+        }
+    };
+    match expressions(text) {
+        Err(err) => {
+            diags.error(source, locate(err.offset), "interpolation", err.message);
+            Vec::new()
+        }
+        Ok(exprs) => exprs
+            .iter()
+            .flat_map(|expr| {
+                let span = locate(expr.offset);
+                references(expr).into_iter().map(move |name| (span, name))
+            })
+            .collect(),
+    }
+}
+
+fn check_name(plan: &Plan, name: &str, parts: &[&str], span: Span, diags: &mut Diagnostics) {
+    let source = &plan.source;
+    let field = parts.get(1).copied();
+    match (parts[0], field) {
+        ("vars", Some(var)) if !plan.vars.contains_key(var) => {
+            diags.error(
+                source,
+                span,
+                "unknown-var",
+                format!(
+                    "unknown var `{var}`{}",
+                    did_you_mean(var, plan.vars.keys().map(String::as_str))
+                ),
+            );
+        }
+        ("secrets", Some(secret)) if !plan.secrets.contains_key(secret) => {
+            diags.error(
+                source,
+                span,
+                "unknown-secret",
+                format!(
+                    "unknown secret `{secret}`{}",
+                    did_you_mean(secret, plan.secrets.keys().map(String::as_str))
+                ),
+            );
+        }
+        ("run", Some(f)) if !RUN_FIELDS.contains(&f) => {
+            diags.error(
+                source,
+                span,
+                "unknown-run-field",
+                format!(
+                    "unknown field `run.{f}`; `run` has {}{}",
+                    RUN_FIELDS.join(", "),
+                    did_you_mean(f, RUN_FIELDS.iter().copied())
+                ),
+            );
+        }
+        ("plan", Some(f)) if !PLAN_FIELDS.contains(&f) => {
+            diags.error(
+                source,
+                span,
+                "unknown-plan-field",
+                format!(
+                    "unknown field `plan.{f}`; `plan` has {}{}",
+                    PLAN_FIELDS.join(", "),
+                    did_you_mean(f, PLAN_FIELDS.iter().copied())
+                ),
+            );
+        }
+        (root, _) if !ROOTS.contains(&root) => {
+            diags.error(
+                source,
+                span,
+                "unknown-name",
+                format!(
+                    "unknown name `{name}`: expressions read vars, secrets, steps, run and plan{}",
+                    did_you_mean(root, ROOTS.iter().copied())
+                ),
+            );
+        }
+        _ => {}
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}
