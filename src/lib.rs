@@ -12,6 +12,10 @@
 
 pub mod actions;
 pub mod cli;
+pub mod exec;
 pub mod exit_codes;
 pub mod graph;
+pub mod journal;
 pub mod plan;
+pub mod report;
+pub mod session;

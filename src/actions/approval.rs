@@ -1,5 +1,7 @@
 //! `approval`: a manual gate before a step that needs a person's yes.
 
+use crate::exec::{ActionError, StepContext};
+use crate::journal::record::Outputs;
 use crate::plan::diagnostic::Diagnostics;
 use crate::plan::fields::Fields;
 use crate::plan::source::Spanned;
@@ -15,4 +17,71 @@ pub fn parse(fields: &Fields<'_, '_>, diags: &mut Diagnostics) -> Option<Approva
     Some(ApprovalSpec {
         prompt: fields.required_string("prompt", diags)?,
     })
+}
+
+/// Approved by `--yes` or `--approve STEP`, or by a person at the terminal;
+/// with nobody to ask, the run pauses here.
+pub async fn run(spec: &ApprovalSpec, ctx: &StepContext<'_>) -> Result<Outputs, ActionError> {
+    let prompt = ctx.render(&spec.prompt)?;
+    let approvals = &ctx.shared.approvals;
+    let id = ctx.step.id.as_str();
+    let by = if approvals.all {
+        Some(format!("{} (--yes)", current_user()))
+    } else if approvals.steps.contains(id) {
+        Some(format!("{} (--approve)", current_user()))
+    } else if approvals.interactive {
+        let question = format!("{prompt} [y/N] ");
+        let mut answer = String::new();
+        let events = std::sync::Arc::clone(&ctx.shared.events);
+        let answer = tokio::task::spawn_blocking(move || {
+            events.suspend(&mut || {
+                use std::io::Write;
+                eprint!("{question}");
+                let _ = std::io::stderr().flush();
+                let _ = std::io::stdin().read_line(&mut answer);
+            });
+            answer
+        })
+        .await
+        .unwrap_or_default();
+        match answer.trim().to_ascii_lowercase().as_str() {
+            "y" | "yes" => Some(current_user()),
+            _ => return Err(ActionError::Denied),
+        }
+    } else {
+        None
+    };
+    let Some(by) = by else {
+        return Err(ActionError::AwaitingApproval { prompt });
+    };
+    ctx.shared.journal.append(crate::journal::Record::Approved {
+        step: id.to_string(),
+        at: chrono::Utc::now(),
+        by: by.clone(),
+        host: host_name(),
+    });
+    let mut outputs = Outputs::new();
+    outputs.insert("approved_by".into(), by);
+    Ok(outputs)
+}
+
+/// The user running phoenix, for the record of who approved.
+pub fn current_user() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
+        .unwrap_or_else(|| format!("uid {}", nix::unistd::getuid()))
+}
+
+pub fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".into())
 }

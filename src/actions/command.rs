@@ -1,6 +1,14 @@
 //! `command`: run a program, as an argv or through `/bin/sh -c`.
 
 use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::Stdio;
+
+use crate::exec::process::{grace, signal_group};
+use crate::exec::{ActionError, StepContext};
+use crate::journal::local::create_private;
+use crate::journal::record::Outputs;
 
 use crate::plan::diagnostic::Diagnostics;
 use crate::plan::fields::Fields;
@@ -31,4 +39,200 @@ pub fn parse(fields: &Fields<'_, '_>, diags: &mut Diagnostics) -> Option<Command
         Program::Shell(fields.string("shell", diags)?)
     };
     Some(CommandSpec { program, cwd, env })
+}
+
+/// Runs the program in a process group of its own, its output captured in the
+/// attempt's log (through the secret masker when the plan has secrets), its
+/// `PHOENIX_OUTPUT` lines read back as outputs.
+pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, ActionError> {
+    let mut command = match &spec.program {
+        Program::Argv(argv) => {
+            let mut rendered = Vec::with_capacity(argv.len());
+            for arg in argv {
+                rendered.push(ctx.render(arg)?);
+            }
+            let mut command = tokio::process::Command::new(&rendered[0]);
+            command.args(&rendered[1..]);
+            command
+        }
+        Program::Shell(script) => {
+            let mut command = tokio::process::Command::new("/bin/sh");
+            command.arg("-c").arg(ctx.render(script)?);
+            command
+        }
+    };
+    let cwd = match &spec.cwd {
+        Some(cwd) => ctx.path(cwd)?,
+        None => ctx.shared.plan.dir.clone(),
+    };
+    for (key, value) in &spec.env {
+        command.env(key, ctx.render(value)?);
+    }
+    let output_file = ctx
+        .shared
+        .run
+        .tmp
+        .join(format!("{}.{}.out", ctx.step.id.value, ctx.attempt));
+    command
+        .current_dir(&cwd)
+        .env("PHOENIX_OUTPUT", &output_file)
+        .env("PHOENIX_RUN_ID", &ctx.shared.run.id)
+        .env("PHOENIX_RUN_DIR", &ctx.shared.run.dir)
+        .env("PHOENIX_STEP", ctx.step.id.as_str())
+        .stdin(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(false);
+    let log = create_private(&ctx.log_path).map_err(|source| ActionError::Io {
+        action: "create log",
+        path: ctx.log_path.clone(),
+        source,
+    })?;
+    let masked = !ctx.shared.masker.is_empty();
+    if masked {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    } else {
+        // No secret to mask: the child writes its log itself, with no copying.
+        let err = log.try_clone().map_err(|source| ActionError::Io {
+            action: "open log",
+            path: ctx.log_path.clone(),
+            source,
+        })?;
+        command.stdout(Stdio::from(log.try_clone().map_err(|source| {
+            ActionError::Io {
+                action: "open log",
+                path: ctx.log_path.clone(),
+                source,
+            }
+        })?));
+        command.stderr(Stdio::from(err));
+    }
+    let program = match &spec.program {
+        Program::Argv(argv) => argv[0].value.clone(),
+        Program::Shell(_) => "/bin/sh".to_string(),
+    };
+    let mut child = command
+        .spawn()
+        .map_err(|source| ActionError::Spawn { program, source })?;
+    let pgid = child.id().map(|id| id as i32);
+    if let Some(pgid) = pgid {
+        ctx.shared.processes.insert(pgid);
+    }
+    let copier = if masked {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(log));
+        let masker = std::sync::Arc::clone(&ctx.shared.masker);
+        let out = child.stdout.take().map(|s| {
+            tokio::spawn(copy_masked(
+                s,
+                std::sync::Arc::clone(&log),
+                std::sync::Arc::clone(&masker),
+            ))
+        });
+        let err = child
+            .stderr
+            .take()
+            .map(|s| tokio::spawn(copy_masked(s, log, masker)));
+        Some((out, err))
+    } else {
+        None
+    };
+    let status = tokio::select! {
+        status = child.wait() => status,
+        _ = ctx.cancel.cancelled() => {
+            if let Some(pgid) = pgid {
+                terminate(pgid, &mut child).await;
+            }
+            child.wait().await
+        }
+    };
+    if let Some(pgid) = pgid {
+        ctx.shared.processes.remove(pgid);
+    }
+    if let Some((out, err)) = copier {
+        for task in [out, err].into_iter().flatten() {
+            let _ = task.await;
+        }
+    }
+    let status = status.map_err(|source| ActionError::Io {
+        action: "wait for",
+        path: ctx.log_path.clone(),
+        source,
+    })?;
+    let outputs = read_outputs(&output_file);
+    if ctx.cancel.is_cancelled() {
+        return Err(ActionError::Interrupted);
+    }
+    match (status.code(), status.signal()) {
+        (Some(0), _) => Ok(outputs),
+        (Some(code), _) => Err(ActionError::Exit(code)),
+        (None, Some(signal)) => Err(ActionError::Signal(
+            nix::sys::signal::Signal::try_from(signal)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|_| signal.to_string()),
+        )),
+        (None, None) => Err(ActionError::Exit(-1)),
+    }
+}
+
+/// SIGTERM to the group, then SIGKILL if it is still there after the grace period.
+async fn terminate(pgid: i32, child: &mut tokio::process::Child) {
+    use nix::sys::signal::Signal;
+    signal_group(pgid, Signal::SIGTERM);
+    if tokio::time::timeout(grace(), child.wait()).await.is_err() {
+        signal_group(pgid, Signal::SIGKILL);
+    }
+    // Grandchildren may outlive the leader: the group gets SIGKILL regardless.
+    signal_group(pgid, Signal::SIGKILL);
+}
+
+/// `key=value` lines of the `PHOENIX_OUTPUT` file; the file is removed once read,
+/// as it may hold secrets.
+fn read_outputs(path: &Path) -> Outputs {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Outputs::new();
+    };
+    let _ = std::fs::remove_file(path);
+    text.lines()
+        .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .map(|(key, value)| (key.trim().to_string(), value.to_string()))
+        .collect()
+}
+
+/// Copies a child's stream to its log, masking secrets. Text is held back until
+/// a line ends (or a long line fills the buffer, keeping back enough bytes that
+/// no secret is split between two writes).
+async fn copy_masked(
+    mut stream: impl tokio::io::AsyncRead + Unpin,
+    log: std::sync::Arc<std::sync::Mutex<std::fs::File>>,
+    masker: std::sync::Arc<crate::exec::secrets::Masker>,
+) {
+    use std::io::Write;
+    use tokio::io::AsyncReadExt;
+    const LIMIT: usize = 64 * 1024;
+    let mut pending: Vec<u8> = Vec::with_capacity(8 * 1024);
+    let mut chunk = vec![0u8; 8 * 1024];
+    let write = |bytes: &[u8]| {
+        let text = String::from_utf8_lossy(bytes);
+        let masked = masker.mask(&text);
+        if let Ok(mut file) = log.lock() {
+            let _ = file.write_all(masked.as_bytes());
+        }
+    };
+    loop {
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&chunk[..n]);
+        let cut = match pending.iter().rposition(|b| *b == b'\n') {
+            Some(newline) => newline + 1,
+            None if pending.len() > LIMIT => pending.len() - masker.longest().max(1) + 1,
+            None => continue,
+        };
+        write(&pending[..cut]);
+        pending.drain(..cut);
+    }
+    if !pending.is_empty() {
+        write(&pending);
+    }
 }

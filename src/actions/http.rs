@@ -3,6 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::exec::{ActionError, StepContext};
+use crate::journal::record::Outputs;
+
 use crate::plan::diagnostic::Diagnostics;
 use crate::plan::fields::{integer_value, span_of, Fields};
 use crate::plan::interpolate::has_expressions;
@@ -140,4 +143,113 @@ fn parse_statuses(fields: &Fields<'_, '_>, diags: &mut Diagnostics) -> Vec<u16> 
         statuses.push(200);
     }
     statuses
+}
+
+/// Sends the request; with `until`, again every second until the answer is as
+/// expected or the time is up.
+pub async fn run(spec: &HttpSpec, ctx: &StepContext<'_>) -> Result<Outputs, ActionError> {
+    let url = ctx.render(&spec.url)?;
+    let mut headers = Vec::with_capacity(spec.headers.len());
+    for (name, value) in &spec.headers {
+        headers.push((name.clone(), ctx.render(value)?));
+    }
+    let body = match &spec.body {
+        Some(Body::Text(text)) => Some((ctx.render(text)?, None)),
+        Some(Body::Json(json)) => Some((
+            render_json(json, ctx)?.to_string(),
+            Some("application/json"),
+        )),
+        None => None,
+    };
+    let method =
+        reqwest::Method::from_bytes(spec.method.as_bytes()).unwrap_or(reqwest::Method::GET);
+    let started = std::time::Instant::now();
+    loop {
+        let mut request = ctx.shared.http().request(method.clone(), &url);
+        for (name, value) in &headers {
+            request = request.header(name, value);
+        }
+        if let Some((text, content_type)) = &body {
+            if let Some(content_type) = content_type {
+                request = request.header(reqwest::header::CONTENT_TYPE, *content_type);
+            }
+            request = request.body(text.clone());
+        }
+        let attempt = tokio::select! {
+            response = request.send() => response,
+            _ = ctx.cancel.cancelled() => return Err(ActionError::Interrupted),
+        };
+        let error = match attempt {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let text = response.text().await.unwrap_or_default();
+                if spec.expect_status.contains(&status) {
+                    return outputs(spec, &text);
+                }
+                ActionError::Status {
+                    url: url.clone(),
+                    status,
+                    expected: spec.expect_status.clone(),
+                    body: Some(text.chars().take(200).collect::<String>())
+                        .filter(|b| !b.is_empty()),
+                }
+            }
+            Err(source) => ActionError::Request {
+                url: url.clone(),
+                source,
+            },
+        };
+        match spec.until {
+            Some(until) if started.elapsed() < until => {}
+            _ => return Err(error),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = ctx.cancel.cancelled() => return Err(ActionError::Interrupted),
+        }
+    }
+}
+
+fn outputs(spec: &HttpSpec, body: &str) -> Result<Outputs, ActionError> {
+    if spec.outputs.is_empty() {
+        return Ok(Outputs::new());
+    }
+    let mut out = Outputs::new();
+    for (name, pointer) in &spec.outputs {
+        let json: serde_json::Value =
+            serde_json::from_str(body).map_err(|_| ActionError::NotJson { name: name.clone() })?;
+        let value = json.pointer(pointer).ok_or_else(|| ActionError::Pointer {
+            name: name.clone(),
+            pointer: pointer.value.clone(),
+        })?;
+        let text = match value {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        out.insert(name.clone(), text);
+    }
+    Ok(out)
+}
+
+/// Renders `{{ }}` in every string of a JSON body.
+fn render_json(
+    value: &serde_json::Value,
+    ctx: &StepContext<'_>,
+) -> Result<serde_json::Value, ActionError> {
+    use serde_json::Value as J;
+    Ok(match value {
+        J::String(s) => J::String(ctx.render(&Spanned::new(s.clone(), Default::default()))?),
+        J::Array(items) => J::Array(
+            items
+                .iter()
+                .map(|i| render_json(i, ctx))
+                .collect::<Result<_, _>>()?,
+        ),
+        J::Object(map) => J::Object(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), render_json(v, ctx)?)))
+                .collect::<Result<_, ActionError>>()?,
+        ),
+        other => other.clone(),
+    })
 }

@@ -103,3 +103,23 @@ pub fn owners_of(key: &str) -> Option<String> {
         )
     })
 }
+
+impl Action {
+    /// Runs the action for one attempt of its step.
+    pub async fn run(
+        &self,
+        ctx: &crate::exec::StepContext<'_>,
+    ) -> Result<crate::journal::record::Outputs, crate::exec::ActionError> {
+        use crate::exec::ActionError;
+        match self {
+            Action::Command(spec) => command::run(spec, ctx).await,
+            Action::Http(spec) => http::run(spec, ctx).await,
+            Action::Wait(spec) => wait::run(spec, ctx).await,
+            Action::Approval(spec) => approval::run(spec, ctx).await,
+            Action::Noop => Ok(Default::default()),
+            Action::Git(_) => Err(ActionError::Unsupported("git")),
+            Action::Template(_) => Err(ActionError::Unsupported("template")),
+            Action::Restore(_) => Err(ActionError::Unsupported("restore")),
+        }
+    }
+}

@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use crate::exec::{ActionError, StepContext};
+use crate::journal::record::Outputs;
+
 use crate::plan::diagnostic::Diagnostics;
 use crate::plan::fields::Fields;
 use crate::plan::interpolate::has_expressions;
@@ -53,4 +56,53 @@ pub fn parse_host_port(text: &str) -> Option<(&str, u16)> {
         .unwrap_or(host);
     let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
     (!host.is_empty()).then_some((host, port))
+}
+
+/// Polls until the target is there, `until` runs out, or the step is cancelled.
+pub async fn run(spec: &WaitSpec, ctx: &StepContext<'_>) -> Result<Outputs, ActionError> {
+    let started = std::time::Instant::now();
+    let poll = Duration::from_millis(200);
+    let (target, describe) = match &spec.target {
+        WaitTarget::Tcp(tcp) => {
+            let address = ctx.render(tcp)?;
+            (Target::Tcp(address.clone()), address)
+        }
+        WaitTarget::Path(path) => {
+            let path = ctx.path(path)?;
+            (Target::Path(path.clone()), path.display().to_string())
+        }
+    };
+    loop {
+        let ready = match &target {
+            Target::Tcp(address) => matches!(
+                tokio::time::timeout(
+                    Duration::from_secs(1),
+                    tokio::net::TcpStream::connect(address.as_str())
+                )
+                .await,
+                Ok(Ok(_))
+            ),
+            Target::Path(path) => tokio::fs::try_exists(path).await.unwrap_or(false),
+        };
+        if ready {
+            return Ok(Outputs::new());
+        }
+        if let Some(until) = spec.until {
+            if started.elapsed() >= until {
+                return Err(ActionError::NotReady {
+                    target: describe,
+                    after: until,
+                });
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = ctx.cancel.cancelled() => return Err(ActionError::Interrupted),
+        }
+    }
+}
+
+enum Target {
+    Tcp(String),
+    Path(std::path::PathBuf),
 }

@@ -15,6 +15,10 @@ use crate::plan::load::{LoadError, LoadOptions, Loaded};
 
 mod graph;
 mod plan;
+mod resume;
+mod run;
+mod status;
+mod unlock;
 mod validate;
 
 #[derive(Parser, Debug)]
@@ -66,6 +70,14 @@ pub enum Command {
     Plan(plan::PlanArgs),
     /// Print the step graph, grouped by phase.
     Graph(graph::GraphArgs),
+    /// Execute a plan, checkpointing every step.
+    Run(run::RunArgs),
+    /// Continue an interrupted, failed or paused run.
+    Resume(resume::ResumeArgs),
+    /// Where a run stands.
+    Status(status::StatusArgs),
+    /// Remove a lock left by a run that is gone.
+    Unlock(unlock::UnlockArgs),
 }
 
 /// `--vars` and `--var`, shared by every command that loads a plan.
@@ -96,6 +108,14 @@ pub enum CliError {
     Usage(String),
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
+    #[error(transparent)]
+    Session(#[from] crate::session::SessionError),
+}
+
+impl From<crate::journal::StateError> for CliError {
+    fn from(error: crate::journal::StateError) -> Self {
+        CliError::Session(error.into())
+    }
 }
 
 impl CliError {
@@ -103,6 +123,18 @@ impl CliError {
         match self {
             CliError::Load(_) | CliError::Usage(_) => exit_codes::USAGE,
             CliError::Output(_) => exit_codes::FAILURE,
+            CliError::Session(error) => {
+                use crate::session::SessionError as E;
+                match error {
+                    E::Lock(
+                        crate::journal::LockError::Held(_) | crate::journal::LockError::HeldUnknown,
+                    ) => exit_codes::LOCKED,
+                    E::Usage(_)
+                    | E::NothingToResume(_)
+                    | E::State(crate::journal::StateError::NoRun(_)) => exit_codes::USAGE,
+                    _ => exit_codes::FAILURE,
+                }
+            }
         }
     }
 }
@@ -114,6 +146,10 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Validate(args) => validate::run(&cli.global, args),
         Command::Plan(args) => plan::run(&cli.global, args),
         Command::Graph(args) => graph::run(&cli.global, args),
+        Command::Run(args) => run::run(&cli.global, args),
+        Command::Resume(args) => resume::run(&cli.global, args),
+        Command::Status(args) => status::run(&cli.global, args),
+        Command::Unlock(args) => unlock::run(&cli.global, args),
     }
 }
 
@@ -158,4 +194,59 @@ pub fn load_valid(
         return Ok(None);
     }
     Ok(Some(loaded))
+}
+
+/// Opens the state named by `--state` (or `PHOENIX_STATE`).
+pub fn open_state(global: &GlobalArgs) -> Result<Box<dyn crate::journal::StateStore>, CliError> {
+    Ok(crate::journal::open(&global.state)?)
+}
+
+/// Whether a person can answer a prompt: both stdin and stderr are terminals.
+pub fn interactive() -> bool {
+    std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+}
+
+/// The terminal view for a run, as the global flags ask.
+pub fn terminal(global: &GlobalArgs) -> std::sync::Arc<dyn crate::exec::EventSink> {
+    use crate::report::terminal::{Mode, Terminal};
+    let (tty, color) = stderr_style();
+    let mode = match (global.log_format, tty) {
+        (LogFormat::Json, _) => Mode::Json,
+        (LogFormat::Text, true) => Mode::Bars,
+        (LogFormat::Text, false) => Mode::Lines,
+    };
+    std::sync::Arc::new(Terminal::new(mode, global.quiet, global.verbose > 0, color))
+}
+
+/// The exit code of a finished session, after saying where its state is.
+pub fn exit_code_of(end: &crate::session::SessionEnd, global: &GlobalArgs) -> i32 {
+    use crate::journal::record::RunResult;
+    if !global.quiet {
+        eprintln!("state: {}", end.run_dir.display());
+        match end.result {
+            RunResult::Succeeded => {}
+            RunResult::Paused | RunResult::Interrupted | RunResult::Failed => {
+                eprintln!("continue with: phoenix resume {}", end.run_id)
+            }
+        }
+    }
+    match end.result {
+        RunResult::Succeeded => exit_codes::SUCCESS,
+        RunResult::Failed => exit_codes::FAILURE,
+        RunResult::Paused => exit_codes::PAUSED,
+        RunResult::Interrupted => exit_codes::INTERRUPTED,
+    }
+}
+
+/// The plan a run executed, from the copy in the state, for step order and
+/// phases in status and reports.
+pub fn run_plan(
+    state: &dyn crate::journal::StateStore,
+    header: &crate::journal::record::Header,
+) -> Option<crate::plan::Plan> {
+    let text = state.read_plan(&header.run_id).ok()?;
+    let source =
+        crate::plan::source::SourceFile::new(state.run_dir(&header.run_id).join("plan.toml"), text);
+    let overrides = crate::plan::load::overrides_from_values(&header.vars);
+    crate::plan::load::load_source(source, header.plan_dir.clone().into(), overrides).plan
 }

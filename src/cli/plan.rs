@@ -114,6 +114,8 @@ fn preview<'a>(plan: &'a Plan, drill: bool, measured: &BTreeMap<String, Duration
 fn render_text(plan: &Plan, view: &PlanJson<'_>) -> String {
     use std::fmt::Write;
     let mut out = String::new();
+    let steps: std::collections::HashMap<&str, &crate::plan::Step> =
+        plan.steps.iter().map(|s| (s.id.as_str(), s)).collect();
     let kind = if view.drill { "drill" } else { "recovery" };
     let _ = writeln!(
         out,
@@ -125,7 +127,7 @@ fn render_text(plan: &Plan, view: &PlanJson<'_>) -> String {
     for (n, wave) in view.waves.iter().enumerate() {
         let names: Vec<String> = wave
             .iter()
-            .map(|id| match plan.step(id) {
+            .map(|id| match steps.get(id) {
                 Some(step) => format!("{id} ({})", step.phase.value),
                 None => id.to_string(),
             })
@@ -140,7 +142,7 @@ fn render_text(plan: &Plan, view: &PlanJson<'_>) -> String {
         .critical_path
         .iter()
         .map(|id| {
-            let estimate = plan.step(id).and_then(|s| s.estimate).unwrap_or_default();
+            let estimate = steps.get(id).and_then(|s| s.estimate).unwrap_or_default();
             format!("{id} ({})", humantime::format_duration(estimate))
         })
         .collect();

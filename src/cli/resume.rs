@@ -1,0 +1,46 @@
+//! `phoenix resume`: continue an interrupted, failed or paused run.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::{exit_code_of, open_state, terminal, CliResult, GlobalArgs};
+use crate::session::{self, ResumeRequest};
+
+#[derive(Args, Debug)]
+pub struct ResumeArgs {
+    /// The run to resume (default: the newest unfinished run).
+    #[arg(value_name = "RUN_ID")]
+    pub run_id: Option<String>,
+    /// Resume against this plan file instead of the one the run started from.
+    #[arg(long, value_name = "PLAN")]
+    pub plan: Option<PathBuf>,
+    /// Approve this approval gate (repeatable).
+    #[arg(long, value_name = "STEP")]
+    pub approve: Vec<String>,
+    /// Accept this step as done without running it (repeatable; recorded).
+    #[arg(long, value_name = "STEP")]
+    pub skip: Vec<String>,
+    /// Run this step again even if it is in doubt and not idempotent (repeatable).
+    #[arg(long, value_name = "STEP")]
+    pub rerun: Vec<String>,
+    /// Approve every approval gate.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+pub fn run(global: &GlobalArgs, args: ResumeArgs) -> CliResult {
+    let state = open_state(global)?;
+    let events = terminal(global);
+    let request = ResumeRequest {
+        run_id: args.run_id,
+        plan: args.plan,
+        approve: args.approve,
+        skip: args.skip,
+        rerun: args.rerun,
+        yes: args.yes,
+        interactive: super::interactive(),
+    };
+    let end = session::resume(state.as_ref(), request, events)?;
+    Ok(exit_code_of(&end, global))
+}

@@ -1,0 +1,28 @@
+//! `phoenix unlock --force`: remove a lock left by a run that is gone.
+
+use clap::Args;
+
+use super::{open_state, CliError, CliResult, GlobalArgs};
+use crate::exit_codes;
+
+#[derive(Args, Debug)]
+pub struct UnlockArgs {
+    /// Required: removing a lock is a deliberate act.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn run(global: &GlobalArgs, args: UnlockArgs) -> CliResult {
+    if !args.force {
+        return Err(CliError::Usage("`phoenix unlock` needs `--force`".into()));
+    }
+    let state = open_state(global)?;
+    match state
+        .force_unlock()
+        .map_err(crate::session::SessionError::from)?
+    {
+        Some(info) => eprintln!("removed the lock of {}", info.describe()),
+        None => eprintln!("`{}` is not locked", state.describe()),
+    }
+    Ok(exit_codes::SUCCESS)
+}

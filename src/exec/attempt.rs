@@ -1,0 +1,311 @@
+//! One step, from its first attempt to its last: per-attempt timeout, retries
+//! with exponential backoff and jitter, chaos, and the durable finish record.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use rand::Rng;
+use tokio::sync::mpsc;
+
+use super::{context, ActionError, Event, Shared, StepContext};
+use crate::journal::record::{Outcome, Outputs, Record};
+use crate::plan::model::MAX_BACKOFF;
+
+/// How a step's turn ended.
+#[derive(Debug)]
+pub enum StepOutcome {
+    Succeeded {
+        outputs: Outputs,
+    },
+    Failed {
+        error: String,
+    },
+    /// Stopped by an interrupt: no finish record, so a resume finds it in doubt.
+    Interrupted,
+    /// An approval gate with nobody to ask.
+    Paused,
+}
+
+/// Sent to the scheduler when the step no longer holds a concurrency slot (its
+/// action is over) and when its outcome is durable.
+pub enum Message {
+    Released(usize),
+    Done(usize, StepOutcome),
+}
+
+pub async fn run_step(
+    shared: Arc<Shared>,
+    index: usize,
+    first_attempt: u32,
+    tx: mpsc::UnboundedSender<Message>,
+) {
+    let outcome = attempts(&shared, index, first_attempt, &tx).await;
+    let _ = tx.send(Message::Done(index, outcome));
+}
+
+async fn attempts(
+    shared: &Arc<Shared>,
+    index: usize,
+    first_attempt: u32,
+    tx: &mpsc::UnboundedSender<Message>,
+) -> StepOutcome {
+    let step = &shared.plan.steps[index];
+    let id = step.id.value.clone();
+    let phase = step.phase.value;
+    let budget = step.retries + 1;
+    let mut released = false;
+    let mut release = || {
+        if !released {
+            released = true;
+            let _ = tx.send(Message::Released(index));
+        }
+    };
+    for n in 0..budget {
+        let attempt = first_attempt + n;
+        let started = Instant::now();
+        let record = Record::Started {
+            step: id.clone(),
+            attempt,
+            at: Utc::now(),
+        };
+        // A step that must not run twice is known to have started before it does.
+        if step.idempotent {
+            shared.journal.append(record);
+        } else if let Err(e) = shared.journal.append_durable(record).await {
+            release();
+            return StepOutcome::Failed {
+                error: e.to_string(),
+            };
+        }
+        shared.events.emit(Event::StepStarted {
+            step: id.clone(),
+            phase,
+            attempt,
+        });
+        let log_path = shared.run.logs.join(format!("{id}.{attempt}.log"));
+        let result = run_attempt(shared, index, attempt, &log_path).await;
+        let duration = started.elapsed();
+        let error = match result {
+            Ok(outputs) => {
+                release();
+                let outputs: Outputs = outputs
+                    .into_iter()
+                    .map(|(k, v)| (k, shared.masker.mask(&v).into_owned()))
+                    .collect();
+                let record = finished(
+                    &id,
+                    attempt,
+                    Outcome::Succeeded,
+                    outputs.clone(),
+                    None,
+                    duration,
+                );
+                if let Err(e) = shared.journal.append_durable(record).await {
+                    return StepOutcome::Failed {
+                        error: e.to_string(),
+                    };
+                }
+                shared.events.emit(Event::StepFinished {
+                    step: id.clone(),
+                    phase,
+                    attempt,
+                    succeeded: true,
+                    last: true,
+                    duration,
+                    error: None,
+                    log_tail: None,
+                    log: None,
+                });
+                maybe_crash(shared, &id).await;
+                return StepOutcome::Succeeded { outputs };
+            }
+            Err(ActionError::Interrupted) => {
+                release();
+                return StepOutcome::Interrupted;
+            }
+            Err(ActionError::AwaitingApproval { prompt }) => {
+                release();
+                let record = Record::Paused {
+                    step: id.clone(),
+                    at: Utc::now(),
+                    prompt: prompt.clone(),
+                };
+                let _ = shared.journal.append_durable(record).await;
+                shared.events.emit(Event::Paused {
+                    step: id.clone(),
+                    prompt,
+                });
+                return StepOutcome::Paused;
+            }
+            Err(error) => shared.describe(&error),
+        };
+        let last = n + 1 == budget || shared.interrupt.is_cancelled();
+        if last {
+            release();
+        }
+        let log_tail = tail(&log_path, 20);
+        let record = finished(
+            &id,
+            attempt,
+            Outcome::Failed,
+            Outputs::new(),
+            Some(error.clone()),
+            duration,
+        );
+        if last {
+            if let Err(e) = shared.journal.append_durable(record).await {
+                return StepOutcome::Failed {
+                    error: e.to_string(),
+                };
+            }
+        } else {
+            shared.journal.append(record);
+        }
+        shared.events.emit(Event::StepFinished {
+            step: id.clone(),
+            phase,
+            attempt,
+            succeeded: false,
+            last,
+            duration,
+            error: Some(error.clone()),
+            log_tail: log_tail.clone(),
+            log: log_tail.is_some().then(|| log_path.clone()),
+        });
+        if last {
+            maybe_crash(shared, &id).await;
+            return StepOutcome::Failed { error };
+        }
+        let delay = backoff(step.backoff, n);
+        shared.events.emit(Event::StepRetrying {
+            step: id.clone(),
+            attempt,
+            error,
+            delay,
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shared.interrupt.cancelled() => {
+                release();
+                return StepOutcome::Interrupted;
+            }
+        }
+    }
+    unreachable!("the loop returns on its last attempt")
+}
+
+fn finished(
+    step: &str,
+    attempt: u32,
+    outcome: Outcome,
+    outputs: Outputs,
+    error: Option<String>,
+    duration: Duration,
+) -> Record {
+    Record::Finished {
+        step: step.to_string(),
+        attempt,
+        at: Utc::now(),
+        outcome,
+        outputs,
+        error,
+        duration_seconds: duration.as_secs_f64(),
+    }
+}
+
+/// The delay before retry `n + 1`: `first * 2^n`, capped, with up to 25% jitter
+/// either way so that steps failing together do not retry together.
+pub fn backoff(first: Duration, n: u32) -> Duration {
+    let base = first
+        .saturating_mul(2u32.saturating_pow(n))
+        .min(MAX_BACKOFF);
+    let jitter = rand::rng().random_range(0.75..=1.25);
+    base.mul_f64(jitter).min(MAX_BACKOFF)
+}
+
+async fn run_attempt(
+    shared: &Arc<Shared>,
+    index: usize,
+    attempt: u32,
+    log_path: &Path,
+) -> Result<Outputs, ActionError> {
+    let step = &shared.plan.steps[index];
+    if let Some(chaos) = &shared.chaos {
+        if chaos.fail_attempt() {
+            let _ = shared
+                .journal
+                .append_durable(Record::Chaos {
+                    step: step.id.value.clone(),
+                    at: Utc::now(),
+                    event: format!("fail (attempt {attempt})"),
+                })
+                .await;
+            return Err(ActionError::Chaos);
+        }
+    }
+    let cancel = shared.interrupt.child_token();
+    let ctx = StepContext {
+        shared,
+        step,
+        attempt,
+        cancel: cancel.clone(),
+        log_path: log_path.to_path_buf(),
+        context: context::build(shared, step)?,
+    };
+    let action = step.action.value.run(&ctx);
+    let result = match step.timeout {
+        None => action.await,
+        Some(limit) => {
+            tokio::pin!(action);
+            tokio::select! {
+                result = &mut action => result,
+                _ = tokio::time::sleep(limit) => {
+                    cancel.cancel();
+                    // Let the action stop its processes before the step moves on.
+                    let _ = action.await;
+                    Err(ActionError::TimedOut(limit))
+                }
+            }
+        }
+    };
+    match result {
+        Err(_) if shared.interrupt.is_cancelled() => Err(ActionError::Interrupted),
+        other => other,
+    }
+}
+
+/// `--chaos kill=P`: after a step finishes, abort as a crash would.
+async fn maybe_crash(shared: &Shared, step: &str) {
+    let Some(chaos) = &shared.chaos else { return };
+    if chaos.kill_after_step() {
+        let _ = shared
+            .journal
+            .append_durable(Record::Chaos {
+                step: step.to_string(),
+                at: Utc::now(),
+                event: "kill".into(),
+            })
+            .await;
+        shared.events.emit(Event::Warning(format!(
+            "chaos: killing phoenix after step `{step}`"
+        )));
+        std::process::abort();
+    }
+}
+
+/// The last `lines` lines of a log file, if it has any.
+pub fn tail(path: &Path, lines: usize) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    let start = len.saturating_sub(16 * 1024);
+    file.seek(SeekFrom::Start(start)).ok()?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
+    let all: Vec<&str> = text.lines().collect();
+    let tail = all[all.len().saturating_sub(lines)..].join("\n");
+    (!tail.trim().is_empty()).then_some(tail)
+}

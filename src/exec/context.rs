@@ -1,0 +1,76 @@
+//! The interpolation context of a step: what its `{{ }}` can read.
+//!
+//! Built per step from only what its strings reference, so a 10,000-step plan
+//! does not copy every output into every step.
+
+use std::collections::BTreeSet;
+
+use serde_json::{json, Map, Value};
+
+use super::{ActionError, Shared};
+use crate::plan::interpolate::{expressions, has_expressions, references};
+use crate::plan::Step;
+
+/// `(step ids, secret names)` that a step's strings read.
+fn referenced(step: &Step) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut steps = BTreeSet::new();
+    let mut secrets = BTreeSet::new();
+    for text in step.texts.iter().filter(|t| has_expressions(t)) {
+        for expr in expressions(text).unwrap_or_default() {
+            for name in references(&expr) {
+                let mut parts = name.split('.');
+                match (parts.next(), parts.next()) {
+                    (Some("steps"), Some(id)) => {
+                        steps.insert(id.to_string());
+                    }
+                    (Some("secrets"), Some(secret)) => {
+                        secrets.insert(secret.to_string());
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    (steps, secrets)
+}
+
+pub fn build(shared: &Shared, step: &Step) -> Result<minijinja::Value, ActionError> {
+    if !step.texts.iter().any(|t| has_expressions(t)) {
+        return Ok(minijinja::Value::UNDEFINED);
+    }
+    let plan = &shared.plan;
+    let (step_refs, secret_refs) = referenced(step);
+    let mut secrets = Map::new();
+    for name in secret_refs {
+        let value = shared.secrets.get(&name, &shared.masker)?;
+        secrets.insert(name, Value::String(value));
+    }
+    let mut steps = Map::new();
+    {
+        let outputs = shared.outputs.read().unwrap_or_else(|e| e.into_inner());
+        for id in step_refs {
+            let values = outputs.get(&id).cloned().unwrap_or_default();
+            steps.insert(id, json!({ "outputs": values }));
+        }
+    }
+    let vars: Map<String, Value> = plan
+        .vars
+        .iter()
+        .map(|(k, v)| (k.clone(), v.value.clone()))
+        .collect();
+    let context = json!({
+        "vars": vars,
+        "secrets": secrets,
+        "steps": steps,
+        "run": {
+            "id": shared.run.id,
+            "dir": shared.run.dir.display().to_string(),
+            "drill": shared.run.drill,
+        },
+        "plan": {
+            "dir": plan.dir.display().to_string(),
+            "name": plan.name.value,
+        },
+    });
+    Ok(minijinja::Value::from(minijinja::value::Serde(context)))
+}

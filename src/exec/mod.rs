@@ -1,0 +1,247 @@
+//! The executor: runs a checked plan's steps as soon as their dependencies
+//! allow, within the concurrency limits, checkpointing every step in the journal.
+//!
+//! - [`scheduler`]: the walker: which steps are ready, limits and pools, what a
+//!   failure or an interrupt stops, teardown after everything else.
+//! - [`attempt`]: one step from first attempt to last: timeout, retries with
+//!   backoff, chaos, the durable finish record.
+//! - [`context`]: what a step's `{{ }}` can read.
+//! - [`secrets`], [`process`], [`signals`], [`chaos`]: the pieces they share.
+//!
+//! Actions never see the scheduler: they get a [`StepContext`] and return outputs
+//! or an [`ActionError`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::graph::StepGraph;
+use crate::journal::record::Outputs;
+use crate::journal::JournalWriter;
+use crate::plan::interpolate::RenderError;
+use crate::plan::source::Spanned;
+use crate::plan::{Plan, Step};
+
+pub mod attempt;
+pub mod chaos;
+pub mod context;
+pub mod events;
+pub mod process;
+pub mod scheduler;
+pub mod secrets;
+pub mod signals;
+
+pub use events::{Event, EventSink};
+
+/// The run as its steps see it: `{{ run.* }}` and where files go.
+#[derive(Clone, Debug)]
+pub struct RunInfo {
+    pub id: String,
+    /// `{{ run.dir }}`: the run's scratch directory.
+    pub dir: PathBuf,
+    pub drill: bool,
+    pub logs: PathBuf,
+    /// Short-lived files (a step's `PHOENIX_OUTPUT`), removed once read.
+    pub tmp: PathBuf,
+}
+
+/// How gates are answered.
+#[derive(Clone, Debug, Default)]
+pub struct Approvals {
+    /// `--yes`: every gate.
+    pub all: bool,
+    /// `--approve STEP` on resume.
+    pub steps: HashSet<String>,
+    /// Whether a person is at a terminal to ask.
+    pub interactive: bool,
+}
+
+/// Everything the steps of one run share.
+pub struct Shared {
+    pub plan: Arc<Plan>,
+    pub graph: StepGraph,
+    pub run: RunInfo,
+    pub journal: JournalWriter,
+    pub events: Arc<dyn EventSink>,
+    pub masker: Arc<secrets::Masker>,
+    pub secrets: secrets::Secrets,
+    /// Outputs of the steps that have succeeded, by step id.
+    pub outputs: RwLock<HashMap<String, Outputs>>,
+    /// What steps resolved on their first run, by step id.
+    pub frozen: Mutex<HashMap<String, BTreeMap<String, serde_json::Value>>>,
+    pub processes: process::ProcessGroups,
+    /// Cancelled on the first SIGINT or SIGTERM.
+    pub interrupt: CancellationToken,
+    pub chaos: Option<chaos::Chaos>,
+    pub approvals: Approvals,
+    pub keep_going: bool,
+    pub concurrency: usize,
+    http: std::sync::OnceLock<reqwest::Client>,
+}
+
+impl Shared {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        plan: Arc<Plan>,
+        run: RunInfo,
+        journal: JournalWriter,
+        events: Arc<dyn EventSink>,
+        masker: Arc<secrets::Masker>,
+        chaos: Option<chaos::Chaos>,
+        approvals: Approvals,
+        keep_going: bool,
+        concurrency: usize,
+    ) -> Self {
+        let secrets = secrets::Secrets::new(plan.secrets.clone(), plan.dir.clone());
+        Shared {
+            graph: StepGraph::new(&plan),
+            plan,
+            run,
+            journal,
+            events,
+            masker,
+            secrets,
+            outputs: RwLock::new(HashMap::new()),
+            frozen: Mutex::new(HashMap::new()),
+            processes: process::ProcessGroups::default(),
+            interrupt: CancellationToken::new(),
+            chaos,
+            approvals,
+            keep_going,
+            concurrency,
+            http: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// One HTTP client for the run: connections are reused between steps.
+    pub fn http(&self) -> &reqwest::Client {
+        self.http.get_or_init(reqwest::Client::new)
+    }
+
+    /// An error as it may be written anywhere: its causes joined, secrets masked.
+    pub fn describe(&self, error: &dyn std::error::Error) -> String {
+        let mut text = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        self.masker.mask(&text).into_owned()
+    }
+}
+
+/// What an action gets: its step, the run, and a way to render `{{ }}`.
+pub struct StepContext<'a> {
+    pub shared: &'a Shared,
+    pub step: &'a Step,
+    pub attempt: u32,
+    /// Cancelled on timeout or interrupt: the action must stop promptly.
+    pub cancel: CancellationToken,
+    /// Where this attempt's output is captured.
+    pub log_path: PathBuf,
+    pub(crate) context: minijinja::Value,
+}
+
+impl StepContext<'_> {
+    pub fn render(&self, text: &Spanned<String>) -> Result<String, ActionError> {
+        crate::plan::interpolate::render(text, &self.context).map_err(ActionError::Render)
+    }
+
+    /// A path from the plan, rendered, relative to the plan file's directory.
+    pub fn path(&self, text: &Spanned<String>) -> Result<PathBuf, ActionError> {
+        Ok(self.shared.plan.dir.join(self.render(text)?))
+    }
+
+    /// What this step froze on an earlier attempt or run.
+    pub fn frozen(&self) -> Option<BTreeMap<String, serde_json::Value>> {
+        self.shared
+            .frozen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(self.step.id.as_str())
+            .cloned()
+    }
+
+    /// Records what this step resolved, durably, before it acts on it.
+    pub async fn freeze(
+        &self,
+        values: BTreeMap<String, serde_json::Value>,
+    ) -> Result<(), ActionError> {
+        self.shared
+            .frozen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(self.step.id.value.clone(), values.clone());
+        self.shared
+            .journal
+            .append_durable(crate::journal::Record::Frozen {
+                step: self.step.id.value.clone(),
+                values,
+            })
+            .await
+            .map_err(|e| ActionError::Journal(e.to_string()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error(transparent)]
+    Render(RenderError),
+    #[error(transparent)]
+    Secret(#[from] secrets::SecretError),
+    #[error("cannot start `{program}`")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("exited with status {0}")]
+    Exit(i32),
+    #[error("killed by signal {0}")]
+    Signal(String),
+    #[error("timed out after {}", humantime::format_duration(*.0))]
+    TimedOut(Duration),
+    #[error("interrupted")]
+    Interrupted,
+    #[error("cannot {action} `{path}`")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("request to {url} failed")]
+    Request {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url} answered {status}, expected {expected:?}{}", body.as_deref().map(|b| format!(": {b}")).unwrap_or_default())]
+    Status {
+        url: String,
+        status: u16,
+        expected: Vec<u16>,
+        body: Option<String>,
+    },
+    #[error("output `{name}`: the response has nothing at JSON pointer `{pointer}`")]
+    Pointer { name: String, pointer: String },
+    #[error("output `{name}`: the response is not JSON")]
+    NotJson { name: String },
+    #[error("`{target}` was not ready after {}", humantime::format_duration(*.after))]
+    NotReady { target: String, after: Duration },
+    #[error("approval denied at the prompt")]
+    Denied,
+    /// Not a failure: the run pauses here until the gate is approved.
+    #[error("waiting for approval: {prompt}")]
+    AwaitingApproval { prompt: String },
+    #[error("chaos: injected failure")]
+    Chaos,
+    #[error("the `{0}` action is not available in this build")]
+    Unsupported(&'static str),
+    #[error("the journal failed: {0}")]
+    Journal(String),
+}

@@ -1,0 +1,50 @@
+//! Child process groups: every command step runs in a group of its own, so a
+//! timeout or an interrupt reaches the whole tree it started.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+/// How long a group gets between SIGTERM and SIGKILL.
+pub fn grace() -> Duration {
+    std::env::var("PHOENIX_KILL_GRACE")
+        .ok()
+        .and_then(|v| crate::plan::fields::parse_duration(&v).ok())
+        .unwrap_or(Duration::from_secs(10))
+}
+
+/// The process groups of running steps, for the second Ctrl-C.
+#[derive(Default)]
+pub struct ProcessGroups {
+    groups: Mutex<HashSet<i32>>,
+}
+
+impl ProcessGroups {
+    pub fn insert(&self, pgid: i32) {
+        self.groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pgid);
+    }
+
+    pub fn remove(&self, pgid: i32) {
+        self.groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&pgid);
+    }
+
+    /// SIGKILL to every group still running.
+    pub fn kill_all(&self) {
+        for pgid in self.groups.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            signal_group(*pgid, Signal::SIGKILL);
+        }
+    }
+}
+
+pub fn signal_group(pgid: i32, signal: Signal) {
+    let _ = killpg(Pid::from_raw(pgid), signal);
+}

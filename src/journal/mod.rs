@@ -1,0 +1,98 @@
+//! The state: runs, their checkpoint journals, and the lock that admits one live
+//! run at a time.
+//!
+//! ```text
+//! STATE/lock                      held while a run is active
+//! STATE/runs/RUN_ID/plan.toml     the plan as it was at start
+//! STATE/runs/RUN_ID/journal.jsonl append-only checkpoint journal
+//! STATE/runs/RUN_ID/logs/         captured output of every step attempt
+//! STATE/runs/RUN_ID/work/         `{{ run.dir }}`: the run's scratch directory
+//! ```
+//!
+//! The executor sees only [`JournalBackend`] (append, durable on return) and
+//! [`StateStore`] (runs, lock): a second backend, such as an object store,
+//! implements those two and nothing else changes.
+
+use std::path::{Path, PathBuf};
+
+pub mod local;
+pub mod lock;
+pub mod reader;
+pub mod record;
+pub mod writer;
+
+pub use lock::{LockError, LockInfo};
+pub use reader::{JournalError, RunLog};
+pub use record::Record;
+pub use writer::JournalWriter;
+
+/// Appends whole lines to one run's journal.
+pub trait JournalBackend: Send + 'static {
+    /// Appends `bytes` (complete lines) and returns once they are durable.
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+}
+
+/// Where runs are kept.
+pub trait StateStore: Send + Sync {
+    /// A description for messages: the directory or URL.
+    fn describe(&self) -> String;
+    /// Makes the directories of a new run and keeps a copy of its plan.
+    fn create_run(&self, run_id: &str, plan_text: &str) -> Result<(), StateError>;
+    /// The journal of a run, opened for appending.
+    fn journal(&self, run_id: &str) -> Result<Box<dyn JournalBackend>, StateError>;
+    /// The whole journal of a run as it is now.
+    fn read_journal(&self, run_id: &str) -> Result<Vec<u8>, StateError>;
+    /// Cuts the journal back to `len` bytes, keeping what is cut in a side file.
+    fn set_aside_tail(&self, run_id: &str, len: u64) -> Result<PathBuf, StateError>;
+    /// The plan copy kept at the run's start.
+    fn read_plan(&self, run_id: &str) -> Result<String, StateError>;
+    /// Every run id in the state, in no particular order.
+    fn run_ids(&self) -> Result<Vec<String>, StateError>;
+    /// The local directory of a run: logs and scratch space.
+    fn run_dir(&self, run_id: &str) -> PathBuf;
+    /// Takes the lock, or says who holds it.
+    fn lock(&self, info: &LockInfo) -> Result<Box<dyn StateLock>, LockError>;
+    /// Removes a lock whose run is gone; refuses a live one.
+    fn force_unlock(&self) -> Result<Option<LockInfo>, LockError>;
+    /// The current lock holder, if any.
+    fn lock_holder(&self) -> Option<LockInfo>;
+}
+
+/// A held lock, released when dropped.
+pub trait StateLock: Send {
+    /// A lock taken over from a run that was gone: said once as a warning.
+    fn took_over(&self) -> Option<&LockInfo>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot {action} `{path}`")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no run `{0}` in the state")]
+    NoRun(String),
+    #[error("a run `{0}` exists already; choose another --run-id")]
+    RunExists(String),
+}
+
+impl StateError {
+    pub fn io<'a>(
+        action: &'static str,
+        path: &'a Path,
+    ) -> impl FnOnce(std::io::Error) -> StateError + 'a {
+        move |source| StateError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Opens the state named by `--state`.
+pub fn open(location: &str) -> Result<Box<dyn StateStore>, StateError> {
+    Ok(Box::new(local::LocalState::new(location)?))
+}

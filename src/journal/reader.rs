@@ -1,0 +1,312 @@
+//! Reading a journal back: parsing with line numbers, the torn-tail rule, and
+//! folding records into where each step stands.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::record::{Header, Outcome, Outputs, Record, RunResult, SkipReason, FORMAT_VERSION};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("the journal of run `{0}` is empty: the run never started")]
+    Empty(String),
+    #[error("journal line 1 is not a header record")]
+    NoHeader,
+    #[error("journal line {line} is damaged: {message}")]
+    Damaged { line: usize, message: String },
+    #[error(
+        "the journal was written by a newer phoenix (format {0}, this one reads {FORMAT_VERSION})"
+    )]
+    NewerFormat(u32),
+}
+
+/// A journal's torn last line: where it starts, to cut it off.
+#[derive(Debug, Clone, Copy)]
+pub struct TornTail {
+    pub offset: u64,
+    pub line: usize,
+}
+
+pub struct RunLog {
+    pub header: Header,
+    pub records: Vec<Record>,
+    pub torn: Option<TornTail>,
+}
+
+impl RunLog {
+    /// Parses a journal. A last line that does not parse is a crash mid-write:
+    /// it is reported in `torn` and left out. Any other line that does not parse
+    /// is damage, and an error naming the line.
+    pub fn parse(run_id: &str, bytes: &[u8]) -> Result<RunLog, JournalError> {
+        let mut records = Vec::new();
+        let mut torn = None;
+        let mut offset = 0usize;
+        let total = bytes.len();
+        let mut line_number = 0;
+        while offset < total {
+            line_number += 1;
+            let end = bytes[offset..]
+                .iter()
+                .position(|b| *b == b'\n')
+                .map(|i| offset + i);
+            let line_end = end.unwrap_or(total);
+            let line = &bytes[offset..line_end];
+            let next = end.map(|e| e + 1).unwrap_or(total);
+            let is_last = next >= total;
+            match serde_json::from_slice::<Record>(line) {
+                Ok(record) if end.is_some() => records.push(record),
+                Ok(_) | Err(_) if is_last => {
+                    torn = Some(TornTail {
+                        offset: offset as u64,
+                        line: line_number,
+                    });
+                }
+                Ok(_) => unreachable!("a line without a newline is the last"),
+                Err(err) => {
+                    return Err(JournalError::Damaged {
+                        line: line_number,
+                        message: err.to_string(),
+                    })
+                }
+            }
+            offset = next;
+        }
+        let mut records = records.into_iter();
+        let header = match records.next() {
+            Some(Record::Header(header)) => header,
+            Some(_) => return Err(JournalError::NoHeader),
+            None => return Err(JournalError::Empty(run_id.to_string())),
+        };
+        if header.format > FORMAT_VERSION {
+            return Err(JournalError::NewerFormat(header.format));
+        }
+        Ok(RunLog {
+            header,
+            records: records.collect(),
+            torn,
+        })
+    }
+
+    /// Where the run and each step stand, from the records alone.
+    pub fn fold(&self) -> RunView {
+        let mut view = RunView {
+            fingerprints: self.header.fingerprints.clone(),
+            plan_hash: self.header.plan_hash.clone(),
+            started_at: self.header.started_at,
+            finished_at: None,
+            result: None,
+            resumes: 0,
+            steps: BTreeMap::new(),
+            paused_at: None,
+            approvals: Vec::new(),
+            chaos: Vec::new(),
+            interruptions: 0,
+            changed: Vec::new(),
+        };
+        for record in &self.records {
+            match record {
+                Record::Header(_) => {}
+                Record::Started { step, attempt, at } => {
+                    let s = view.step(step);
+                    s.state = StepState::InDoubt;
+                    s.attempts = s.attempts.max(*attempt);
+                    s.started_at.get_or_insert(*at);
+                    s.last_started_at = Some(*at);
+                    s.finished_at = None;
+                }
+                Record::Finished {
+                    step,
+                    attempt,
+                    at,
+                    outcome,
+                    outputs,
+                    error,
+                    duration_seconds,
+                } => {
+                    let s = view.step(step);
+                    s.attempts = s.attempts.max(*attempt);
+                    s.state = match outcome {
+                        Outcome::Succeeded => StepState::Succeeded,
+                        Outcome::Failed => StepState::Failed,
+                    };
+                    s.outputs = outputs.clone();
+                    s.error = error.clone();
+                    s.finished_at = Some(*at);
+                    s.duration_seconds = Some(*duration_seconds);
+                    if s.started_at.is_none() {
+                        s.started_at = Some(
+                            *at - chrono::Duration::milliseconds(
+                                (*duration_seconds * 1000.0) as i64,
+                            ),
+                        );
+                    }
+                }
+                Record::Frozen { step, values } => view.step(step).frozen.extend(values.clone()),
+                Record::Skipped { step, at, reason } => {
+                    let s = view.step(step);
+                    s.state = StepState::Skipped;
+                    s.skip = Some(reason.clone());
+                    s.finished_at = Some(*at);
+                }
+                Record::Resumed(resumed) => {
+                    view.resumes += 1;
+                    view.result = None;
+                    view.finished_at = None;
+                    view.paused_at = None;
+                    if let Some(fingerprints) = &resumed.fingerprints {
+                        view.fingerprints = fingerprints.clone();
+                    }
+                    if let Some(hash) = &resumed.plan_hash {
+                        view.plan_hash = hash.clone();
+                    }
+                    view.changed
+                        .extend(resumed.changed.iter().map(|c| c.step.clone()));
+                }
+                Record::Interrupted { .. } => view.interruptions += 1,
+                Record::Paused { step, .. } => view.paused_at = Some(step.clone()),
+                Record::Approved { step, at, by, host } => view.approvals.push(Approval {
+                    step: step.clone(),
+                    at: *at,
+                    by: by.clone(),
+                    host: host.clone(),
+                }),
+                Record::Chaos { step, at, event } => view.chaos.push(ChaosEvent {
+                    step: step.clone(),
+                    at: *at,
+                    event: event.clone(),
+                }),
+                Record::Ended { at, result } => {
+                    view.result = Some(*result);
+                    view.finished_at = Some(*at);
+                }
+            }
+        }
+        view
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+    InDoubt,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct StepView {
+    pub state: StepState,
+    pub attempts: u32,
+    pub started_at: Option<DateTime<Utc>>,
+    pub last_started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_seconds: Option<f64>,
+    pub outputs: Outputs,
+    pub error: Option<String>,
+    pub frozen: BTreeMap<String, serde_json::Value>,
+    pub skip: Option<SkipReason>,
+}
+
+impl StepView {
+    /// Done for the purpose of its dependents: succeeded, or accepted as done.
+    pub fn is_done(&self) -> bool {
+        match self.state {
+            StepState::Succeeded => true,
+            StepState::Skipped => matches!(
+                self.skip,
+                Some(SkipReason::Operator { .. }) | Some(SkipReason::Check)
+            ),
+            _ => false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Approval {
+    pub step: String,
+    pub at: DateTime<Utc>,
+    pub by: String,
+    pub host: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ChaosEvent {
+    pub step: String,
+    pub at: DateTime<Utc>,
+    pub event: String,
+}
+
+pub struct RunView {
+    pub fingerprints: BTreeMap<String, String>,
+    pub plan_hash: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// How the latest run or resume ended; `None` when it is live or crashed.
+    pub result: Option<RunResult>,
+    pub resumes: usize,
+    pub steps: BTreeMap<String, StepView>,
+    pub paused_at: Option<String>,
+    pub approvals: Vec<Approval>,
+    pub chaos: Vec<ChaosEvent>,
+    pub interruptions: usize,
+    pub changed: Vec<String>,
+}
+
+impl RunView {
+    fn step(&mut self, id: &str) -> &mut StepView {
+        self.steps.entry(id.to_string()).or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header_line() -> String {
+        let header = Header {
+            format: 1,
+            run_id: "r".into(),
+            plan: "p".into(),
+            plan_hash: "h".into(),
+            plan_path: "p.toml".into(),
+            plan_dir: ".".into(),
+            drill: false,
+            started_at: Utc::now(),
+            vars: BTreeMap::new(),
+            fingerprints: BTreeMap::new(),
+            concurrency: 1,
+            keep_going: false,
+            chaos: None,
+            host: "h".into(),
+            pid: 1,
+            phoenix_version: "0".into(),
+        };
+        serde_json::to_string(&Record::Header(header)).unwrap()
+    }
+
+    #[test]
+    fn a_torn_last_line_is_set_aside() {
+        let text = format!("{}\n{{\"type\":\"started\",\"step\":\"a\",\"attempt\":1,\"at\":\"2026-01-01T00:00:00Z\"}}\n{{\"type\":\"fini", header_line());
+        let log = RunLog::parse("r", text.as_bytes()).unwrap();
+        assert_eq!(log.records.len(), 1);
+        let torn = log.torn.unwrap();
+        assert_eq!(torn.line, 3);
+        assert_eq!(&text[torn.offset as usize..], "{\"type\":\"fini");
+        assert_eq!(log.fold().steps["a"].state, StepState::InDoubt);
+    }
+
+    #[test]
+    fn damage_before_the_last_line_names_the_line() {
+        let text = format!("{}\ngarbage\n{{\"type\":\"ended\",\"at\":\"2026-01-01T00:00:00Z\",\"result\":\"failed\"}}\n", header_line());
+        match RunLog::parse("r", text.as_bytes()) {
+            Err(JournalError::Damaged { line, .. }) => assert_eq!(line, 2),
+            other => panic!("expected damage, got {:?}", other.err()),
+        }
+    }
+}

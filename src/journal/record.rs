@@ -1,0 +1,179 @@
+//! Journal records: one JSON object a line, tagged by `type`.
+//!
+//! The first record of a journal is a [`Header`]. Every field a later version may
+//! not write is optional, and readers ignore fields they do not know, so that the
+//! format can grow without breaking old journals.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Bumped when a record changes meaning; readers refuse a newer format.
+pub const FORMAT_VERSION: u32 = 1;
+
+pub type Outputs = BTreeMap<String, String>;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record {
+    Header(Header),
+    /// An attempt began. Durable before the action runs only for steps with
+    /// `idempotent = false`; for the rest it rides the next group commit.
+    Started {
+        step: String,
+        attempt: u32,
+        at: DateTime<Utc>,
+    },
+    /// An attempt ended; durable before the step counts as done.
+    Finished {
+        step: String,
+        attempt: u32,
+        at: DateTime<Utc>,
+        outcome: Outcome,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        outputs: Outputs,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        duration_seconds: f64,
+    },
+    /// What a step resolved on its first run (a commit, a backup), used again by
+    /// every later attempt and resume.
+    Frozen {
+        step: String,
+        values: BTreeMap<String, serde_json::Value>,
+    },
+    /// A step not run: by the operator's `--skip`, or because a step it needs failed.
+    Skipped {
+        step: String,
+        at: DateTime<Utc>,
+        reason: SkipReason,
+    },
+    /// A resume began: who, and what it decided.
+    Resumed(Resumed),
+    /// A run (or a resume of it) stopped on SIGINT or SIGTERM.
+    Interrupted {
+        at: DateTime<Utc>,
+        signal: String,
+    },
+    /// The run stopped at an approval gate.
+    Paused {
+        step: String,
+        at: DateTime<Utc>,
+        prompt: String,
+    },
+    /// A person (or `--yes`) approved a gate.
+    Approved {
+        step: String,
+        at: DateTime<Utc>,
+        by: String,
+        host: String,
+    },
+    /// An event injected by `--chaos`.
+    Chaos {
+        step: String,
+        at: DateTime<Utc>,
+        event: String,
+    },
+    /// The run (or this resume of it) ended.
+    Ended {
+        at: DateTime<Utc>,
+        result: RunResult,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Header {
+    pub format: u32,
+    pub run_id: String,
+    pub plan: String,
+    /// SHA-256 of the plan file's text.
+    pub plan_hash: String,
+    /// The plan file as given, and the directory its relative paths resolve against.
+    pub plan_path: String,
+    pub plan_dir: String,
+    pub drill: bool,
+    pub started_at: DateTime<Utc>,
+    /// Vars overridden by `--vars` and `--var`: a resume resolves the plan the same way.
+    #[serde(default)]
+    pub vars: BTreeMap<String, serde_json::Value>,
+    /// Step id to fingerprint of its definition.
+    pub fingerprints: BTreeMap<String, String>,
+    pub concurrency: usize,
+    #[serde(default)]
+    pub keep_going: bool,
+    #[serde(default)]
+    pub chaos: Option<String>,
+    pub host: String,
+    pub pid: u32,
+    pub phoenix_version: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Resumed {
+    pub at: DateTime<Utc>,
+    pub host: String,
+    pub pid: u32,
+    /// Fingerprints of the plan this resume runs, when it changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprints: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_hash: Option<String>,
+    /// Steps run again because their definition (or one they need) changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<ChangedStep>,
+    /// Steps found started but unfinished, and what was done about each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_doubt: Vec<InDoubt>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ChangedStep {
+    pub step: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct InDoubt {
+    pub step: String,
+    /// `rerun`, `check_passed`, `skipped` (by the operator).
+    pub decision: String,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "by", rename_all = "snake_case")]
+pub enum SkipReason {
+    /// `phoenix resume --skip STEP`: accepted as done.
+    Operator { user: String },
+    /// A step it needs failed (`--keep-going`).
+    Upstream { failed: String },
+    /// An in-doubt step whose `check` said it is already done.
+    Check,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RunResult {
+    Succeeded,
+    Failed,
+    Interrupted,
+    Paused,
+}
+
+impl RunResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunResult::Succeeded => "succeeded",
+            RunResult::Failed => "failed",
+            RunResult::Interrupted => "interrupted",
+            RunResult::Paused => "paused",
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The journal writer: appends records and makes them durable with group commit.
+//!
+//! One thread owns the backend. Callers send records down a channel; the thread
+//! takes everything that has queued up, writes it as one batch, syncs once, and
+//! then wakes every caller that asked to wait. Steps that finish together share
+//! one fsync, so durability costs one sync per batch, not per step.
+
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
+
+use super::record::Record;
+use super::JournalBackend;
+
+enum Message {
+    Append(Box<Record>, Option<oneshot::Sender<Result<(), String>>>),
+    /// Sync everything sent so far, then answer.
+    Flush(oneshot::Sender<Result<(), String>>),
+}
+
+/// A cheap handle to the writer thread.
+#[derive(Clone)]
+pub struct JournalWriter {
+    sender: mpsc::Sender<Message>,
+    masker: std::sync::Arc<crate::exec::secrets::Masker>,
+}
+
+/// Owns the writer thread; joining it closes the journal.
+pub struct WriterThread {
+    handle: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write the journal: {0}")]
+pub struct JournalWriteError(pub String);
+
+impl JournalWriter {
+    pub fn start(
+        mut backend: Box<dyn JournalBackend>,
+        masker: std::sync::Arc<crate::exec::secrets::Masker>,
+    ) -> (JournalWriter, WriterThread) {
+        let (sender, receiver) = mpsc::channel::<Message>();
+        let thread_masker = std::sync::Arc::clone(&masker);
+        let handle = std::thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || {
+                let mut buffer = Vec::with_capacity(64 * 1024);
+                let mut waiters = Vec::new();
+                while let Ok(first) = receiver.recv() {
+                    let mut next = Some(first);
+                    // Take everything already queued: one write and one sync for all.
+                    while let Some(message) = next {
+                        match message {
+                            Message::Append(record, waiter) => {
+                                let line = serde_json::to_string(&record).unwrap_or_default();
+                                buffer.extend_from_slice(thread_masker.mask(&line).as_bytes());
+                                buffer.push(b'\n');
+                                waiters.extend(waiter);
+                            }
+                            Message::Flush(waiter) => waiters.push(waiter),
+                        }
+                        next = receiver.try_recv().ok();
+                    }
+                    let result = if buffer.is_empty() {
+                        Ok(())
+                    } else {
+                        backend.append(&buffer).map_err(|e| e.to_string())
+                    };
+                    buffer.clear();
+                    for waiter in waiters.drain(..) {
+                        let _ = waiter.send(result.clone());
+                    }
+                }
+            })
+            .expect("spawn the journal thread");
+        (
+            JournalWriter { sender, masker },
+            WriterThread {
+                handle: Some(handle),
+            },
+        )
+    }
+
+    /// Queues a record; it becomes durable with the next batch.
+    pub fn append(&self, record: Record) {
+        let _ = self.sender.send(Message::Append(Box::new(record), None));
+    }
+
+    /// Appends a record and returns once it is durable.
+    pub async fn append_durable(&self, record: Record) -> Result<(), JournalWriteError> {
+        let (tx, rx) = oneshot::channel();
+        self.sender
+            .send(Message::Append(Box::new(record), Some(tx)))
+            .map_err(|_| JournalWriteError("the journal is closed".into()))?;
+        rx.await
+            .map_err(|_| JournalWriteError("the journal is closed".into()))?
+            .map_err(JournalWriteError)
+    }
+
+    /// Returns once every record sent so far is durable.
+    pub async fn flush(&self) -> Result<(), JournalWriteError> {
+        let (tx, rx) = oneshot::channel();
+        self.sender
+            .send(Message::Flush(tx))
+            .map_err(|_| JournalWriteError("the journal is closed".into()))?;
+        rx.await
+            .map_err(|_| JournalWriteError("the journal is closed".into()))?
+            .map_err(JournalWriteError)
+    }
+
+    pub fn masker(&self) -> &crate::exec::secrets::Masker {
+        &self.masker
+    }
+}
+
+impl WriterThread {
+    /// Waits for the thread to write what it was sent. Every `JournalWriter`
+    /// handle must be dropped first.
+    pub fn join(mut self) {
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! `phoenix status`: where a run stands, from its journal and its plan copy.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::journal::reader::{RunView, StepState, StepView};
+use crate::journal::record::{Header, Outputs};
+use crate::plan::Plan;
+
+#[derive(Serialize)]
+pub struct Status {
+    pub run_id: String,
+    pub plan: String,
+    pub drill: bool,
+    pub state: &'static str,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub resumes: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_at: Option<String>,
+    pub steps: Vec<StepStatus>,
+}
+
+#[derive(Serialize)]
+pub struct StepStatus {
+    pub id: String,
+    pub phase: String,
+    pub state: StepState,
+    pub attempts: u32,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_seconds: Option<f64>,
+    pub outputs: Outputs,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The status of a run. `plan` is the run's plan (for step order and phases);
+/// without it, the steps the journal mentions are listed.
+pub fn build(header: &Header, view: &RunView, live: bool, plan: Option<&Plan>) -> Status {
+    let state = if live {
+        "running"
+    } else {
+        match view.result {
+            Some(result) => result.as_str(),
+            None => "interrupted",
+        }
+    };
+    let step_status = |id: &str, phase: &str, step: Option<&StepView>| {
+        let step = step.cloned().unwrap_or_default();
+        let state = match step.state {
+            StepState::InDoubt if live => StepState::Running,
+            other => other,
+        };
+        StepStatus {
+            id: id.to_string(),
+            phase: phase.to_string(),
+            state,
+            attempts: step.attempts,
+            started_at: step.started_at,
+            finished_at: step.finished_at,
+            duration_seconds: step.duration_seconds,
+            outputs: step.outputs,
+            error: step.error,
+        }
+    };
+    let steps = match plan {
+        Some(plan) => plan
+            .applicable(header.drill)
+            .map(|s| {
+                step_status(
+                    s.id.as_str(),
+                    s.phase.value.name(),
+                    view.steps.get(s.id.as_str()),
+                )
+            })
+            .collect(),
+        None => view
+            .steps
+            .iter()
+            .map(|(id, s)| step_status(id, "", Some(s)))
+            .collect(),
+    };
+    Status {
+        run_id: header.run_id.clone(),
+        plan: header.plan.clone(),
+        drill: header.drill,
+        state,
+        started_at: header.started_at,
+        finished_at: if live { None } else { view.finished_at },
+        resumes: view.resumes,
+        paused_at: view.paused_at.clone(),
+        steps,
+    }
+}
+
+pub fn render_text(status: &Status) -> String {
+    let mut out = String::new();
+    let kind = if status.drill { "drill" } else { "recovery" };
+    let _ = writeln!(
+        out,
+        "run `{}` of plan `{}` ({kind}): {}",
+        status.run_id, status.plan, status.state
+    );
+    let finished = status
+        .finished_at
+        .map(|f| format!(", finished {}", f.format("%Y-%m-%d %H:%M:%SZ")))
+        .unwrap_or_default();
+    let resumes = if status.resumes > 0 {
+        format!(", resumed {} times", status.resumes)
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        out,
+        "started {}{finished}{resumes}",
+        status.started_at.format("%Y-%m-%d %H:%M:%SZ")
+    );
+    if let Some(step) = &status.paused_at {
+        if status.state == "paused" {
+            let _ = writeln!(
+                out,
+                "paused at approval gate `{step}`: `phoenix resume --approve {step}`"
+            );
+        }
+    }
+    let mut counts = std::collections::BTreeMap::new();
+    for step in &status.steps {
+        *counts
+            .entry(format!("{:?}", step.state).to_lowercase())
+            .or_insert(0) += 1;
+    }
+    let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    let _ = writeln!(out, "steps: {}", summary.join(", "));
+    let width = status.steps.iter().map(|s| s.id.len()).max().unwrap_or(4);
+    for step in &status.steps {
+        let state = serde_json::to_value(step.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let duration = step
+            .duration_seconds
+            .map(|d| format!("{d:.1}s"))
+            .unwrap_or_default();
+        let attempts = if step.attempts > 1 {
+            format!("{} attempts", step.attempts)
+        } else {
+            String::new()
+        };
+        let _ = write!(
+            out,
+            "  {:<10} {:<width$}  {:<9} {:>8} {}",
+            step.phase, step.id, state, duration, attempts
+        );
+        if let Some(error) = &step.error {
+            if step.state == StepState::Failed {
+                let _ = write!(out, " {error}");
+            }
+        }
+        out = out.trim_end().to_string();
+        out.push('\n');
+    }
+    out
+}

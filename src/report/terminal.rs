@@ -1,0 +1,343 @@
+//! The terminal view of a run: progress bars on a TTY, plain lines elsewhere,
+//! JSON lines with `--log-format json`. It only consumes executor events.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::exec::{Event, EventSink};
+use crate::journal::record::RunResult;
+use crate::plan::Phase;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Progress bars: stderr is a terminal.
+    Bars,
+    /// One line an event.
+    Lines,
+    /// One JSON object an event (`--log-format json`).
+    Json,
+}
+
+pub struct Terminal {
+    mode: Mode,
+    quiet: bool,
+    verbose: bool,
+    color: bool,
+    bars: Mutex<Option<Bars>>,
+}
+
+struct Bars {
+    multi: MultiProgress,
+    phases: HashMap<Phase, ProgressBar>,
+    running: HashMap<String, ProgressBar>,
+}
+
+impl Terminal {
+    pub fn new(mode: Mode, quiet: bool, verbose: bool, color: bool) -> Self {
+        Terminal {
+            mode,
+            quiet,
+            verbose,
+            color,
+            bars: Mutex::new(None),
+        }
+    }
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+
+    fn line(&self, text: String) {
+        let guard = self.bars.lock().unwrap_or_else(|e| e.into_inner());
+        match guard.as_ref() {
+            Some(bars) => bars.multi.suspend(|| eprintln!("{text}")),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn json(&self, event: &Event) {
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let value = match event {
+            Event::RunStarted {
+                run_id,
+                plan,
+                steps,
+                drill,
+                resumed,
+                ..
+            } => {
+                serde_json::json!({"event": "run_started", "run_id": run_id, "plan": plan, "steps": steps, "drill": drill, "resumed": resumed})
+            }
+            Event::StepStarted {
+                step,
+                phase,
+                attempt,
+            } => {
+                serde_json::json!({"event": "step_started", "step": step, "phase": phase, "attempt": attempt})
+            }
+            Event::StepRetrying {
+                step,
+                attempt,
+                error,
+                delay,
+            } => {
+                serde_json::json!({"event": "step_retrying", "step": step, "attempt": attempt, "error": error, "delay_seconds": delay.as_secs_f64()})
+            }
+            Event::StepFinished {
+                step,
+                phase,
+                attempt,
+                succeeded,
+                duration,
+                error,
+                log,
+                ..
+            } => {
+                serde_json::json!({"event": "step_finished", "step": step, "phase": phase, "attempt": attempt, "state": if *succeeded { "succeeded" } else { "failed" }, "duration_seconds": duration.as_secs_f64(), "error": error, "log": log})
+            }
+            Event::StepSkipped {
+                step,
+                phase,
+                reason,
+            } => {
+                serde_json::json!({"event": "step_skipped", "step": step, "phase": phase, "reason": reason})
+            }
+            Event::Paused { step, prompt } => {
+                serde_json::json!({"event": "paused", "step": step, "prompt": prompt})
+            }
+            Event::Warning(message) => serde_json::json!({"event": "warning", "message": message}),
+            Event::Info(message) => serde_json::json!({"event": "info", "message": message}),
+            Event::RunFinished {
+                run_id,
+                result,
+                duration,
+            } => {
+                serde_json::json!({"event": "run_finished", "run_id": run_id, "result": result.as_str(), "duration_seconds": duration.as_secs_f64()})
+            }
+        };
+        let mut object = value;
+        object["ts"] = serde_json::Value::String(now);
+        let mut stderr = std::io::stderr().lock();
+        let _ = writeln!(stderr, "{object}");
+    }
+
+    fn start_bars(&self, per_phase: &[(Phase, usize)]) {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
+        let style = ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        let mut phases = HashMap::new();
+        for (phase, count) in per_phase.iter().filter(|(_, c)| *c > 0) {
+            let bar = multi.add(ProgressBar::new(*count as u64));
+            bar.set_style(style.clone());
+            bar.set_prefix(phase.name());
+            phases.insert(*phase, bar);
+        }
+        *self.bars.lock().unwrap_or_else(|e| e.into_inner()) = Some(Bars {
+            multi,
+            phases,
+            running: HashMap::new(),
+        });
+    }
+}
+
+fn seconds(duration: &Duration) -> String {
+    let secs = duration.as_secs_f64();
+    if secs < 60.0 {
+        format!("{secs:.1}s")
+    } else {
+        humantime::format_duration(Duration::from_secs(secs.round() as u64)).to_string()
+    }
+}
+
+impl EventSink for Terminal {
+    fn emit(&self, event: Event) {
+        if self.mode == Mode::Json {
+            return self.json(&event);
+        }
+        match &event {
+            Event::RunStarted { per_phase, .. } if self.mode == Mode::Bars && !self.quiet => {
+                self.start_bars(per_phase)
+            }
+            Event::StepStarted { step, attempt, .. } if self.mode == Mode::Bars => {
+                let mut guard = self.bars.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(bars) = guard.as_mut() {
+                    let spinner = bars.multi.add(ProgressBar::new_spinner());
+                    spinner.set_style(
+                        ProgressStyle::with_template("  {spinner} {msg} {elapsed}")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    );
+                    let retry = if *attempt > 1 {
+                        format!(" (attempt {attempt})")
+                    } else {
+                        String::new()
+                    };
+                    spinner.set_message(format!("{step}{retry}"));
+                    spinner.enable_steady_tick(Duration::from_millis(120));
+                    bars.running.insert(step.clone(), spinner);
+                }
+                return;
+            }
+            _ => {}
+        }
+        let settled = match &event {
+            Event::StepFinished {
+                step, phase, last, ..
+            } => Some((step, phase, *last)),
+            Event::StepSkipped { step, phase, .. } => Some((step, phase, true)),
+            _ => None,
+        };
+        if let Some((step, phase, last)) = settled {
+            let mut guard = self.bars.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(bars) = guard.as_mut() {
+                if let Some(spinner) = bars.running.remove(step.as_str()) {
+                    spinner.finish_and_clear();
+                    bars.multi.remove(&spinner);
+                }
+                if let (true, Some(bar)) = (last, bars.phases.get(phase)) {
+                    bar.inc(1);
+                }
+            }
+        }
+        let text = match event {
+            Event::RunStarted {
+                run_id,
+                plan,
+                steps,
+                drill,
+                resumed,
+                ..
+            } => {
+                if self.quiet {
+                    return;
+                }
+                let kind = if drill { "drill" } else { "recovery" };
+                let verb = if resumed { "resuming" } else { "starting" };
+                format!("{verb} {kind} run `{run_id}` of plan `{plan}`: {steps} steps to run")
+            }
+            Event::StepStarted {
+                step,
+                phase,
+                attempt,
+            } => {
+                if self.quiet || !self.verbose && self.mode == Mode::Bars {
+                    return;
+                }
+                let retry = if attempt > 1 {
+                    format!(" (attempt {attempt})")
+                } else {
+                    String::new()
+                };
+                format!("{} {step} [{phase}]{retry}", self.paint("36", "start"))
+            }
+            Event::StepRetrying {
+                step,
+                attempt,
+                error,
+                delay,
+            } => {
+                if self.quiet {
+                    return;
+                }
+                format!(
+                    "{} {step}: attempt {attempt} failed ({error}); retrying in {}",
+                    self.paint("33", "retry"),
+                    seconds(&delay)
+                )
+            }
+            Event::StepFinished {
+                step,
+                succeeded: true,
+                duration,
+                ..
+            } => {
+                if self.quiet {
+                    return;
+                }
+                format!(
+                    "{} {step} in {}",
+                    self.paint("32", "   ok"),
+                    seconds(&duration)
+                )
+            }
+            Event::StepFinished {
+                step,
+                duration,
+                error,
+                log_tail,
+                log,
+                attempt,
+                ..
+            } => {
+                let mut text = format!(
+                    "{} {step} after {} (attempt {attempt}): {}",
+                    self.paint("31", " FAIL"),
+                    seconds(&duration),
+                    error.unwrap_or_default()
+                );
+                if let Some(tail) = log_tail {
+                    for line in tail.lines() {
+                        text.push_str("\n       | ");
+                        text.push_str(line);
+                    }
+                }
+                if let Some(log) = log {
+                    text.push_str(&format!("\n       log: {}", log.display()));
+                }
+                text
+            }
+            Event::StepSkipped { step, reason, .. } => {
+                if self.quiet {
+                    return;
+                }
+                format!("{} {step}: {reason}", self.paint("33", " skip"))
+            }
+            Event::Paused { step, prompt } => format!(
+                "{} at `{step}`: {prompt}\n       approve with `phoenix resume --approve {step}`",
+                self.paint("35", "pause")
+            ),
+            Event::Warning(message) => format!("{}: {message}", self.paint("33", "warning")),
+            Event::Info(message) => {
+                if self.quiet {
+                    return;
+                }
+                message
+            }
+            Event::RunFinished {
+                run_id,
+                result,
+                duration,
+            } => {
+                if let Some(bars) = self.bars.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    for bar in bars.phases.values() {
+                        bar.finish();
+                    }
+                    let _ = bars.multi.clear();
+                }
+                let painted = match result {
+                    RunResult::Succeeded => self.paint("32", "succeeded"),
+                    RunResult::Paused => self.paint("35", "paused"),
+                    _ => self.paint("31", result.as_str()),
+                };
+                format!("run `{run_id}` {painted} in {}", seconds(&duration))
+            }
+        };
+        self.line(text);
+    }
+
+    fn suspend(&self, f: &mut dyn FnMut()) {
+        let guard = self.bars.lock().unwrap_or_else(|e| e.into_inner());
+        match guard.as_ref() {
+            Some(bars) => bars.multi.suspend(f),
+            None => f(),
+        }
+    }
+}

@@ -1,0 +1,759 @@
+//! A session: one invocation of `phoenix run` or `phoenix resume` driving a run
+//! from lock to final record.
+//!
+//! It owns the order of things around the executor: take the lock, create or
+//! read the run's journal, decide where each step starts (the resume rules),
+//! start the journal writer and the signal watcher, execute, write the end
+//! record, release the lock.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::Utc;
+use sha2::{Digest, Sha256};
+
+use crate::actions::approval::{current_user, host_name};
+use crate::exec::chaos::{Chaos, ChaosSpec};
+use crate::exec::scheduler::{self, Start};
+use crate::exec::secrets::Masker;
+use crate::exec::{Approvals, Event, EventSink, RunInfo, Shared};
+use crate::journal::reader::{RunView, StepState};
+use crate::journal::record::{
+    ChangedStep, Header, InDoubt, Record, Resumed, RunResult, SkipReason, FORMAT_VERSION,
+};
+use crate::journal::{
+    JournalError, JournalWriter, LockError, LockInfo, RunLog, StateError, StateStore,
+};
+use crate::plan::diagnostic::did_you_mean;
+use crate::plan::load::{load_source, overrides_from_values, Loaded};
+use crate::plan::model::DEFAULT_CONCURRENCY;
+use crate::plan::source::SourceFile;
+use crate::plan::validate::hex;
+use crate::plan::Plan;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("run `{run}`: {source}")]
+    Journal {
+        run: String,
+        #[source]
+        source: JournalError,
+    },
+    #[error("{0}")]
+    Usage(String),
+    #[error("the plan of run `{run}` is no longer valid{}", if *.from_state { " (the copy kept in the state)" } else { "" })]
+    InvalidPlan { run: String, from_state: bool },
+    #[error(
+        "{} in doubt and not idempotent: {}; it may or may not have taken effect, so phoenix will not run it again by itself. Check it, then resume with `--rerun STEP` or `--skip STEP`",
+        if steps.len() == 1 { "this step was running when the run stopped, is" } else { "these steps were running when the run stopped, are" },
+        steps.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+    )]
+    InDoubt { steps: Vec<String> },
+    #[error("no run in `{0}` to resume")]
+    NothingToResume(String),
+    #[error("run `{0}` already succeeded; there is nothing to resume")]
+    AlreadySucceeded(String),
+    #[error("cannot start the runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("the journal failed: {0}")]
+    JournalWrite(String),
+}
+
+/// What `phoenix run` asks for.
+pub struct RunRequest {
+    pub plan_path: PathBuf,
+    pub loaded: Loaded,
+    pub drill: bool,
+    pub concurrency: Option<usize>,
+    pub keep_going: bool,
+    pub chaos: Option<(String, ChaosSpec)>,
+    pub yes: bool,
+    pub run_id: Option<String>,
+    pub interactive: bool,
+}
+
+/// What `phoenix resume` asks for.
+pub struct ResumeRequest {
+    pub run_id: Option<String>,
+    pub plan: Option<PathBuf>,
+    pub approve: Vec<String>,
+    pub skip: Vec<String>,
+    pub rerun: Vec<String>,
+    pub yes: bool,
+    pub interactive: bool,
+}
+
+/// How a session ended.
+pub struct SessionEnd {
+    pub run_id: String,
+    pub result: RunResult,
+    pub run_dir: PathBuf,
+}
+
+pub fn new_run_id() -> String {
+    use rand::Rng;
+    let suffix: u16 = rand::rng().random();
+    format!("{}-{suffix:04x}", Utc::now().format("%Y%m%dT%H%M%SZ"))
+}
+
+/// Run ids name directories: no separators, no dot files.
+fn valid_run_id(id: &str) -> bool {
+    (1..=100).contains(&id.len())
+        && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn plan_hash(text: &str) -> String {
+    hex(&Sha256::digest(text.as_bytes()))
+}
+
+fn lock_info(run_id: &str) -> LockInfo {
+    LockInfo {
+        pid: std::process::id(),
+        host: host_name(),
+        run_id: run_id.to_string(),
+        since: Utc::now(),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, SessionError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(SessionError::Runtime)
+}
+
+pub fn run(
+    state: &dyn StateStore,
+    request: RunRequest,
+    events: Arc<dyn EventSink>,
+) -> Result<SessionEnd, SessionError> {
+    let plan = Arc::new(request.loaded.plan.expect("a valid plan"));
+    let run_id = request.run_id.clone().unwrap_or_else(new_run_id);
+    if !valid_run_id(&run_id) {
+        return Err(SessionError::Usage(format!(
+            "`--run-id {run_id}`: a run id is 1 to 100 letters, digits, `-`, `_` and `.`, starting with a letter or digit"
+        )));
+    }
+    let lock = state.lock(&lock_info(&run_id))?;
+    if let Some(previous) = lock.took_over() {
+        events.emit(Event::Warning(format!(
+            "took over the lock of {}, whose process is gone",
+            previous.describe()
+        )));
+    }
+    state.create_run(&run_id, &plan.source.text)?;
+    let concurrency = request
+        .concurrency
+        .or(plan.concurrency)
+        .unwrap_or(DEFAULT_CONCURRENCY);
+    let header = Header {
+        format: FORMAT_VERSION,
+        run_id: run_id.clone(),
+        plan: plan.name.value.clone(),
+        plan_hash: plan_hash(&plan.source.text),
+        plan_path: absolute(&request.plan_path).display().to_string(),
+        plan_dir: plan.dir.display().to_string(),
+        drill: request.drill,
+        started_at: Utc::now(),
+        vars: request.loaded.overrides.clone(),
+        fingerprints: plan
+            .steps
+            .iter()
+            .map(|s| (s.id.value.clone(), s.fingerprint.clone()))
+            .collect(),
+        concurrency,
+        keep_going: request.keep_going,
+        chaos: request.chaos.as_ref().map(|(text, _)| text.clone()),
+        host: host_name(),
+        pid: std::process::id(),
+        phoenix_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let starts: Vec<Start> = plan
+        .steps
+        .iter()
+        .map(|s| {
+            if s.applies(request.drill) {
+                Start::Pending { first_attempt: 1 }
+            } else {
+                Start::NotApplicable
+            }
+        })
+        .collect();
+    let approvals = Approvals {
+        all: request.yes,
+        steps: HashSet::new(),
+        interactive: request.interactive,
+    };
+    let chaos = request.chaos.map(|(_, spec)| Chaos::new(spec, 0));
+    let session = Session {
+        state,
+        run_id,
+        plan,
+        drill: request.drill,
+        concurrency,
+        keep_going: request.keep_going,
+        events,
+    };
+    let result = session.execute(
+        vec![Record::Header(header)],
+        starts,
+        BTreeMap::new(),
+        BTreeMap::new(),
+        chaos,
+        approvals,
+        None,
+    )?;
+    drop(lock);
+    Ok(result)
+}
+
+pub fn resume(
+    state: &dyn StateStore,
+    request: ResumeRequest,
+    events: Arc<dyn EventSink>,
+) -> Result<SessionEnd, SessionError> {
+    let run_id = match &request.run_id {
+        Some(id) => id.clone(),
+        None => newest_unfinished(state)?
+            .ok_or_else(|| SessionError::NothingToResume(state.describe()))?,
+    };
+    let lock = state.lock(&lock_info(&run_id))?;
+    if let Some(previous) = lock.took_over() {
+        events.emit(Event::Warning(format!(
+            "took over the lock of {}, whose process is gone",
+            previous.describe()
+        )));
+    }
+    let bytes = state.read_journal(&run_id)?;
+    let log = RunLog::parse(&run_id, &bytes).map_err(|source| SessionError::Journal {
+        run: run_id.clone(),
+        source,
+    })?;
+    if let Some(torn) = log.torn {
+        let side = state.set_aside_tail(&run_id, torn.offset)?;
+        events.emit(Event::Warning(format!(
+            "journal line {} was torn by a crash mid-write; set aside in `{}`",
+            torn.line,
+            side.display()
+        )));
+    }
+    let view = log.fold();
+    if view.result == Some(RunResult::Succeeded) {
+        return Err(SessionError::AlreadySucceeded(run_id));
+    }
+    let header = &log.header;
+    let (plan, from_state) = load_for_resume(state, &run_id, header, request.plan.as_deref())?;
+    let plan = Arc::new(plan);
+    let known: Vec<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
+    for (flag, ids) in [
+        ("--approve", &request.approve),
+        ("--skip", &request.skip),
+        ("--rerun", &request.rerun),
+    ] {
+        for id in ids {
+            if !known.contains(&id.as_str()) {
+                return Err(SessionError::Usage(format!(
+                    "`{flag} {id}`: the plan has no step `{id}`{}",
+                    did_you_mean(id, known.iter().copied())
+                )));
+            }
+        }
+    }
+    let _ = from_state;
+
+    // Steps whose definition changed, and everything after them, run again.
+    let graph = crate::graph::StepGraph::new(&plan);
+    let mut changed = Vec::new();
+    let mut changed_roots = Vec::new();
+    for (i, step) in plan.steps.iter().enumerate() {
+        match view.fingerprints.get(step.id.as_str()) {
+            Some(old) if *old == step.fingerprint => {}
+            Some(_) => {
+                changed_roots.push(i);
+                changed.push(ChangedStep {
+                    step: step.id.value.clone(),
+                    reason: "its definition changed".into(),
+                });
+            }
+            None => {
+                changed_roots.push(i);
+                changed.push(ChangedStep {
+                    step: step.id.value.clone(),
+                    reason: "it is new in the plan".into(),
+                });
+            }
+        }
+    }
+    let downstream = graph.descendants_of(changed_roots.iter().copied());
+    for i in downstream.ones() {
+        if !changed_roots.contains(&i) {
+            let step = &plan.steps[i];
+            let cause = graph
+                .ancestors(i)
+                .ones()
+                .find(|a| changed_roots.contains(a))
+                .map(|a| plan.steps[a].id.value.clone())
+                .unwrap_or_default();
+            changed.push(ChangedStep {
+                step: step.id.value.clone(),
+                reason: format!("it comes after `{cause}`, which changed"),
+            });
+        }
+    }
+    let rerun_changed: BTreeSet<String> = changed.iter().map(|c| c.step.clone()).collect();
+    for c in &changed {
+        if view
+            .steps
+            .get(&c.step)
+            .is_some_and(|s| s.state != StepState::Pending)
+        {
+            events.emit(Event::Info(format!(
+                "step `{}` runs again: {}",
+                c.step, c.reason
+            )));
+        }
+    }
+
+    let skip: HashSet<&str> = request.skip.iter().map(String::as_str).collect();
+    let rerun: HashSet<&str> = request.rerun.iter().map(String::as_str).collect();
+    let mut starts = Vec::with_capacity(plan.steps.len());
+    let mut outputs = BTreeMap::new();
+    let mut frozen = BTreeMap::new();
+    let mut in_doubt = Vec::new();
+    let mut blocked = Vec::new();
+    let mut needs_check = Vec::new();
+    let mut records = Vec::new();
+    for (i, step) in plan.steps.iter().enumerate() {
+        let id = step.id.as_str();
+        let previous = view.steps.get(id).cloned().unwrap_or_default();
+        let first_attempt = previous.attempts + 1;
+        if !step.applies(header.drill) {
+            starts.push(Start::NotApplicable);
+            continue;
+        }
+        if !rerun_changed.contains(id) && !previous.frozen.is_empty() {
+            frozen.insert(id.to_string(), previous.frozen.clone());
+        }
+        if skip.contains(id) {
+            records.push(Record::Skipped {
+                step: id.into(),
+                at: Utc::now(),
+                reason: SkipReason::Operator {
+                    user: current_user(),
+                },
+            });
+            if previous.state == StepState::InDoubt {
+                in_doubt.push(InDoubt {
+                    step: id.into(),
+                    decision: "skipped".into(),
+                });
+            }
+            starts.push(Start::Done);
+            continue;
+        }
+        if rerun.contains(id) || rerun_changed.contains(id) {
+            if previous.state == StepState::InDoubt {
+                in_doubt.push(InDoubt {
+                    step: id.into(),
+                    decision: "rerun".into(),
+                });
+            }
+            starts.push(Start::Pending { first_attempt });
+            continue;
+        }
+        match previous.state {
+            _ if previous.is_done() => {
+                outputs.insert(id.to_string(), previous.outputs.clone());
+                starts.push(Start::Done);
+            }
+            StepState::InDoubt | StepState::Running => {
+                if step.check.is_some() {
+                    needs_check.push(i);
+                    starts.push(Start::Pending { first_attempt });
+                } else if !step.idempotent {
+                    blocked.push(id.to_string());
+                    starts.push(Start::Pending { first_attempt });
+                } else {
+                    in_doubt.push(InDoubt {
+                        step: id.into(),
+                        decision: "rerun".into(),
+                    });
+                    starts.push(Start::Pending { first_attempt });
+                }
+            }
+            _ => starts.push(Start::Pending { first_attempt }),
+        }
+    }
+    if !blocked.is_empty() {
+        return Err(SessionError::InDoubt { steps: blocked });
+    }
+    let plan_changed = plan_hash(&plan.source.text) != view.plan_hash;
+    let resumed = Resumed {
+        at: Utc::now(),
+        host: host_name(),
+        pid: std::process::id(),
+        fingerprints: plan_changed.then(|| {
+            plan.steps
+                .iter()
+                .map(|s| (s.id.value.clone(), s.fingerprint.clone()))
+                .collect()
+        }),
+        plan_hash: plan_changed.then(|| plan_hash(&plan.source.text)),
+        changed,
+        in_doubt,
+    };
+    let mut approve: HashSet<String> = request.approve.iter().cloned().collect();
+    if let Some(paused) = &view.paused_at {
+        if request.approve.is_empty() && !request.yes && !request.interactive {
+            events.emit(Event::Warning(format!(
+                "the run is paused at approval gate `{paused}`; resume with `--approve {paused}` to pass it"
+            )));
+        }
+    }
+    approve.retain(|_| true);
+    let approvals = Approvals {
+        all: request.yes,
+        steps: approve,
+        interactive: request.interactive,
+    };
+    let chaos = match &header.chaos {
+        Some(text) => ChaosSpec::parse(text)
+            .ok()
+            .map(|spec| Chaos::new(spec, view.resumes as u64 + 1)),
+        None => None,
+    };
+    let session = Session {
+        state,
+        run_id: run_id.clone(),
+        plan,
+        drill: header.drill,
+        concurrency: header.concurrency,
+        keep_going: header.keep_going,
+        events,
+    };
+    let mut first = vec![Record::Resumed(resumed)];
+    first.extend(records);
+    let result = session.execute(
+        first,
+        starts,
+        outputs,
+        frozen,
+        chaos,
+        approvals,
+        Some(needs_check),
+    )?;
+    drop(lock);
+    Ok(result)
+}
+
+/// The plan a resume runs: `--plan`, else the file the run started from, else
+/// the copy kept in the state; with the run's own var overrides.
+fn load_for_resume(
+    state: &dyn StateStore,
+    run_id: &str,
+    header: &Header,
+    plan: Option<&Path>,
+) -> Result<(Plan, bool), SessionError> {
+    let overrides = overrides_from_values(&header.vars);
+    let original = PathBuf::from(&header.plan_path);
+    let (source, dir, from_state) = match plan {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| StateError::Io {
+                action: "read",
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let dir = absolute(path)
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            (SourceFile::new(path, text), dir, false)
+        }
+        None if original.is_file() => {
+            let text = std::fs::read_to_string(&original).map_err(|source| StateError::Io {
+                action: "read",
+                path: original.clone(),
+                source,
+            })?;
+            (
+                SourceFile::new(&original, text),
+                PathBuf::from(&header.plan_dir),
+                false,
+            )
+        }
+        None => {
+            let text = state.read_plan(run_id)?;
+            (
+                SourceFile::new(state.run_dir(run_id).join("plan.toml"), text),
+                PathBuf::from(&header.plan_dir),
+                true,
+            )
+        }
+    };
+    let loaded = load_source(source, dir, overrides);
+    match loaded.plan {
+        Some(plan) => Ok((plan, from_state)),
+        None => {
+            crate::cli::print_diagnostics(loaded.diagnostics, true);
+            Err(SessionError::InvalidPlan {
+                run: run_id.to_string(),
+                from_state,
+            })
+        }
+    }
+}
+
+/// The newest run that did not succeed.
+pub fn newest_unfinished(state: &dyn StateStore) -> Result<Option<String>, SessionError> {
+    let mut best: Option<(chrono::DateTime<Utc>, String)> = None;
+    for id in state.run_ids()? {
+        let Ok(bytes) = state.read_journal(&id) else {
+            continue;
+        };
+        let Ok(log) = RunLog::parse(&id, &bytes) else {
+            continue;
+        };
+        if log.fold().result == Some(RunResult::Succeeded) {
+            continue;
+        }
+        if best
+            .as_ref()
+            .is_none_or(|(at, _)| log.header.started_at > *at)
+        {
+            best = Some((log.header.started_at, id));
+        }
+    }
+    Ok(best.map(|(_, id)| id))
+}
+
+/// The newest run in the state, finished or not.
+pub fn newest(state: &dyn StateStore) -> Result<Option<String>, SessionError> {
+    let mut best: Option<(chrono::DateTime<Utc>, String)> = None;
+    for id in state.run_ids()? {
+        let Ok(bytes) = state.read_journal(&id) else {
+            continue;
+        };
+        let Ok(log) = RunLog::parse(&id, &bytes) else {
+            continue;
+        };
+        if best
+            .as_ref()
+            .is_none_or(|(at, _)| log.header.started_at > *at)
+        {
+            best = Some((log.header.started_at, id));
+        }
+    }
+    Ok(best.map(|(_, id)| id))
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+struct Session<'a> {
+    state: &'a dyn StateStore,
+    run_id: String,
+    plan: Arc<Plan>,
+    drill: bool,
+    concurrency: usize,
+    keep_going: bool,
+    events: Arc<dyn EventSink>,
+}
+
+impl Session<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn execute(
+        self,
+        first_records: Vec<Record>,
+        mut starts: Vec<Start>,
+        outputs: BTreeMap<String, crate::journal::record::Outputs>,
+        frozen: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+        chaos: Option<Chaos>,
+        approvals: Approvals,
+        checks: Option<Vec<usize>>,
+    ) -> Result<SessionEnd, SessionError> {
+        let run_dir = self.state.run_dir(&self.run_id);
+        let info = RunInfo {
+            id: self.run_id.clone(),
+            dir: run_dir.join("work"),
+            drill: self.drill,
+            logs: run_dir.join("logs"),
+            tmp: run_dir.join("tmp"),
+        };
+        for dir in [&info.dir, &info.logs, &info.tmp] {
+            crate::journal::local::make_dir(dir)?;
+        }
+        let masker = Arc::new(Masker::default());
+        let backend = self.state.journal(&self.run_id)?;
+        let (writer, thread) = JournalWriter::start(backend, Arc::clone(&masker));
+        let runtime = runtime()?;
+        let shared = Arc::new(Shared::new(
+            Arc::clone(&self.plan),
+            info,
+            writer,
+            Arc::clone(&self.events),
+            masker,
+            chaos,
+            approvals,
+            self.keep_going,
+            self.concurrency,
+        ));
+        shared.secrets.preload(&shared.masker);
+        {
+            let mut map = shared.outputs.write().unwrap_or_else(|e| e.into_inner());
+            map.extend(outputs);
+        }
+        {
+            let mut map = shared.frozen.lock().unwrap_or_else(|e| e.into_inner());
+            map.extend(frozen);
+        }
+        let started = std::time::Instant::now();
+        let resumed = matches!(first_records.first(), Some(Record::Resumed(_)));
+        let result = runtime.block_on(async {
+            for record in first_records {
+                shared
+                    .journal
+                    .append_durable(record)
+                    .await
+                    .map_err(|e| SessionError::JournalWrite(e.to_string()))?;
+            }
+            if let Some(checks) = checks {
+                run_checks(&shared, &checks, &mut starts).await?;
+            }
+            let per_phase = crate::plan::Phase::ALL
+                .iter()
+                .map(|phase| {
+                    let count = starts
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, s)| {
+                            matches!(s, Start::Pending { .. })
+                                && shared.plan.steps[*i].phase.value == *phase
+                        })
+                        .count();
+                    (*phase, count)
+                })
+                .collect();
+            self.events.emit(Event::RunStarted {
+                run_id: self.run_id.clone(),
+                plan: self.plan.name.value.clone(),
+                steps: starts
+                    .iter()
+                    .filter(|s| matches!(s, Start::Pending { .. }))
+                    .count(),
+                drill: self.drill,
+                resumed,
+                per_phase,
+            });
+            let watcher = crate::exec::signals::watch(Arc::clone(&shared));
+            let result = scheduler::execute(Arc::clone(&shared), starts).await;
+            watcher.abort();
+            shared
+                .journal
+                .append_durable(Record::Ended {
+                    at: Utc::now(),
+                    result,
+                })
+                .await
+                .map_err(|e| SessionError::JournalWrite(e.to_string()))?;
+            Ok::<_, SessionError>(result)
+        });
+        self.events.emit(Event::RunFinished {
+            run_id: self.run_id.clone(),
+            result: *result.as_ref().unwrap_or(&RunResult::Failed),
+            duration: started.elapsed(),
+        });
+        drop(shared);
+        runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+        thread.join();
+        Ok(SessionEnd {
+            run_id: self.run_id,
+            result: result?,
+            run_dir,
+        })
+    }
+}
+
+/// In-doubt steps with a `check`: a check that exits 0 means the step's effect
+/// is there, and it counts as done.
+async fn run_checks(
+    shared: &Arc<Shared>,
+    checks: &[usize],
+    starts: &mut [Start],
+) -> Result<(), SessionError> {
+    for &i in checks {
+        let step = &shared.plan.steps[i];
+        let Some(argv) = &step.check else { continue };
+        let context = crate::exec::context::build(shared, step).ok();
+        let rendered: Option<Vec<String>> = context.and_then(|ctx| {
+            argv.iter()
+                .map(|a| crate::plan::interpolate::render(a, &ctx).ok())
+                .collect()
+        });
+        let passed = match rendered {
+            Some(args) if !args.is_empty() => {
+                let log = shared.run.logs.join(format!("{}.check.log", step.id.value));
+                let mut command = tokio::process::Command::new(&args[0]);
+                command
+                    .args(&args[1..])
+                    .current_dir(&shared.plan.dir)
+                    .stdin(std::process::Stdio::null());
+                if let Ok(file) = crate::journal::local::create_private(&log) {
+                    if let Ok(err) = file.try_clone() {
+                        command.stdout(file).stderr(err);
+                    }
+                }
+                matches!(command.status().await, Ok(status) if status.success())
+            }
+            _ => false,
+        };
+        let decision = if passed {
+            starts[i] = Start::Done;
+            shared
+                .journal
+                .append_durable(Record::Skipped {
+                    step: step.id.value.clone(),
+                    at: Utc::now(),
+                    reason: SkipReason::Check,
+                })
+                .await
+                .map_err(|e| SessionError::JournalWrite(e.to_string()))?;
+            shared
+                .outputs
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(step.id.value.clone())
+                .or_default();
+            "its check passed: counted as done"
+        } else {
+            "its check failed: running it again"
+        };
+        shared.events.emit(Event::Info(format!(
+            "step `{}` was in doubt; {decision}",
+            step.id.value
+        )));
+    }
+    Ok(())
+}
+
+/// Where a run stands: the journal folded, plus whether it is live.
+pub fn view(state: &dyn StateStore, run_id: &str) -> Result<(Header, RunView, bool), SessionError> {
+    let bytes = state.read_journal(run_id)?;
+    let log = RunLog::parse(run_id, &bytes).map_err(|source| SessionError::Journal {
+        run: run_id.to_string(),
+        source,
+    })?;
+    let live = state
+        .lock_holder()
+        .is_some_and(|holder| holder.run_id == run_id);
+    let view = log.fold();
+    Ok((log.header, view, live))
+}
