@@ -511,47 +511,48 @@ fn load_for_resume(
     }
 }
 
-/// The newest run that did not succeed.
+/// The newest run that did not succeed. A run whose journal is damaged counts
+/// as unfinished, so that resuming it reports the damage.
 pub fn newest_unfinished(state: &dyn StateStore) -> Result<Option<String>, SessionError> {
+    newest_where(state, |log| {
+        !matches!(log.map(|l| l.fold().result), Ok(Some(RunResult::Succeeded)))
+    })
+}
+
+/// The newest run in the state, finished or not.
+pub fn newest(state: &dyn StateStore) -> Result<Option<String>, SessionError> {
+    newest_where(state, |_| true)
+}
+
+fn newest_where(
+    state: &dyn StateStore,
+    keep: impl Fn(Result<&RunLog, &JournalError>) -> bool,
+) -> Result<Option<String>, SessionError> {
     let mut best: Option<(chrono::DateTime<Utc>, String)> = None;
     for id in state.run_ids()? {
         let Ok(bytes) = state.read_journal(&id) else {
             continue;
         };
-        let Ok(log) = RunLog::parse(&id, &bytes) else {
+        let Some(header) = first_header(&bytes) else {
             continue;
         };
-        if log.fold().result == Some(RunResult::Succeeded) {
+        if !keep(RunLog::parse(&id, &bytes).as_ref()) {
             continue;
         }
-        if best
-            .as_ref()
-            .is_none_or(|(at, _)| log.header.started_at > *at)
-        {
-            best = Some((log.header.started_at, id));
+        if best.as_ref().is_none_or(|(at, _)| header.started_at > *at) {
+            best = Some((header.started_at, id));
         }
     }
     Ok(best.map(|(_, id)| id))
 }
 
-/// The newest run in the state, finished or not.
-pub fn newest(state: &dyn StateStore) -> Result<Option<String>, SessionError> {
-    let mut best: Option<(chrono::DateTime<Utc>, String)> = None;
-    for id in state.run_ids()? {
-        let Ok(bytes) = state.read_journal(&id) else {
-            continue;
-        };
-        let Ok(log) = RunLog::parse(&id, &bytes) else {
-            continue;
-        };
-        if best
-            .as_ref()
-            .is_none_or(|(at, _)| log.header.started_at > *at)
-        {
-            best = Some((log.header.started_at, id));
-        }
+/// The header record alone, even when later lines are damaged.
+fn first_header(bytes: &[u8]) -> Option<Header> {
+    let line = bytes.split(|b| *b == b'\n').next()?;
+    match serde_json::from_slice(line) {
+        Ok(Record::Header(header)) => Some(header),
+        _ => None,
     }
-    Ok(best.map(|(_, id)| id))
 }
 
 fn absolute(path: &Path) -> PathBuf {

@@ -163,7 +163,7 @@ pub async fn run(spec: &HttpSpec, ctx: &StepContext<'_>) -> Result<Outputs, Acti
     };
     let method =
         reqwest::Method::from_bytes(spec.method.as_bytes()).unwrap_or(reqwest::Method::GET);
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     loop {
         let mut request = ctx.shared.http().request(method.clone(), &url);
         for (name, value) in &headers {

@@ -60,8 +60,10 @@ pub fn parse_host_port(text: &str) -> Option<(&str, u16)> {
 
 /// Polls until the target is there, `until` runs out, or the step is cancelled.
 pub async fn run(spec: &WaitSpec, ctx: &StepContext<'_>) -> Result<Outputs, ActionError> {
-    let started = std::time::Instant::now();
-    let poll = Duration::from_millis(200);
+    let started = tokio::time::Instant::now();
+    // Poll often at first, then back off: a port that is not up in seconds is
+    // usually minutes away.
+    let mut poll = Duration::from_millis(100);
     let (target, describe) = match &spec.target {
         WaitTarget::Tcp(tcp) => {
             let address = ctx.render(tcp)?;
@@ -99,6 +101,7 @@ pub async fn run(spec: &WaitSpec, ctx: &StepContext<'_>) -> Result<Outputs, Acti
             _ = tokio::time::sleep(poll) => {}
             _ = ctx.cancel.cancelled() => return Err(ActionError::Interrupted),
         }
+        poll = (poll * 3 / 2).min(Duration::from_secs(2));
     }
 }
 

@@ -33,6 +33,8 @@ pub mod process;
 pub mod scheduler;
 pub mod secrets;
 pub mod signals;
+#[cfg(test)]
+mod tests;
 
 pub use events::{Event, EventSink};
 

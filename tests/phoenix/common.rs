@@ -35,6 +35,20 @@ impl Phoenix {
         self
     }
 
+    pub fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.command.env(key, value);
+        self
+    }
+
+    /// Starts phoenix without waiting, its output captured.
+    pub fn spawn(mut self) -> std::process::Child {
+        self.command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("phoenix starts")
+    }
+
     pub fn run(mut self) -> Run {
         let output = self.command.output().expect("phoenix runs");
         Run { output }
@@ -69,4 +83,102 @@ impl Run {
         );
         self
     }
+}
+
+/// A scratch directory with a plan in it; phoenix runs there with `.phoenix` as
+/// its state.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Self {
+        Workspace {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    }
+
+    pub fn phoenix(&self) -> Phoenix {
+        Phoenix::new(self.path())
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.path().join(".phoenix")
+    }
+
+    /// `phoenix status --format json` of the newest run.
+    pub fn status(&self) -> serde_json::Value {
+        let run = self
+            .phoenix()
+            .args(["status", "--format", "json"])
+            .run()
+            .expect_code(0);
+        serde_json::from_str(&run.stdout()).expect("status json")
+    }
+
+    /// The directory of the only run in the state.
+    pub fn run_dir(&self) -> PathBuf {
+        let runs = self.state().join("runs");
+        std::fs::read_dir(&runs)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path()
+    }
+
+    pub fn journal(&self) -> String {
+        std::fs::read_to_string(self.run_dir().join("journal.jsonl")).unwrap()
+    }
+}
+
+/// The plan header every test plan starts with.
+pub const HEADER: &str = "version = 1\n[plan]\nname = \"t\"\nrto = \"10m\"\nrpo = \"1h\"\n";
+
+/// A command step running `script` with `/bin/sh`.
+pub fn shell_step(id: &str, phase: &str, script: &str, extra: &str) -> String {
+    format!(
+        "\n[[step]]\nid = \"{id}\"\nphase = \"{phase}\"\naction = \"command\"\nshell = '''{script}'''\ntimeout = \"1m\"\n{extra}\n"
+    )
+}
+
+pub fn state_of(status: &serde_json::Value, step: &str) -> String {
+    status["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == step)
+        .map(|s| s["state"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| panic!("no step {step} in {status}"))
+}
+
+/// Waits until `check` holds, for at most `limit`.
+pub fn wait_for(limit: std::time::Duration, mut check: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    check()
+}
+
+/// Sends `signal` to a process.
+pub fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
 }

@@ -1,5 +1,10 @@
 //! Integration tests: each runs the real `phoenix` binary.
 
+mod actions;
 mod common;
+mod crash;
 mod graph_and_plan;
+mod interrupt;
+mod run;
+mod secrets;
 mod validate;

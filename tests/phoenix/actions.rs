@@ -1,0 +1,199 @@
+//! The `wait` and `http` actions against real sockets on 127.0.0.1.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::common::{state_of, Workspace, HEADER};
+
+/// A small HTTP/1.1 server on 127.0.0.1, stopped when dropped:
+/// `/ok` answers 200 with JSON, `/flaky` answers 503 twice then 200, `/echo`
+/// answers 201 with the request's method, a header and body as JSON.
+struct Server {
+    port: u16,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start() -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let flaky = Arc::new(AtomicUsize::new(0));
+        let (thread_stop, thread_requests) = (Arc::clone(&stop), Arc::clone(&requests));
+        std::thread::spawn(move || {
+            while !thread_stop.load(Ordering::SeqCst) {
+                let Ok((stream, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    continue;
+                };
+                stream.set_nonblocking(false).unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                reader.read_line(&mut request_line).unwrap();
+                let mut length = 0;
+                let mut token = String::new();
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if line.trim().is_empty() {
+                        break;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                    if lower.starts_with("x-token:") {
+                        token = line[8..].trim().to_string();
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                thread_requests.lock().unwrap().push(request_line.clone());
+                let mut parts = request_line.split_whitespace();
+                let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                let (status, text) = match path {
+                    "/ok" => (200, r#"{"version":"1.2","nested":{"n":3}}"#.to_string()),
+                    "/flaky" if flaky.fetch_add(1, Ordering::SeqCst) < 2 => (503, "not yet".to_string()),
+                    "/flaky" => (200, "{}".to_string()),
+                    "/echo" => (
+                        201,
+                        serde_json::json!({"method": method, "token": token, "body": String::from_utf8_lossy(&body)}).to_string(),
+                    ),
+                    _ => (404, "no".to_string()),
+                };
+                let mut stream = stream;
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+            }
+        });
+        Server {
+            port,
+            stop,
+            requests,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn http_step(id: &str, fields: &str) -> String {
+    format!("\n[[step]]\nid = \"{id}\"\nphase = \"provision\"\naction = \"http\"\ntimeout = \"30s\"\n{fields}\n")
+}
+
+#[test]
+fn http_requests_expectations_polling_and_outputs() {
+    let server = Server::start();
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let ws = Workspace::new();
+    let plan = format!(
+        "{HEADER}\n[vars]\nname = \"shop\"\n{}{}{}{}\n[[step]]\nid = \"use\"\nphase = \"configure\"\naction = \"command\"\nshell = \"echo {{{{ steps.probe.outputs.version }}}} {{{{ steps.probe.outputs.n }}}} > seen.txt\"\ntimeout = \"10s\"\nneeds = [\"probe\"]\n",
+        http_step("probe", &format!("url = \"{base}/ok\"\noutputs = {{ version = \"/version\", n = \"/nested/n\" }}")),
+        http_step("ready", &format!("url = \"{base}/flaky\"\nuntil = \"20s\"")),
+        http_step("post", &format!("method = \"POST\"\nurl = \"{base}/echo\"\nheaders = {{ X-Token = \"t-{{{{ vars.name }}}}\" }}\njson = {{ name = \"{{{{ vars.name }}}}\" }}\nexpect_status = [201]\noutputs = {{ echoed = \"/body\", token = \"/token\" }}")),
+        http_step("missing", &format!("url = \"{base}/nothing\"")),
+    );
+    ws.write("plan.toml", &plan);
+    let run = ws
+        .phoenix()
+        .args(["run", "plan.toml", "--keep-going"])
+        .run()
+        .expect_code(1);
+    assert!(
+        run.stderr().contains("answered 404, expected [200]"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("seen.txt")).unwrap(),
+        "1.2 3\n"
+    );
+    let status = ws.status();
+    assert_eq!(state_of(&status, "ready"), "succeeded");
+    assert_eq!(state_of(&status, "missing"), "failed");
+    let post = status["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "post")
+        .unwrap();
+    assert_eq!(post["outputs"]["echoed"], r#"{"name":"shop"}"#);
+    assert_eq!(post["outputs"]["token"], "t-shop");
+    let flaky = server
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.contains("/flaky"))
+        .count();
+    assert_eq!(flaky, 3, "polled until the third answer");
+}
+
+#[test]
+fn wait_for_a_port_and_for_a_path() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let open = listener.local_addr().unwrap().port();
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let ws = Workspace::new();
+    let plan = format!(
+        "{HEADER}
+[[step]]
+id = \"port\"
+phase = \"provision\"
+action = \"wait\"
+tcp = \"127.0.0.1:{open}\"
+until = \"10s\"
+
+[[step]]
+id = \"closed\"
+phase = \"provision\"
+action = \"wait\"
+tcp = \"127.0.0.1:{closed}\"
+until = \"1s\"
+
+[[step]]
+id = \"maker\"
+phase = \"provision\"
+action = \"command\"
+shell = \"sleep 0.3; touch made\"
+timeout = \"10s\"
+
+[[step]]
+id = \"file\"
+phase = \"provision\"
+action = \"wait\"
+path = \"made\"
+until = \"10s\"
+"
+    );
+    ws.write("plan.toml", &plan);
+    let run = ws
+        .phoenix()
+        .args(["run", "plan.toml", "--keep-going"])
+        .run()
+        .expect_code(1);
+    assert!(
+        run.stderr()
+            .contains(&format!("`127.0.0.1:{closed}` was not ready after 1s")),
+        "{}",
+        run.stderr()
+    );
+    let status = ws.status();
+    assert_eq!(state_of(&status, "port"), "succeeded");
+    assert_eq!(state_of(&status, "file"), "succeeded");
+    drop(listener);
+}

@@ -1,0 +1,323 @@
+//! Real signals and real crashes: SIGINT and SIGTERM, SIGKILL at random moments,
+//! a torn journal, two runs racing for the lock.
+
+use std::time::Duration;
+
+use crate::common::{shell_step, signal, state_of, wait_for, Workspace, HEADER};
+
+#[test]
+fn sigint_stops_children_flushes_and_exits_130() {
+    let ws = Workspace::new();
+    let plan = format!(
+        "{HEADER}{}{}",
+        shell_step(
+            "long",
+            "provision",
+            "echo $$ > child.pid; sleep 30 & wait",
+            ""
+        ),
+        shell_step("never", "configure", "true", "needs = [\"long\"]"),
+    );
+    ws.write("plan.toml", &plan);
+    let child = ws
+        .phoenix()
+        .args(["run", "plan.toml"])
+        .env("PHOENIX_KILL_GRACE", "5s")
+        .spawn();
+    let pid_file = ws.path().join("child.pid");
+    assert!(wait_for(Duration::from_secs(10), || pid_file.exists()
+        && std::fs::read_to_string(&pid_file)
+            .is_ok_and(|s| s.ends_with('\n'))));
+    let shell_pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    signal(child.id(), "INT");
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The whole process group is gone, the grandchild `sleep` included.
+    assert!(wait_for(Duration::from_secs(5), || !std::path::Path::new(
+        &format!("/proc/{shell_pid}")
+    )
+    .exists()));
+    assert!(
+        wait_for(Duration::from_secs(5), || !group_alive(shell_pid)),
+        "the step's process group survived"
+    );
+    assert!(!ws.state().join("lock").exists(), "the lock is released");
+    let journal = ws.journal();
+    assert!(journal.contains("\"type\":\"interrupted\""));
+    assert!(journal.contains("\"result\":\"interrupted\""));
+    let status = ws.status();
+    assert_eq!(status["state"], "interrupted");
+    assert_eq!(state_of(&status, "long"), "in_doubt");
+
+    std::fs::write(
+        ws.path().join("plan.toml"),
+        plan.replace("sleep 30 & wait", "true"),
+    )
+    .unwrap();
+    ws.phoenix().args(["resume"]).run().expect_code(0);
+}
+
+#[test]
+fn a_second_signal_kills_at_once() {
+    let ws = Workspace::new();
+    // The step ignores SIGTERM, so the graceful path would wait out the grace.
+    let plan = format!(
+        "{HEADER}{}",
+        shell_step(
+            "stubborn",
+            "provision",
+            "trap '' TERM; echo $$ > child.pid; sleep 60",
+            ""
+        )
+    );
+    ws.write("plan.toml", &plan);
+    let child = ws
+        .phoenix()
+        .args(["run", "plan.toml"])
+        .env("PHOENIX_KILL_GRACE", "60s")
+        .spawn();
+    let pid_file = ws.path().join("child.pid");
+    assert!(wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n'))
+    }));
+    let shell_pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    signal(child.id(), "TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    signal(child.id(), "TERM");
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(wait_for(Duration::from_secs(5), || !std::path::Path::new(
+        &format!("/proc/{shell_pid}")
+    )
+    .exists()));
+}
+
+#[test]
+fn two_runs_at_once_exactly_one_proceeds() {
+    let ws = Workspace::new();
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}{}",
+            shell_step("hold", "provision", "touch started; sleep 2", "")
+        ),
+    );
+    let first = ws
+        .phoenix()
+        .args(["run", "plan.toml", "--run-id", "first"])
+        .spawn();
+    assert!(wait_for(Duration::from_secs(10), || ws
+        .path()
+        .join("started")
+        .exists()));
+    let second = ws
+        .phoenix()
+        .args(["run", "plan.toml", "--run-id", "second"])
+        .run()
+        .expect_code(4);
+    let stderr = second.stderr();
+    assert!(
+        stderr.contains("the state is locked by run `first` (pid "),
+        "{stderr}"
+    );
+    let output = first.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    // Only the first run exists.
+    let runs: Vec<_> = std::fs::read_dir(ws.state().join("runs"))
+        .unwrap()
+        .collect();
+    assert_eq!(runs.len(), 1);
+}
+
+#[test]
+fn many_simultaneous_runs_one_holder() {
+    let ws = Workspace::new();
+    ws.write(
+        "plan.toml",
+        &format!("{HEADER}{}", shell_step("hold", "provision", "sleep 1", "")),
+    );
+    let children: Vec<_> = (0..6)
+        .map(|i| {
+            ws.phoenix()
+                .args(["run", "plan.toml", "--run-id", &format!("r{i}")])
+                .spawn()
+        })
+        .collect();
+    let codes: Vec<i32> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap().status.code().unwrap())
+        .collect();
+    assert_eq!(codes.iter().filter(|c| **c == 0).count(), 1, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 4).count(), 5, "{codes:?}");
+}
+
+#[test]
+fn a_lock_left_by_a_dead_run_is_taken_over() {
+    let ws = Workspace::new();
+    ws.write(
+        "plan.toml",
+        &format!("{HEADER}{}", shell_step("a", "provision", "true", "")),
+    );
+    std::fs::create_dir_all(ws.state()).unwrap();
+    std::fs::write(
+        ws.state().join("lock"),
+        r#"{"pid":999999,"host":"gone","run_id":"old","since":"2026-01-01T00:00:00Z"}"#,
+    )
+    .unwrap();
+    let run = ws.phoenix().args(["run", "plan.toml"]).run().expect_code(0);
+    assert!(
+        run.stderr().contains("took over the lock of run `old`"),
+        "{}",
+        run.stderr()
+    );
+    // And `unlock --force` removes a stale one.
+    std::fs::write(
+        ws.state().join("lock"),
+        r#"{"pid":999999,"host":"gone","run_id":"old2","since":"2026-01-01T00:00:00Z"}"#,
+    )
+    .unwrap();
+    let unlock = ws
+        .phoenix()
+        .args(["unlock", "--force"])
+        .run()
+        .expect_code(0);
+    assert!(
+        unlock.stderr().contains("removed the lock of run `old2`"),
+        "{}",
+        unlock.stderr()
+    );
+    assert!(!ws.state().join("lock").exists());
+    ws.phoenix().args(["unlock"]).run().expect_code(2);
+}
+
+#[test]
+fn unlock_refuses_a_live_lock() {
+    let ws = Workspace::new();
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}{}",
+            shell_step("hold", "provision", "touch started; sleep 2", "")
+        ),
+    );
+    let first = ws
+        .phoenix()
+        .args(["run", "plan.toml", "--run-id", "live"])
+        .spawn();
+    assert!(wait_for(Duration::from_secs(10), || ws
+        .path()
+        .join("started")
+        .exists()));
+    let status = ws.status();
+    assert_eq!(status["state"], "running");
+    assert_eq!(state_of(&status, "hold"), "running");
+    let unlock = ws
+        .phoenix()
+        .args(["unlock", "--force"])
+        .run()
+        .expect_code(4);
+    assert!(
+        unlock.stderr().contains("run `live`"),
+        "{}",
+        unlock.stderr()
+    );
+    assert_eq!(first.wait_with_output().unwrap().status.code(), Some(0));
+}
+
+#[test]
+fn a_torn_last_line_is_set_aside_and_damage_is_reported() {
+    let ws = Workspace::new();
+    let plan = format!(
+        "{HEADER}{}{}",
+        shell_step("a", "provision", "echo a >> ledger", ""),
+        shell_step("b", "configure", "test -e go", "needs = [\"a\"]"),
+    );
+    ws.write("plan.toml", &plan);
+    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(1);
+    let journal_path = ws.run_dir().join("journal.jsonl");
+    let intact = std::fs::read_to_string(&journal_path).unwrap();
+    std::fs::write(
+        &journal_path,
+        format!("{intact}{{\"type\":\"started\",\"st"),
+    )
+    .unwrap();
+    ws.write("go", "");
+    let run = ws.phoenix().args(["resume"]).run().expect_code(0);
+    assert!(
+        run.stderr()
+            .contains("was torn by a crash mid-write; set aside in"),
+        "{}",
+        run.stderr()
+    );
+    let side: Vec<_> = std::fs::read_dir(ws.run_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("journal.torn-"))
+        .collect();
+    assert_eq!(side.len(), 1);
+    assert_eq!(
+        std::fs::read_to_string(side[0].path()).unwrap(),
+        "{\"type\":\"started\",\"st"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("ledger")).unwrap(),
+        "a\n"
+    );
+
+    // Damage before the last line stops resume with the line number.
+    let ws = Workspace::new();
+    ws.write("plan.toml", &plan);
+    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(1);
+    let journal_path = ws.run_dir().join("journal.jsonl");
+    let mut lines: Vec<String> = std::fs::read_to_string(&journal_path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines[2] = "{not json".into();
+    std::fs::write(&journal_path, lines.join("\n") + "\n").unwrap();
+    let run = ws.phoenix().args(["resume"]).run().expect_code(1);
+    assert!(
+        run.stderr().contains("journal line 3 is damaged"),
+        "{}",
+        run.stderr()
+    );
+    // Nothing was dropped: the damaged journal is as it was.
+    assert_eq!(
+        std::fs::read_to_string(&journal_path).unwrap(),
+        lines.join("\n") + "\n"
+    );
+}
+
+/// Whether any process of group `pgid` is alive (zombies are dead).
+fn group_alive(pgid: i32) -> bool {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|entry| {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                return false;
+            };
+            // pid (comm) state ppid pgrp ...: comm may hold spaces, so split after `)`.
+            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+                return false;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string()
+        })
+}

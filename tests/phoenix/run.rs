@@ -1,0 +1,333 @@
+//! `phoenix run`, `resume` and `status` with real child processes.
+
+use crate::common::{shell_step, state_of, Workspace, HEADER};
+
+#[test]
+fn outputs_flow_to_dependents_and_status_reports_them() {
+    let ws = Workspace::new();
+    let plan = format!(
+        "{HEADER}{}{}",
+        shell_step(
+            "make",
+            "provision",
+            "echo vpc_id=vpc-42 >> \"$PHOENIX_OUTPUT\"",
+            ""
+        ),
+        shell_step(
+            "use",
+            "configure",
+            "echo {{ steps.make.outputs.vpc_id }} > used.txt",
+            "needs = [\"make\"]"
+        ),
+    );
+    ws.write("plan.toml", &plan);
+    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(0);
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("used.txt")).unwrap(),
+        "vpc-42\n"
+    );
+    let status = ws.status();
+    assert_eq!(status["state"], "succeeded");
+    assert_eq!(status["plan"], "t");
+    assert_eq!(status["drill"], false);
+    assert_eq!(status["steps"][0]["outputs"]["vpc_id"], "vpc-42");
+    assert_eq!(status["steps"][0]["phase"], "provision");
+    assert_eq!(status["steps"][0]["attempts"], 1);
+    assert!(status["finished_at"].is_string());
+}
+
+#[test]
+fn a_failed_run_resumes_where_it_stopped() {
+    let ws = Workspace::new();
+    let plan = |fix: &str| {
+        format!(
+            "{HEADER}{}{}{}",
+            shell_step(
+                "first",
+                "provision",
+                "echo first >> ledger; echo n=1 >> \"$PHOENIX_OUTPUT\"",
+                ""
+            ),
+            shell_step(
+                "flaky",
+                "configure",
+                &format!("echo flaky >> ledger; test -e {fix}"),
+                "needs = [\"first\"]"
+            ),
+            shell_step(
+                "last",
+                "restore",
+                "echo last {{ steps.first.outputs.n }} >> ledger",
+                "needs = [\"flaky\"]"
+            ),
+        )
+    };
+    ws.write("plan.toml", &plan("fixed"));
+    let run = ws.phoenix().args(["run", "plan.toml"]).run().expect_code(1);
+    assert!(
+        run.stderr().contains("continue with: phoenix resume"),
+        "{}",
+        run.stderr()
+    );
+    let status = ws.status();
+    assert_eq!(status["state"], "failed");
+    assert_eq!(state_of(&status, "flaky"), "failed");
+    assert_eq!(state_of(&status, "last"), "pending");
+
+    ws.write("fixed", "");
+    ws.phoenix().args(["resume"]).run().expect_code(0);
+    let ledger = std::fs::read_to_string(ws.path().join("ledger")).unwrap();
+    // `first` is not run again; its output comes back from the journal.
+    assert_eq!(ledger, "first\nflaky\nflaky\nlast 1\n");
+    let status = ws.status();
+    assert_eq!(status["state"], "succeeded");
+    assert_eq!(status["resumes"], 1);
+    // Resuming a finished run is refused.
+    let run_id = status["run_id"].as_str().unwrap().to_string();
+    let again = ws.phoenix().args(["resume", &run_id]).run().expect_code(1);
+    assert!(
+        again.stderr().contains("already succeeded"),
+        "{}",
+        again.stderr()
+    );
+}
+
+#[test]
+fn a_changed_step_and_its_descendants_run_again() {
+    let ws = Workspace::new();
+    let plan = |message: &str| {
+        format!(
+            "{HEADER}{}{}{}{}",
+            shell_step("base", "provision", "echo base >> ledger", ""),
+            shell_step(
+                "edited",
+                "configure",
+                &format!("echo {message} >> ledger"),
+                "needs = [\"base\"]"
+            ),
+            shell_step(
+                "after",
+                "restore",
+                "echo after >> ledger",
+                "needs = [\"edited\"]"
+            ),
+            shell_step("gate", "restore", "test -e open", "needs = [\"after\"]"),
+        )
+    };
+    ws.write("plan.toml", &plan("v1"));
+    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(1);
+    ws.write("plan.toml", &plan("v2"));
+    ws.write("open", "");
+    let run = ws.phoenix().args(["resume"]).run().expect_code(0);
+    let stderr = run.stderr();
+    assert!(
+        stderr.contains("step `edited` runs again: its definition changed"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("step `after` runs again: it comes after `edited`, which changed"),
+        "{stderr}"
+    );
+    let ledger = std::fs::read_to_string(ws.path().join("ledger")).unwrap();
+    assert_eq!(ledger, "base\nv1\nafter\nv2\nafter\n");
+}
+
+#[test]
+fn skip_accepts_a_failed_step_as_done() {
+    let ws = Workspace::new();
+    let plan = format!(
+        "{HEADER}{}{}",
+        shell_step("broken", "provision", "exit 1", ""),
+        shell_step(
+            "next",
+            "configure",
+            "echo ran > next.txt",
+            "needs = [\"broken\"]"
+        ),
+    );
+    ws.write("plan.toml", &plan);
+    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(1);
+    let bad = ws
+        .phoenix()
+        .args(["resume", "--skip", "brokn"])
+        .run()
+        .expect_code(2);
+    assert!(
+        bad.stderr().contains("did you mean `broken`?"),
+        "{}",
+        bad.stderr()
+    );
+    ws.phoenix()
+        .args(["resume", "--skip", "broken"])
+        .run()
+        .expect_code(0);
+    assert!(ws.path().join("next.txt").exists());
+    let status = ws.status();
+    assert_eq!(state_of(&status, "broken"), "skipped");
+    assert!(ws
+        .journal()
+        .contains("\"type\":\"skipped\",\"step\":\"broken\""));
+}
+
+#[test]
+fn keep_going_runs_what_it_can_and_reports_skips() {
+    let ws = Workspace::new();
+    let plan = format!(
+        "{HEADER}{}{}{}",
+        shell_step("broken", "provision", "echo to stderr >&2; exit 7", ""),
+        shell_step("blocked", "configure", "true", "needs = [\"broken\"]"),
+        shell_step("free", "configure", "echo free > free.txt", ""),
+    );
+    ws.write("plan.toml", &plan);
+    let run = ws
+        .phoenix()
+        .args(["run", "plan.toml", "--keep-going"])
+        .run()
+        .expect_code(1);
+    let stderr = run.stderr();
+    assert!(stderr.contains("FAIL broken"), "{stderr}");
+    assert!(stderr.contains("exited with status 7"), "{stderr}");
+    assert!(
+        stderr.contains("| to stderr"),
+        "the log tail is shown: {stderr}"
+    );
+    assert!(ws.path().join("free.txt").exists());
+    let status = ws.status();
+    assert_eq!(state_of(&status, "blocked"), "skipped");
+    assert_eq!(state_of(&status, "free"), "succeeded");
+}
+
+#[test]
+fn in_doubt_steps_follow_check_and_idempotent() {
+    let ws = Workspace::new();
+    // Both steps are in doubt after a crash: simulate one by cutting the
+    // journal after their start records.
+    let plan = format!(
+        "{HEADER}{}{}{}",
+        shell_step(
+            "checked",
+            "provision",
+            "echo checked >> ledger",
+            "check = [\"test\", \"-e\", \"ledger\"]"
+        ),
+        shell_step(
+            "once",
+            "provision",
+            "echo once >> ledger",
+            "idempotent = false\nneeds = [\"checked\"]"
+        ),
+        shell_step("stop", "configure", "exit 1", "needs = [\"once\"]"),
+    );
+    ws.write("plan.toml", &plan);
+    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(1);
+    let journal = ws.journal();
+    let kept: Vec<&str> = journal
+        .lines()
+        .filter(|l| !l.contains("\"type\":\"finished\"") && !l.contains("\"type\":\"ended\""))
+        .collect();
+    std::fs::write(ws.run_dir().join("journal.jsonl"), kept.join("\n") + "\n").unwrap();
+    let status = ws.status();
+    assert_eq!(state_of(&status, "once"), "in_doubt");
+    assert_eq!(status["state"], "interrupted");
+
+    let refused = ws.phoenix().args(["resume"]).run().expect_code(1);
+    assert!(refused.stderr().contains("`once`"), "{}", refused.stderr());
+    assert!(
+        refused.stderr().contains("--rerun STEP` or `--skip STEP"),
+        "{}",
+        refused.stderr()
+    );
+
+    let run = ws
+        .phoenix()
+        .args(["resume", "--skip", "once"])
+        .run()
+        .expect_code(1);
+    assert!(
+        run.stderr()
+            .contains("step `checked` was in doubt; its check passed"),
+        "{}",
+        run.stderr()
+    );
+    let ledger = std::fs::read_to_string(ws.path().join("ledger")).unwrap();
+    assert_eq!(ledger, "checked\nonce\n", "neither in-doubt step ran again");
+}
+
+#[test]
+fn status_text_and_a_missing_run() {
+    let ws = Workspace::new();
+    ws.write(
+        "plan.toml",
+        &format!("{HEADER}{}", shell_step("only", "provision", "true", "")),
+    );
+    let none = ws.phoenix().args(["status"]).run().expect_code(2);
+    assert!(none.stderr().contains("no runs in"), "{}", none.stderr());
+    ws.phoenix()
+        .args(["run", "plan.toml", "--run-id", "first-run"])
+        .run()
+        .expect_code(0);
+    let text = ws
+        .phoenix()
+        .args(["status", "first-run"])
+        .run()
+        .expect_code(0)
+        .stdout();
+    assert!(
+        text.starts_with("run `first-run` of plan `t` (recovery): succeeded"),
+        "{text}"
+    );
+    assert!(text.contains("provision  only  succeeded"), "{text}");
+    ws.phoenix().args(["status", "nope"]).run().expect_code(2);
+    // A run id is never reused.
+    ws.phoenix()
+        .args(["run", "plan.toml", "--run-id", "first-run"])
+        .run()
+        .expect_code(1);
+}
+
+#[test]
+fn state_works_from_any_directory() {
+    let ws = Workspace::new();
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}{}",
+            shell_step("only", "provision", "pwd > where", "")
+        ),
+    );
+    let elsewhere = tempfile::tempdir().unwrap();
+    let state = ws.path().join("state");
+    crate::common::Phoenix::new(elsewhere.path())
+        .args([
+            "--state",
+            state.to_str().unwrap(),
+            "run",
+            ws.path().join("plan.toml").to_str().unwrap(),
+        ])
+        .run()
+        .expect_code(0);
+    // The default working directory is the plan's own directory.
+    assert!(ws.path().join("where").exists());
+    let run = crate::common::Phoenix::new(elsewhere.path())
+        .env("PHOENIX_STATE", &state)
+        .args(["status", "--format", "json"])
+        .run()
+        .expect_code(0);
+    assert!(run.stdout().contains("\"state\": \"succeeded\""));
+    // State files are the owner's only.
+    use std::os::unix::fs::PermissionsExt;
+    let runs = std::fs::read_dir(state.join("runs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    for file in ["journal.jsonl", "plan.toml", "logs/only.1.log"] {
+        let mode = std::fs::metadata(runs.join(file))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{file}");
+    }
+}
