@@ -655,7 +655,12 @@ impl Session<'_> {
                 per_phase,
             });
             let watcher = crate::exec::signals::watch(Arc::clone(&shared));
-            let result = scheduler::execute(Arc::clone(&shared), starts).await;
+            // The walker runs as a task on a worker thread, not on this thread:
+            // a step's message then wakes it on the same worker, without an
+            // extra thread hop per step.
+            let result = tokio::spawn(scheduler::execute(Arc::clone(&shared), starts))
+                .await
+                .unwrap_or(RunResult::Failed);
             watcher.abort();
             shared
                 .journal

@@ -2,8 +2,9 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
 use crate::exec::process::{grace, signal_group};
 use crate::exec::{ActionError, StepContext};
@@ -82,59 +83,41 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
         .stdin(Stdio::null())
         .process_group(0)
         .kill_on_drop(false);
-    let log = create_private(&ctx.log_path).map_err(|source| ActionError::Io {
-        action: "create log",
-        path: ctx.log_path.clone(),
-        source,
-    })?;
-    let masked = !ctx.shared.masker.is_empty();
-    if masked {
-        command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    } else {
-        // No secret to mask: the child writes its log itself, with no copying.
-        let err = log.try_clone().map_err(|source| ActionError::Io {
-            action: "open log",
-            path: ctx.log_path.clone(),
+    // Output goes through one pipe (stdout and stderr interleaved as written),
+    // masked, into a log file created on the first byte: most steps print nothing,
+    // and a file per silent attempt would cost an inode each.
+    let io_error = |action: &'static str| {
+        let path = ctx.log_path.clone();
+        move |source| ActionError::Io {
+            action,
+            path,
             source,
-        })?;
-        command.stdout(Stdio::from(log.try_clone().map_err(|source| {
-            ActionError::Io {
-                action: "open log",
-                path: ctx.log_path.clone(),
-                source,
-            }
-        })?));
-        command.stderr(Stdio::from(err));
-    }
+        }
+    };
+    let (reader, writer) = std::io::pipe().map_err(io_error("create a pipe for"))?;
+    command
+        .stdout(writer.try_clone().map_err(io_error("create a pipe for"))?)
+        .stderr(writer);
     let program = match &spec.program {
         Program::Argv(argv) => argv[0].value.clone(),
         Program::Shell(_) => "/bin/sh".to_string(),
     };
-    let mut child = command
-        .spawn()
-        .map_err(|source| ActionError::Spawn { program, source })?;
+    let spawned = command.spawn();
+    // The command holds the pipe's write ends: close ours so the reader sees EOF.
+    drop(command);
+    let mut child = spawned.map_err(|source| ActionError::Spawn { program, source })?;
     let pgid = child.id().map(|id| id as i32);
     if let Some(pgid) = pgid {
         ctx.shared.processes.insert(pgid);
     }
-    let copier = if masked {
-        let log = std::sync::Arc::new(std::sync::Mutex::new(log));
-        let masker = std::sync::Arc::clone(&ctx.shared.masker);
-        let out = child.stdout.take().map(|s| {
-            tokio::spawn(copy_masked(
-                s,
-                std::sync::Arc::clone(&log),
-                std::sync::Arc::clone(&masker),
-            ))
-        });
-        let err = child
-            .stderr
-            .take()
-            .map(|s| tokio::spawn(copy_masked(s, log, masker)));
-        Some((out, err))
-    } else {
-        None
-    };
+    let receiver =
+        tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(reader))
+            .map_err(io_error("read the output of"))?;
+    let mut copier = tokio::spawn(copy_masked(
+        receiver,
+        ctx.log_path.clone(),
+        std::sync::Arc::clone(&ctx.shared.masker),
+    ));
     let status = tokio::select! {
         status = child.wait() => status,
         _ = ctx.cancel.cancelled() => {
@@ -147,11 +130,9 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
     if let Some(pgid) = pgid {
         ctx.shared.processes.remove(pgid);
     }
-    if let Some((out, err)) = copier {
-        for task in [out, err].into_iter().flatten() {
-            let _ = task.await;
-        }
-    }
+    // A daemon the step started keeps the pipe open: its output goes on into the
+    // step's log in the background (closing the pipe would kill it with SIGPIPE).
+    let _ = tokio::time::timeout(Duration::from_millis(500), &mut copier).await;
     let status = status.map_err(|source| ActionError::Io {
         action: "wait for",
         path: ctx.log_path.clone(),
@@ -198,24 +179,27 @@ fn read_outputs(path: &Path) -> Outputs {
         .collect()
 }
 
-/// Copies a child's stream to its log, masking secrets. Text is held back until
+/// Copies a child's output to its log, masking secrets. Text is held back until
 /// a line ends (or a long line fills the buffer, keeping back enough bytes that
-/// no secret is split between two writes).
+/// no secret is split between two writes). The log is created on the first byte.
 async fn copy_masked(
     mut stream: impl tokio::io::AsyncRead + Unpin,
-    log: std::sync::Arc<std::sync::Mutex<std::fs::File>>,
+    path: PathBuf,
     masker: std::sync::Arc<crate::exec::secrets::Masker>,
 ) {
     use std::io::Write;
     use tokio::io::AsyncReadExt;
     const LIMIT: usize = 64 * 1024;
-    let mut pending: Vec<u8> = Vec::with_capacity(8 * 1024);
+    let mut log: Option<std::fs::File> = None;
+    let mut pending: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 8 * 1024];
-    let write = |bytes: &[u8]| {
+    let mut write = |bytes: &[u8]| {
+        if log.is_none() {
+            log = create_private(&path).ok();
+        }
         let text = String::from_utf8_lossy(bytes);
-        let masked = masker.mask(&text);
-        if let Ok(mut file) = log.lock() {
-            let _ = file.write_all(masked.as_bytes());
+        if let Some(file) = log.as_mut() {
+            let _ = file.write_all(masker.mask(&text).as_bytes());
         }
     };
     loop {

@@ -58,6 +58,10 @@ impl JournalBackend for LocalJournal {
         self.file.write_all(bytes)?;
         self.file.sync_data()
     }
+
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(bytes)
+    }
 }
 
 impl StateStore for LocalState {

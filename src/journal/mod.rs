@@ -28,8 +28,12 @@ pub use writer::JournalWriter;
 
 /// Appends whole lines to one run's journal.
 pub trait JournalBackend: Send + 'static {
-    /// Appends `bytes` (complete lines) and returns once they are durable.
+    /// Appends `bytes` (complete lines) and returns once they, and everything
+    /// written before them, are durable.
     fn append(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+    /// Appends `bytes` without waiting for durability; a later `append` makes
+    /// them durable.
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()>;
 }
 
 /// Where runs are kept.

@@ -292,7 +292,7 @@ fn state_works_from_any_directory() {
         "plan.toml",
         &format!(
             "{HEADER}{}",
-            shell_step("only", "provision", "pwd > where", "")
+            shell_step("only", "provision", "pwd > where; echo logged", "")
         ),
     );
     let elsewhere = tempfile::tempdir().unwrap();
