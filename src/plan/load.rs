@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use sha2::Digest;
 use toml::de::{DeTable, DeValue};
 
 use super::diagnostic::{did_you_mean, Diagnostics};
@@ -110,14 +111,17 @@ pub fn load_source(source: Arc<SourceFile>, dir: PathBuf, overrides: Overrides) 
             overrides: BTreeMap::new(),
         };
     }
-    let root = Fields::new(&source, root.get_ref(), Span::new(0, 0), "the plan file");
-    let mut plan = read_plan(&root, dir, &mut diags);
+    let fields = Fields::new(&source, root.get_ref(), Span::new(0, 0), "the plan file");
+    let mut plan = read_plan(&fields, dir, &mut diags);
+    // The parsed document is the largest thing in memory: let it go before the
+    // graph is built.
+    drop(root);
     let applied = plan
         .as_mut()
         .map(|plan| apply_overrides(plan, overrides, &mut diags))
         .unwrap_or_default();
     if let Some(plan) = &mut plan {
-        super::validate::check(plan, root.table, &mut diags);
+        super::validate::check(plan, &mut diags);
     }
     Loaded {
         plan: if diags.has_errors() { None } else { plan },
@@ -214,6 +218,12 @@ fn read_plan(root: &Fields<'_, '_>, dir: PathBuf, diags: &mut Diagnostics) -> Op
     let secrets = read_secrets(root, diags);
     let pools = read_pools(root, diags);
     let stores = read_stores(root, diags);
+    let mut store_texts = Vec::new();
+    if let Some((_, value)) = root.get("stores") {
+        if let DeValue::Table(table) = value.get_ref() {
+            collect_strings(table, &mut store_texts);
+        }
+    }
     let steps = read_steps(root, diags);
     Some(Plan {
         source: Arc::clone(source),
@@ -227,6 +237,7 @@ fn read_plan(root: &Fields<'_, '_>, dir: PathBuf, diags: &mut Diagnostics) -> Op
         secrets,
         pools,
         stores,
+        store_texts,
         steps,
     })
 }
@@ -624,7 +635,7 @@ fn read_step(
             );
         }
     }
-    let fingerprint = canonical_json(table);
+    let fingerprint = super::validate::hex(&sha2::Sha256::digest(canonical_json(table).as_bytes()));
     Some(Step {
         id: id?,
         phase: phase?,
@@ -645,11 +656,13 @@ fn read_step(
     })
 }
 
-/// Every string value in a table, recursively, with its span.
-fn collect_strings(table: &DeTable<'_>, out: &mut Vec<Spanned<String>>) {
+/// Every string value in a table that holds `{{`, recursively, with its span.
+pub(crate) fn collect_strings(table: &DeTable<'_>, out: &mut Vec<Spanned<String>>) {
     fn visit(value: &TomlSpanned<DeValue<'_>>, out: &mut Vec<Spanned<String>>) {
         match value.get_ref() {
-            DeValue::String(s) => out.push(Spanned::new(s.to_string(), span_of(value))),
+            DeValue::String(s) if crate::plan::interpolate::has_expressions(s) => {
+                out.push(Spanned::new(s.to_string(), span_of(value)))
+            }
             DeValue::Array(items) => items.iter().for_each(|item| visit(item, out)),
             DeValue::Table(table) => collect_strings(table, out),
             _ => {}

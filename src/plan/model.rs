@@ -88,6 +88,8 @@ pub struct Plan {
     pub secrets: BTreeMap<String, Secret>,
     pub pools: BTreeMap<String, Spanned<usize>>,
     pub stores: BTreeMap<String, Store>,
+    /// The strings of store tables that hold `{{`: checked like step strings.
+    pub store_texts: Vec<Spanned<String>>,
     pub steps: Vec<Step>,
 }
 
@@ -172,7 +174,7 @@ pub struct Step {
     pub idempotent: bool,
     /// The `[[step]]` header.
     pub span: Span,
-    /// Every string value in the step's table: the places `{{ }}` may appear.
+    /// Every string value in the step's table that holds `{{`.
     pub texts: Vec<Spanned<String>>,
     /// A digest of the step's definition (and of the vars it uses): a resumed run
     /// compares it with the journal's to find steps whose definition changed.

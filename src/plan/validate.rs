@@ -7,10 +7,8 @@
 use std::collections::{BTreeSet, HashMap};
 
 use sha2::{Digest, Sha256};
-use toml::de::{DeTable, DeValue};
 
 use super::diagnostic::{did_you_mean, Diagnostics};
-use super::fields::span_of;
 use super::interpolate::{expressions, has_expressions, references};
 use super::model::{Phase, Plan};
 use super::source::{Span, Spanned};
@@ -22,7 +20,7 @@ pub const RUN_FIELDS: &[&str] = &["id", "dir", "drill"];
 pub const PLAN_FIELDS: &[&str] = &["dir", "name"];
 const ROOTS: &[&str] = &["vars", "secrets", "steps", "run", "plan"];
 
-pub fn check(plan: &mut Plan, root: &DeTable<'_>, diags: &mut Diagnostics) {
+pub fn check(plan: &mut Plan, diags: &mut Diagnostics) {
     let source = plan.source.clone();
     let mut first_seen: HashMap<&str, usize> = HashMap::new();
     for (i, step) in plan.steps.iter().enumerate() {
@@ -140,17 +138,12 @@ pub fn check(plan: &mut Plan, root: &DeTable<'_>, diags: &mut Diagnostics) {
         }
     }
 
-    check_expressions(plan, &graph, root, diags);
+    check_expressions(plan, &graph, diags);
 }
 
 /// Every `{{ }}` in step and store strings: syntax, and that each name it reads
 /// exists and, for step outputs, comes from an ancestor.
-fn check_expressions(
-    plan: &mut Plan,
-    graph: &StepGraph,
-    root: &DeTable<'_>,
-    diags: &mut Diagnostics,
-) {
+fn check_expressions(plan: &mut Plan, graph: &StepGraph, diags: &mut Diagnostics) {
     let source = plan.source.clone();
     let index: HashMap<&str, usize> = plan
         .steps
@@ -201,6 +194,10 @@ fn check_expressions(
                 check_name(plan, &name, &parts, span, diags);
             }
         }
+        if used_vars.is_empty() {
+            fingerprints.push(None);
+            continue;
+        }
         let mut hasher = Sha256::new();
         hasher.update(step.fingerprint.as_bytes());
         for var in &used_vars {
@@ -208,37 +205,27 @@ fn check_expressions(
                 hasher.update(format!("\0{var}={}", value.value).as_bytes());
             }
         }
-        fingerprints.push(hex(&hasher.finalize()));
+        fingerprints.push(Some(hex(&hasher.finalize())));
     }
     for (step, fingerprint) in plan.steps.iter_mut().zip(fingerprints) {
-        step.fingerprint = fingerprint;
+        if let Some(fingerprint) = fingerprint {
+            step.fingerprint = fingerprint;
+        }
     }
 
     // Stores may interpolate vars, secrets, run and plan, but no step outputs.
-    if let Some(DeValue::Table(stores)) = root.get("stores").map(|v| v.get_ref()) {
-        let mut texts = Vec::new();
-        for store in stores.values() {
-            if let DeValue::Table(fields) = store.get_ref() {
-                for value in fields.values() {
-                    if let DeValue::String(s) = value.get_ref() {
-                        texts.push(Spanned::new(s.to_string(), span_of(value)));
-                    }
-                }
-            }
-        }
-        for text in &texts {
-            for (span, name) in expression_names(&source, text, diags) {
-                let parts: Vec<&str> = name.split('.').collect();
-                if parts[0] == "steps" {
-                    diags.error(
-                        &source,
-                        span,
-                        "reference",
-                        format!("`{name}`: a store cannot read step outputs"),
-                    );
-                } else {
-                    check_name(plan, &name, &parts, span, diags);
-                }
+    for text in &plan.store_texts {
+        for (span, name) in expression_names(&source, text, diags) {
+            let parts: Vec<&str> = name.split('.').collect();
+            if parts[0] == "steps" {
+                diags.error(
+                    &source,
+                    span,
+                    "reference",
+                    format!("`{name}`: a store cannot read step outputs"),
+                );
+            } else {
+                check_name(plan, &name, &parts, span, diags);
             }
         }
     }

@@ -322,6 +322,9 @@ impl EventSink for Terminal {
                     }
                     let _ = bars.multi.clear();
                 }
+                if self.quiet && result == RunResult::Succeeded {
+                    return;
+                }
                 let painted = match result {
                     RunResult::Succeeded => self.paint("32", "succeeded"),
                     RunResult::Paused => self.paint("35", "paused"),
