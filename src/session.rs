@@ -680,6 +680,12 @@ impl Session<'_> {
         drop(shared);
         runtime.shutdown_timeout(std::time::Duration::from_secs(1));
         thread.join();
+        let report = crate::report::write_json(self.state, &self.run_id, &self.plan);
+        if let Err(error) = &report {
+            self.events.emit(Event::Warning(format!(
+                "cannot write the run's report: {error}"
+            )));
+        }
         Ok(SessionEnd {
             run_id: self.run_id,
             result: result?,

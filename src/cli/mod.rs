@@ -14,7 +14,9 @@ use crate::plan::diagnostic::Diagnostics;
 use crate::plan::load::{LoadError, LoadOptions, Loaded};
 
 mod graph;
+mod history;
 mod plan;
+mod report;
 mod resume;
 mod run;
 mod status;
@@ -76,6 +78,10 @@ pub enum Command {
     Resume(resume::ResumeArgs),
     /// Where a run stands.
     Status(status::StatusArgs),
+    /// A run's report: Markdown, JSON, JUnit or HTML.
+    Report(report::ReportArgs),
+    /// Every run in the state: plan, drill or recovery, result, RTO, RPO.
+    History(history::HistoryArgs),
     /// Remove a lock left by a run that is gone.
     Unlock(unlock::UnlockArgs),
 }
@@ -149,6 +155,8 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Run(args) => run::run(&cli.global, args),
         Command::Resume(args) => resume::run(&cli.global, args),
         Command::Status(args) => status::run(&cli.global, args),
+        Command::Report(args) => report::run(&cli.global, args),
+        Command::History(args) => history::run(&cli.global, args),
         Command::Unlock(args) => unlock::run(&cli.global, args),
     }
 }

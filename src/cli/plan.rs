@@ -48,7 +48,54 @@ struct PlanJson<'a> {
     rto_target_seconds: Option<f64>,
     rto_met: Option<bool>,
     duration_source: DurationSource,
+    /// The run whose durations were used, with `last_run`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    measured_in: Option<String>,
     without_estimate: Vec<&'a str>,
+    #[serde(skip)]
+    durations: BTreeMap<&'a str, Duration>,
+}
+
+/// The step durations of the newest succeeded run of this plan in the state, if
+/// there is a state and such a run. `plan` never creates a state.
+fn last_run_durations(
+    global: &GlobalArgs,
+    plan: &str,
+) -> Option<(Option<String>, BTreeMap<String, Duration>)> {
+    if global.state.starts_with("s3://") || !std::path::Path::new(&global.state).is_dir() {
+        return None;
+    }
+    let state = crate::journal::open(&global.state).ok()?;
+    let mut best: Option<(
+        chrono::DateTime<chrono::Utc>,
+        String,
+        BTreeMap<String, Duration>,
+    )> = None;
+    for id in state.run_ids().ok()? {
+        let Ok(bytes) = state.read_journal(&id) else {
+            continue;
+        };
+        let Ok(log) = crate::journal::RunLog::parse(&id, &bytes) else {
+            continue;
+        };
+        if log.header.plan != plan || best.as_ref().is_some_and(|b| b.0 >= log.header.started_at) {
+            continue;
+        }
+        let view = log.fold();
+        if view.result != Some(crate::journal::record::RunResult::Succeeded) {
+            continue;
+        }
+        let durations = view
+            .steps
+            .iter()
+            .filter_map(|(id, s)| {
+                s.duration_seconds
+                    .map(|d| (id.clone(), Duration::from_secs_f64(d.max(0.0))))
+            })
+            .collect();
+        best = Some((log.header.started_at, id, durations));
+    }
+    best.map(|(_, id, durations)| (Some(id), durations))
 }
 
 pub fn run(global: &GlobalArgs, args: PlanArgs) -> CliResult {
@@ -58,8 +105,9 @@ pub fn run(global: &GlobalArgs, args: PlanArgs) -> CliResult {
     let Some(plan) = loaded.plan else {
         return Ok(exit_codes::FAILURE);
     };
-    let measured = BTreeMap::new();
-    let view = preview(&plan, args.drill, &measured);
+    let (measured_in, measured) = last_run_durations(global, &plan.name.value).unwrap_or_default();
+    let mut view = preview(&plan, args.drill, &measured);
+    view.measured_in = measured_in;
     match args.format {
         TextOrJson::Json => println!(
             "{}",
@@ -85,6 +133,12 @@ fn preview<'a>(plan: &'a Plan, drill: bool, measured: &BTreeMap<String, Duration
             .or(step.estimate)
             .unwrap_or_default()
     };
+    let durations = plan
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.as_str(), duration(i)))
+        .collect();
     let sched = schedule(plan, &graph, |i| plan.steps[i].applies(drill), duration);
     let id = |i: &usize| plan.steps[*i].id.as_str();
     let predicted = sched.predicted.as_secs_f64();
@@ -103,6 +157,8 @@ fn preview<'a>(plan: &'a Plan, drill: bool, measured: &BTreeMap<String, Duration
         rto_target_seconds: target,
         rto_met: target.map(|t| predicted <= t),
         duration_source: source,
+        measured_in: None,
+        durations,
         without_estimate: plan
             .applicable(drill)
             .filter(|s| s.estimate.is_none() && !measured.contains_key(s.id.as_str()))
@@ -134,16 +190,19 @@ fn render_text(plan: &Plan, view: &PlanJson<'_>) -> String {
             .collect();
         let _ = writeln!(out, "  wave {:>3}: {}", n + 1, names.join(", "));
     }
-    let source = match view.duration_source {
-        DurationSource::Estimate => "estimates",
-        DurationSource::LastRun => "durations measured in the last run",
+    let source = match (&view.duration_source, &view.measured_in) {
+        (DurationSource::LastRun, Some(run)) => format!("durations measured in run `{run}`"),
+        _ => "estimates".to_string(),
     };
     let path: Vec<String> = view
         .critical_path
         .iter()
         .map(|id| {
-            let estimate = steps.get(id).and_then(|s| s.estimate).unwrap_or_default();
-            format!("{id} ({})", humantime::format_duration(estimate))
+            let took = view.durations.get(id).copied().unwrap_or_default();
+            format!(
+                "{id} ({})",
+                crate::report::markdown::duration(took.as_secs_f64())
+            )
         })
         .collect();
     let _ = writeln!(

@@ -133,6 +133,17 @@ impl StateStore for LocalState {
         Ok(side)
     }
 
+    fn write_file(&self, run_id: &str, name: &str, bytes: &[u8]) -> Result<PathBuf, StateError> {
+        let path = self.run_dir(run_id).join(name);
+        let partial = self.run_dir(run_id).join(format!(".{name}.partial"));
+        let mut file = create_private(&partial).map_err(StateError::io("write", &partial))?;
+        file.write_all(bytes)
+            .and_then(|_| file.sync_all())
+            .map_err(StateError::io("write", &partial))?;
+        fs::rename(&partial, &path).map_err(StateError::io("rename", &path))?;
+        Ok(path)
+    }
+
     fn read_plan(&self, run_id: &str) -> Result<String, StateError> {
         let path = self.run_dir(run_id).join("plan.toml");
         fs::read_to_string(&path).map_err(StateError::io("read", &path))

@@ -48,6 +48,8 @@ pub trait StateStore: Send + Sync {
     fn read_journal(&self, run_id: &str) -> Result<Vec<u8>, StateError>;
     /// Cuts the journal back to `len` bytes, keeping what is cut in a side file.
     fn set_aside_tail(&self, run_id: &str, len: u64) -> Result<PathBuf, StateError>;
+    /// Writes a whole file of a run (a report), replacing it atomically.
+    fn write_file(&self, run_id: &str, name: &str, bytes: &[u8]) -> Result<PathBuf, StateError>;
     /// The plan copy kept at the run's start.
     fn read_plan(&self, run_id: &str) -> Result<String, StateError>;
     /// Every run id in the state, in no particular order.

@@ -165,7 +165,11 @@ impl RunLog {
                         .extend(resumed.changed.iter().map(|c| c.step.clone()));
                 }
                 Record::Interrupted { .. } => view.interruptions += 1,
-                Record::Paused { step, .. } => view.paused_at = Some(step.clone()),
+                Record::Paused { step, .. } => {
+                    // A gate waiting for a person is not in doubt: it has not acted.
+                    view.step(step).state = StepState::Pending;
+                    view.paused_at = Some(step.clone());
+                }
                 Record::Approved { step, at, by, host } => view.approvals.push(Approval {
                     step: step.clone(),
                     at: *at,

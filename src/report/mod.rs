@@ -1,5 +1,64 @@
-//! Consumers of a run: the terminal view while it runs, and the status built
-//! from its journal afterwards.
+//! Consumers of a run: the terminal view while it runs, and, from its journal
+//! afterwards, the status, the report in every format, and the history.
 
+pub mod history;
+pub mod html;
+pub mod junit;
+pub mod markdown;
+pub mod model;
 pub mod status;
 pub mod terminal;
+
+use crate::journal::StateStore;
+
+/// The report of a run, from its journal. `plan` is the run's plan when the
+/// caller has it; otherwise the copy kept in the state is read.
+pub fn for_run(
+    state: &dyn StateStore,
+    run_id: &str,
+    plan: Option<&crate::plan::Plan>,
+) -> Result<model::Report, crate::session::SessionError> {
+    let (header, view, live) = crate::session::view(state, run_id)?;
+    let owned;
+    let plan = match plan {
+        Some(plan) => Some(plan),
+        None => {
+            owned = crate::cli::run_plan(state, &header);
+            owned.as_ref()
+        }
+    };
+    Ok(model::build(
+        &header,
+        &view,
+        live,
+        plan,
+        &state.run_dir(run_id).join("logs"),
+    ))
+}
+
+/// Writes `report.json` beside the run's journal: every run ends with one.
+/// Called by the session that ran it, which still holds the lock: the run is over.
+pub fn write_json(
+    state: &dyn StateStore,
+    run_id: &str,
+    plan: &crate::plan::Plan,
+) -> Result<std::path::PathBuf, crate::session::SessionError> {
+    let (header, view, _) = crate::session::view(state, run_id)?;
+    let report = model::build(
+        &header,
+        &view,
+        false,
+        Some(plan),
+        &state.run_dir(run_id).join("logs"),
+    );
+    let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+    Ok(state.write_file(run_id, "report.json", text.as_bytes())?)
+}
+
+/// The runs of one plan, oldest first, for the HTML trend.
+pub fn plan_history(state: &dyn StateStore, plan: &str) -> Vec<history::HistoryEntry> {
+    history::collect(state)
+        .into_iter()
+        .filter(|h| h.plan == plan)
+        .collect()
+}

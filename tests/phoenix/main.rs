@@ -3,6 +3,7 @@
 mod actions;
 mod common;
 mod crash;
+mod drill;
 mod graph_and_plan;
 mod interrupt;
 mod run;

@@ -1,0 +1,26 @@
+//! `phoenix history`: every run in the state, oldest first.
+
+use clap::Args;
+
+use super::{open_state, CliResult, GlobalArgs, TextOrJson};
+use crate::exit_codes;
+use crate::report::history;
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    #[arg(long, value_enum, default_value_t = TextOrJson::Text)]
+    pub format: TextOrJson,
+}
+
+pub fn run(global: &GlobalArgs, args: HistoryArgs) -> CliResult {
+    let state = open_state(global)?;
+    let entries = history::collect(state.as_ref());
+    match args.format {
+        TextOrJson::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&entries).unwrap_or_default()
+        ),
+        TextOrJson::Text => print!("{}", history::render_text(&entries)),
+    }
+    Ok(exit_codes::SUCCESS)
+}

@@ -1,0 +1,98 @@
+//! `phoenix history`: every run in the state, oldest first.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::journal::{RunLog, StateStore};
+
+#[derive(Serialize, Clone)]
+pub struct HistoryEntry {
+    pub run_id: String,
+    pub plan: String,
+    pub drill: bool,
+    pub result: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub rto_seconds: Option<f64>,
+    pub rpo_seconds: Option<f64>,
+    pub rto_met: Option<bool>,
+    pub rpo_met: Option<bool>,
+}
+
+/// Every run that can be read, oldest first. A run's figures come from its
+/// `report.json` when it has one, else from its journal.
+pub fn collect(state: &dyn StateStore) -> Vec<HistoryEntry> {
+    let holder = state.lock_holder();
+    let mut entries: Vec<HistoryEntry> = state
+        .run_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|id| {
+            let bytes = state.read_journal(&id).ok()?;
+            let log = RunLog::parse(&id, &bytes).ok()?;
+            let live = holder.as_ref().is_some_and(|h| h.run_id == id);
+            let view = log.fold();
+            let plan = crate::cli::run_plan(state, &log.header);
+            let report = super::model::build(
+                &log.header,
+                &view,
+                live,
+                plan.as_ref(),
+                &state.run_dir(&id).join("logs"),
+            );
+            Some(HistoryEntry {
+                run_id: id,
+                plan: log.header.plan.clone(),
+                drill: log.header.drill,
+                result: report.result.clone(),
+                started_at: log.header.started_at,
+                finished_at: report.status.finished_at,
+                rto_seconds: report.rto.actual_seconds,
+                rpo_seconds: report.rpo.actual_seconds,
+                rto_met: report.rto.met,
+                rpo_met: report.rpo.met,
+            })
+        })
+        .collect();
+    entries.sort_by(|a, b| {
+        a.started_at
+            .cmp(&b.started_at)
+            .then(a.run_id.cmp(&b.run_id))
+    });
+    entries
+}
+
+pub fn render_text(entries: &[HistoryEntry]) -> String {
+    let mut out = String::new();
+    let show = |v: Option<f64>| {
+        v.map(super::markdown::duration)
+            .unwrap_or_else(|| "—".into())
+    };
+    let met = |v: Option<bool>| match v {
+        Some(true) => "met",
+        Some(false) => "MISSED",
+        None => "—",
+    };
+    let _ = writeln!(
+        out,
+        "{:<26} {:<14} {:<9} {:<11} {:<20} {:>9} {:<6} {:>9} {:<6}",
+        "run", "plan", "kind", "result", "started", "rto", "", "rpo", ""
+    );
+    for e in entries {
+        let _ = writeln!(
+            out,
+            "{:<26} {:<14} {:<9} {:<11} {:<20} {:>9} {:<6} {:>9} {:<6}",
+            e.run_id,
+            e.plan,
+            if e.drill { "drill" } else { "recovery" },
+            e.result,
+            e.started_at.format("%Y-%m-%d %H:%M:%S"),
+            show(e.rto_seconds),
+            met(e.rto_met),
+            show(e.rpo_seconds),
+            met(e.rpo_met)
+        );
+    }
+    out
+}

@@ -1,0 +1,503 @@
+//! Drills: teardown, chaos, approval gates, reports and history.
+
+use std::collections::BTreeSet;
+
+use crate::common::{shell_step, state_of, Workspace};
+
+const DRILL_HEADER: &str = "version = 1\n[plan]\nname = \"drill\"\nrto = \"1m\"\nrpo = \"1h\"\n";
+
+fn drill_plan(middle: &str, teardown: &str) -> String {
+    format!(
+        "{DRILL_HEADER}{}{}{}{}",
+        shell_step(
+            "up",
+            "provision",
+            "echo up >> ledger; echo addr=10.0.0.1 >> \"$PHOENIX_OUTPUT\"",
+            ""
+        ),
+        shell_step("middle", "configure", middle, "needs = [\"up\"]"),
+        shell_step(
+            "only_drill",
+            "restore",
+            "echo only_drill >> ledger",
+            "needs = [\"middle\"]\nwhen = \"drill\""
+        ),
+        shell_step("down", "teardown", teardown, "needs = [\"up\"]"),
+    )
+}
+
+fn ledger(ws: &Workspace) -> Vec<String> {
+    std::fs::read_to_string(ws.path().join("ledger"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn teardown_runs_last_after_success_and_only_in_drills() {
+    let ws = Workspace::new();
+    ws.write(
+        "plan.toml",
+        &drill_plan("echo middle >> ledger", "echo down >> ledger"),
+    );
+    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(0);
+    assert_eq!(
+        ledger(&ws),
+        ["up", "middle"],
+        "a recovery has no drill steps and no teardown"
+    );
+    std::fs::remove_file(ws.path().join("ledger")).unwrap();
+    ws.phoenix()
+        .args(["run", "plan.toml", "--drill"])
+        .run()
+        .expect_code(0);
+    assert_eq!(ledger(&ws), ["up", "middle", "only_drill", "down"]);
+    let status = ws.status();
+    assert_eq!(status["drill"], true);
+}
+
+#[test]
+fn teardown_runs_after_a_failure_and_a_failing_teardown_fails_the_drill() {
+    let ws = Workspace::new();
+    ws.write(
+        "plan.toml",
+        &drill_plan("echo middle >> ledger; exit 1", "echo down >> ledger"),
+    );
+    ws.phoenix()
+        .args(["run", "plan.toml", "--drill"])
+        .run()
+        .expect_code(1);
+    assert_eq!(ledger(&ws), ["up", "middle", "down"]);
+    assert_eq!(state_of(&ws.status(), "down"), "succeeded");
+
+    let ws = Workspace::new();
+    ws.write("plan.toml", &drill_plan("true", "exit 3"));
+    ws.phoenix()
+        .args(["run", "plan.toml", "--drill"])
+        .run()
+        .expect_code(1);
+    let status = ws.status();
+    assert_eq!(status["state"], "failed");
+    assert_eq!(state_of(&status, "down"), "failed");
+}
+
+#[test]
+fn teardown_waits_for_a_crashed_run_to_be_resumed() {
+    let ws = Workspace::new();
+    ws.write(
+        "plan.toml",
+        &drill_plan(
+            "echo middle >> ledger; kill -9 $PPID; sleep 5",
+            "echo down >> ledger",
+        ),
+    );
+    // The step kills phoenix itself: a crash in the middle of the drill.
+    let run = ws.phoenix().args(["run", "plan.toml", "--drill"]).run();
+    assert_ne!(run.code(), 0);
+    assert_eq!(
+        ledger(&ws),
+        ["up", "middle"],
+        "no teardown before the run is over"
+    );
+    std::fs::write(
+        ws.path().join("plan.toml"),
+        drill_plan("echo middle >> ledger", "echo down >> ledger"),
+    )
+    .unwrap();
+    ws.phoenix().args(["resume"]).run().expect_code(0);
+    assert_eq!(
+        ledger(&ws),
+        ["up", "middle", "middle", "only_drill", "down"]
+    );
+}
+
+#[test]
+fn chaos_is_refused_without_drill_and_journaled_with_it() {
+    let ws = Workspace::new();
+    ws.write("plan.toml", &drill_plan("true", "true"));
+    let run = ws
+        .phoenix()
+        .args(["run", "plan.toml", "--chaos", "fail=1"])
+        .run()
+        .expect_code(2);
+    assert!(
+        run.stderr().contains("`--chaos` is for drills only"),
+        "{}",
+        run.stderr()
+    );
+    ws.phoenix()
+        .args(["run", "plan.toml", "--drill", "--chaos", "fail=2"])
+        .run()
+        .expect_code(2);
+    ws.phoenix()
+        .args(["run", "plan.toml", "--drill", "--chaos", "fail=1,seed=1"])
+        .run()
+        .expect_code(1);
+    let report: serde_json::Value = serde_json::from_str(
+        &ws.phoenix()
+            .args(["report", "--format", "json"])
+            .run()
+            .expect_code(0)
+            .stdout(),
+    )
+    .unwrap();
+    let events = report["chaos_events"].as_array().unwrap();
+    assert!(!events.is_empty());
+    assert!(events[0]["event"].as_str().unwrap().starts_with("fail"));
+}
+
+/// A drill with `kill` chaos, resumed until it ends, converges to the same
+/// result as a clean run.
+#[test]
+fn chaos_kill_drills_converge_to_the_clean_result() {
+    let plan = format!(
+        "{DRILL_HEADER}{}{}{}{}{}",
+        shell_step(
+            "a",
+            "provision",
+            "echo a >> ledger; echo v=1 >> \"$PHOENIX_OUTPUT\"",
+            ""
+        ),
+        shell_step("b", "provision", "echo b >> ledger", ""),
+        shell_step(
+            "c",
+            "configure",
+            "echo c{{ steps.a.outputs.v }} >> ledger",
+            "needs = [\"a\", \"b\"]"
+        ),
+        shell_step("d", "restore", "echo d >> ledger", "needs = [\"c\"]"),
+        shell_step("z", "teardown", "echo z >> ledger", ""),
+    );
+    let clean = Workspace::new();
+    clean.write("plan.toml", &plan);
+    clean
+        .phoenix()
+        .args(["run", "plan.toml", "--drill"])
+        .run()
+        .expect_code(0);
+    let expected: BTreeSet<String> = ledger(&clean).into_iter().collect();
+
+    let chaotic = Workspace::new();
+    chaotic.write("plan.toml", &plan);
+    let first = chaotic
+        .phoenix()
+        .args(["run", "plan.toml", "--drill", "--chaos", "kill=0.5,seed=7"])
+        .run();
+    let mut crashes = usize::from(first.code() != 0);
+    let mut done = first.code() == 0;
+    for _ in 0..20 {
+        if done {
+            break;
+        }
+        let run = chaotic.phoenix().args(["resume"]).run();
+        done = run.code() == 0;
+        crashes += usize::from(!done);
+    }
+    assert!(done, "the drill never finished");
+    assert!(crashes > 0, "the seed should crash at least once");
+    let got: BTreeSet<String> = ledger(&chaotic).into_iter().collect();
+    assert_eq!(got, expected);
+    let status = chaotic.status();
+    assert_eq!(status["state"], "succeeded");
+    let report: serde_json::Value = serde_json::from_str(
+        &chaotic
+            .phoenix()
+            .args(["report", "--format", "json"])
+            .run()
+            .stdout(),
+    )
+    .unwrap();
+    assert_eq!(report["chaos_events"].as_array().unwrap().len(), crashes);
+    assert_eq!(report["resumes"], crashes);
+}
+
+#[test]
+fn approval_gates_pause_resume_and_yes() {
+    let plan = format!(
+        "{DRILL_HEADER}{}\n[[step]]\nid = \"gate\"\nphase = \"configure\"\naction = \"approval\"\nprompt = \"Switch DNS?\"\nneeds = [\"up\"]\n{}",
+        shell_step("up", "provision", "echo up >> ledger", ""),
+        shell_step("after", "restore", "echo after >> ledger", "needs = [\"gate\"]"),
+    );
+    let ws = Workspace::new();
+    ws.write("plan.toml", &plan);
+    let paused = ws.phoenix().args(["run", "plan.toml"]).run().expect_code(3);
+    assert!(
+        paused.stderr().contains("phoenix resume --approve gate"),
+        "{}",
+        paused.stderr()
+    );
+    let status = ws.status();
+    assert_eq!(status["state"], "paused");
+    assert_eq!(ledger(&ws), ["up"]);
+    // Resuming without approval pauses again.
+    ws.phoenix().args(["resume"]).run().expect_code(3);
+    ws.phoenix()
+        .args(["resume", "--approve", "gate"])
+        .env("USER", "alice")
+        .run()
+        .expect_code(0);
+    assert_eq!(ledger(&ws), ["up", "after"]);
+    let report: serde_json::Value = serde_json::from_str(
+        &ws.phoenix()
+            .args(["report", "--format", "json"])
+            .run()
+            .stdout(),
+    )
+    .unwrap();
+    let approval = &report["approvals"][0];
+    assert_eq!(approval["step"], "gate");
+    assert!(approval["by"].as_str().unwrap().starts_with("alice"));
+    assert!(approval["host"].is_string() && approval["at"].is_string());
+
+    let ws = Workspace::new();
+    ws.write("plan.toml", &plan);
+    ws.phoenix()
+        .args(["run", "plan.toml", "--yes"])
+        .run()
+        .expect_code(0);
+    assert_eq!(ledger(&ws), ["up", "after"]);
+}
+
+#[test]
+fn reports_in_every_format() {
+    let ws = Workspace::new();
+    let plan = format!(
+        "{DRILL_HEADER}{}{}{}",
+        shell_step(
+            "make",
+            "provision",
+            "echo id=vpc-1 >> \"$PHOENIX_OUTPUT\"",
+            ""
+        ),
+        shell_step(
+            "broken",
+            "configure",
+            "echo some output; echo the reason >&2; exit 2",
+            "needs = [\"make\"]"
+        ),
+        shell_step("down", "teardown", "true", ""),
+    );
+    ws.write("plan.toml", &plan);
+    ws.phoenix()
+        .args(["run", "plan.toml", "--drill", "--run-id", "snap"])
+        .run()
+        .expect_code(1);
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path("snapshots");
+    settings.add_filter(
+        r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)?",
+        "[TIME]",
+    );
+    settings.add_filter(r"\b\d+(\.\d+)?s\b", "[DURATION]");
+    settings.add_filter(
+        r#""(duration_seconds|actual_seconds)": [0-9.e-]+"#,
+        "\"$1\": [SECONDS]",
+    );
+    settings.add_filter(r#"time="[0-9.]+""#, "time=\"[SECONDS]\"");
+    settings.add_filter(r#"timestamp="[^"]*""#, "timestamp=\"[TIME]\"");
+    settings.bind(|| {
+        let md = ws
+            .phoenix()
+            .args(["report", "snap"])
+            .run()
+            .expect_code(0)
+            .stdout();
+        insta::assert_snapshot!("report_md", md);
+        let json = ws
+            .phoenix()
+            .args(["report", "snap", "--format", "json"])
+            .run()
+            .expect_code(0)
+            .stdout();
+        insta::assert_snapshot!("report_json", json);
+        let junit = ws
+            .phoenix()
+            .args(["report", "snap", "--format", "junit"])
+            .run()
+            .expect_code(0)
+            .stdout();
+        insta::assert_snapshot!("report_junit", junit);
+    });
+
+    // report.json is written at the end of every run.
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ws.run_dir().join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(written["result"], "failed");
+    assert_eq!(written["run_id"], "snap");
+    assert_eq!(written["log_tails"]["broken"], "some output\nthe reason");
+}
+
+#[test]
+fn junit_reads_back_as_suites_and_cases() {
+    let ws = Workspace::new();
+    ws.write("plan.toml", &drill_plan("echo bad; exit 1", "true"));
+    ws.phoenix()
+        .args(["run", "plan.toml", "--drill"])
+        .run()
+        .expect_code(1);
+    ws.phoenix()
+        .args(["report", "--format", "junit", "-o", "junit.xml"])
+        .run()
+        .expect_code(0);
+    let xml = std::fs::read_to_string(ws.path().join("junit.xml")).unwrap();
+    let mut reader = quick_xml::Reader::from_str(&xml);
+    let (mut suites, mut cases, mut failures) = (Vec::new(), Vec::new(), Vec::new());
+    let mut current_case = String::new();
+    loop {
+        match reader.read_event().unwrap() {
+            quick_xml::events::Event::Start(e) | quick_xml::events::Event::Empty(e) => {
+                let name = String::from_utf8_lossy(e.name().as_ref()).to_string();
+                let attr = |key: &str| {
+                    e.attributes()
+                        .filter_map(Result::ok)
+                        .find(|a| a.key.as_ref() == key.as_bytes())
+                        .map(|a| a.unescape_value().unwrap().to_string())
+                };
+                match name.as_str() {
+                    "testsuite" => suites.push(attr("name").unwrap()),
+                    "testcase" => {
+                        current_case = attr("name").unwrap();
+                        cases.push(current_case.clone());
+                    }
+                    "failure" => {
+                        failures.push((current_case.clone(), attr("message").unwrap_or_default()))
+                    }
+                    _ => {}
+                }
+            }
+            quick_xml::events::Event::Eof => break,
+            _ => {}
+        }
+    }
+    assert_eq!(suites, ["provision", "configure", "restore", "teardown"]);
+    assert_eq!(cases, ["up", "middle", "only_drill", "down"]);
+    assert_eq!(
+        failures,
+        [("middle".to_string(), "exited with status 1".to_string())]
+    );
+}
+
+#[test]
+fn html_report_has_a_bar_per_step_and_the_target_line() {
+    let ws = Workspace::new();
+    ws.write("plan.toml", &drill_plan("sleep 0.2", "true"));
+    for _ in 0..2 {
+        ws.phoenix()
+            .args(["run", "plan.toml", "--drill"])
+            .run()
+            .expect_code(0);
+    }
+    ws.phoenix()
+        .args(["report", "--format", "html", "-o", "report.html"])
+        .run()
+        .expect_code(0);
+    let html = std::fs::read_to_string(ws.path().join("report.html")).unwrap();
+    assert!(
+        !html.contains("http://")
+            || html
+                .matches("http://")
+                .all(|_| html.contains("xmlns=\"http://www.w3.org/2000/svg\"")),
+        "no external resources"
+    );
+    assert!(!html.contains("<script") && !html.contains("<link"));
+    let mut reader = quick_xml::Reader::from_str(&html);
+    let (mut bars, mut critical, mut targets, mut trend_runs) = (Vec::new(), 0, 0, 0);
+    loop {
+        match reader.read_event().unwrap() {
+            quick_xml::events::Event::Start(e) | quick_xml::events::Event::Empty(e) => {
+                let class = e
+                    .attributes()
+                    .filter_map(Result::ok)
+                    .find(|a| a.key.as_ref() == b"class")
+                    .map(|a| a.unescape_value().unwrap().to_string())
+                    .unwrap_or_default();
+                if class.starts_with("bar") {
+                    let step = e
+                        .attributes()
+                        .filter_map(Result::ok)
+                        .find(|a| a.key.as_ref() == b"data-step")
+                        .unwrap();
+                    bars.push(step.unescape_value().unwrap().to_string());
+                    critical += usize::from(class.contains("critical"));
+                }
+                targets += usize::from(class == "rto-target");
+                trend_runs += usize::from(class == "run");
+            }
+            quick_xml::events::Event::Eof => break,
+            _ => {}
+        }
+    }
+    assert_eq!(bars, ["up", "middle", "only_drill", "down"]);
+    assert_eq!(critical, 3, "up -> middle -> only_drill");
+    assert_eq!(targets, 2, "on the timeline and on the trend");
+    assert_eq!(trend_runs, 2);
+}
+
+#[test]
+fn rto_and_rpo_match_known_timings() {
+    let ws = Workspace::new();
+    let plan = format!(
+        "version = 1\n[plan]\nname = \"timed\"\nrto = \"1s\"\n{}{}{}",
+        shell_step("first", "provision", "sleep 0.6", ""),
+        shell_step("second", "configure", "sleep 0.6", "needs = [\"first\"]"),
+        shell_step("side", "configure", "sleep 0.1", ""),
+    );
+    ws.write("plan.toml", &plan);
+    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(0);
+    let report: serde_json::Value = serde_json::from_str(
+        &ws.phoenix()
+            .args(["report", "--format", "json"])
+            .run()
+            .stdout(),
+    )
+    .unwrap();
+    let rto = report["rto"]["actual_seconds"].as_f64().unwrap();
+    assert!((1.2..1.6).contains(&rto), "rto {rto}");
+    assert_eq!(report["rto"]["target_seconds"], 1.0);
+    assert_eq!(report["rto"]["met"], false);
+    assert_eq!(report["rpo"]["target_seconds"], serde_json::Value::Null);
+    assert_eq!(report["rpo"]["met"], serde_json::Value::Null);
+    assert_eq!(
+        report["critical_path"],
+        serde_json::json!(["first", "second"])
+    );
+    assert_eq!(report["phases"][0]["name"], "provision");
+
+    let history: serde_json::Value = serde_json::from_str(
+        &ws.phoenix()
+            .args(["history", "--format", "json"])
+            .run()
+            .stdout(),
+    )
+    .unwrap();
+    let entry = &history[0];
+    assert_eq!(entry["plan"], "timed");
+    assert_eq!(entry["drill"], false);
+    assert_eq!(entry["result"], "succeeded");
+    assert_eq!(entry["rto_met"], false);
+    assert!((1.2..1.6).contains(&entry["rto_seconds"].as_f64().unwrap()));
+    for key in [
+        "run_id",
+        "started_at",
+        "finished_at",
+        "rpo_seconds",
+        "rpo_met",
+    ] {
+        assert!(entry.get(key).is_some(), "{key}");
+    }
+
+    // `plan` now predicts from the measured run.
+    let text = ws
+        .phoenix()
+        .args(["plan", "plan.toml"])
+        .run()
+        .expect_code(0)
+        .stdout();
+    assert!(
+        text.contains("critical path (from durations measured in run `"),
+        "{text}"
+    );
+    assert!(text.contains("first (0.6s) -> second (0.6s)"), "{text}");
+}
