@@ -1,5 +1,9 @@
 //! `git`: put the configuration repository in place at a pinned revision.
 
+use std::path::Path;
+
+use crate::exec::{ActionError, StepContext};
+use crate::journal::record::Outputs;
 use crate::plan::diagnostic::Diagnostics;
 use crate::plan::fields::Fields;
 use crate::plan::source::Spanned;
@@ -48,4 +52,283 @@ pub fn parse(fields: &Fields<'_, '_>, diags: &mut Diagnostics) -> Option<GitSpec
 
 pub fn is_full_commit(text: &str) -> bool {
     text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Resolves the ref (or takes the commit frozen on the first run), checks the
+/// pin, freezes the commit, and puts a checkout of it (with submodules) at
+/// `dest` through a temporary directory beside it and an atomic exchange.
+pub async fn run(spec: &GitSpec, ctx: &StepContext<'_>) -> Result<Outputs, ActionError> {
+    let repo = resolve_repo(&ctx.render(&spec.repo)?, &ctx.shared.plan.dir);
+    let reference = ctx.render(&spec.reference)?;
+    let dest = ctx.path(&spec.dest)?;
+    let frozen = ctx.frozen().and_then(|values| {
+        values
+            .get("commit")
+            .and_then(|c| c.as_str().map(str::to_string))
+    });
+    let commit = match frozen {
+        Some(commit) => commit,
+        None => {
+            let commit = resolve(&repo, &reference, &ctx.cancel).await?;
+            if let Some(pin) = &spec.commit {
+                if !pin.value.eq_ignore_ascii_case(&commit) {
+                    return Err(ActionError::Git(format!(
+                        "`{reference}` resolves to {commit}, but the plan pins {}: the ref moved; check the release, then update the pin",
+                        pin.value
+                    )));
+                }
+            }
+            let mut values = std::collections::BTreeMap::new();
+            values.insert(
+                "commit".to_string(),
+                serde_json::Value::String(commit.clone()),
+            );
+            values.insert(
+                "ref".to_string(),
+                serde_json::Value::String(reference.clone()),
+            );
+            ctx.freeze(values).await?;
+            commit
+        }
+    };
+    if is_clean_checkout(&dest, &commit).await {
+        return Ok(Outputs::from([("commit".to_string(), commit)]));
+    }
+    let parent = dest.parent().unwrap_or(Path::new(".")).to_path_buf();
+    std::fs::create_dir_all(&parent).map_err(|source| ActionError::Io {
+        action: "create",
+        path: parent.clone(),
+        source,
+    })?;
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkout".into());
+    let temp = parent.join(format!(".{name}.phoenix-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&temp);
+    let result = checkout(
+        &repo,
+        &reference,
+        &commit,
+        &temp,
+        spec.submodules,
+        &ctx.cancel,
+    )
+    .await;
+    if let Err(error) = result {
+        let _ = std::fs::remove_dir_all(&temp);
+        return Err(error);
+    }
+    swap_into_place(&temp, &dest)?;
+    Ok(Outputs::from([("commit".to_string(), commit)]))
+}
+
+/// A local path relative to the plan's directory, or the URL as written.
+pub fn resolve_repo(repo: &str, plan_dir: &Path) -> String {
+    if repo.contains("://") || repo.contains('@') && repo.contains(':') {
+        return repo.to_string();
+    }
+    plan_dir.join(repo).display().to_string()
+}
+
+/// `git` with prompts off: a rebuild must fail, not hang, on missing credentials.
+fn git() -> tokio::process::Command {
+    let mut command = tokio::process::Command::new("git");
+    command
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ASKPASS", "true")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs git, returning stdout; on failure, its stderr with any credentials in
+/// URLs removed.
+async fn run_git(
+    mut command: tokio::process::Command,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<String, ActionError> {
+    let output = tokio::select! {
+        output = command.output() => output.map_err(|source| ActionError::Spawn { program: "git".into(), source })?,
+        _ = cancel.cancelled() => return Err(ActionError::Interrupted),
+    };
+    if output.status.success() {
+        return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = last[last.len().saturating_sub(3)..].join("; ");
+    Err(ActionError::Git(strip_credentials(&tail)))
+}
+
+/// `https://user:token@host/x` becomes `https://***@host/x`.
+pub fn strip_credentials(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c.is_whitespace() || c == '/' || c == '\'' || c == '"')
+            .unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(userinfo) => {
+                out.push_str("***");
+                out.push_str(&tail[userinfo..end]);
+            }
+            None => out.push_str(&tail[..end]),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The commit `reference` names in `repo`: a full commit id as is; else a tag
+/// (peeled), a branch, or a full ref name, as the repository lists them.
+pub async fn resolve(
+    repo: &str,
+    reference: &str,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<String, ActionError> {
+    if is_full_commit(reference) {
+        return Ok(reference.to_ascii_lowercase());
+    }
+    let mut command = git();
+    command.args(["ls-remote", "--", repo]);
+    let listing = run_git(command, cancel).await?;
+    let refs: Vec<(&str, &str)> = listing
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .map(|(sha, name)| (sha.trim(), name.trim()))
+        .collect();
+    let find = |name: &str| {
+        refs.iter()
+            .find(|(_, n)| *n == name)
+            .map(|(sha, _)| sha.to_string())
+    };
+    let tag = format!("refs/tags/{reference}");
+    find(&format!("{tag}^{{}}"))
+        .or_else(|| find(&tag))
+        .or_else(|| find(&format!("refs/heads/{reference}")))
+        .or_else(|| find(reference))
+        .ok_or_else(|| {
+            ActionError::Git(format!(
+                "`{reference}` is neither a tag nor a branch of {}",
+                strip_credentials(repo)
+            ))
+        })
+}
+
+/// Whether `dest` is a checkout of `commit` with no changes (submodules included).
+async fn is_clean_checkout(dest: &Path, commit: &str) -> bool {
+    if !dest.join(".git").exists() {
+        return false;
+    }
+    let never = tokio_util::sync::CancellationToken::new();
+    let mut head = git();
+    head.arg("-C").arg(dest).args(["rev-parse", "HEAD"]);
+    let Ok(head) = run_git(head, &never).await else {
+        return false;
+    };
+    if head.trim() != commit {
+        return false;
+    }
+    let mut status = git();
+    status
+        .arg("-C")
+        .arg(dest)
+        .args(["status", "--porcelain", "--ignore-submodules=none"]);
+    matches!(run_git(status, &never).await, Ok(out) if out.trim().is_empty())
+}
+
+async fn checkout(
+    repo: &str,
+    reference: &str,
+    commit: &str,
+    temp: &Path,
+    submodules: bool,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<(), ActionError> {
+    let mut clone = git();
+    clone
+        .args(["clone", "--quiet", "--no-checkout", "--", repo])
+        .arg(temp);
+    run_git(clone, cancel).await?;
+    let mut checkout = git();
+    checkout.arg("-C").arg(temp).args([
+        "-c",
+        "advice.detachedHead=false",
+        "checkout",
+        "--quiet",
+        "--detach",
+        commit,
+    ]);
+    if run_git(checkout, cancel).await.is_err() {
+        // The commit is no longer on any branch or tag (the tag moved away from
+        // it): ask for it by id, then check out again.
+        let mut fetch = git();
+        fetch
+            .arg("-C")
+            .arg(temp)
+            .args(["fetch", "--quiet", "origin", commit]);
+        run_git(fetch, cancel).await.map_err(|e| {
+            ActionError::Git(format!(
+                "commit {commit} (from `{reference}`) is no longer in {}: {e}",
+                strip_credentials(repo)
+            ))
+        })?;
+        let mut checkout = git();
+        checkout.arg("-C").arg(temp).args([
+            "-c",
+            "advice.detachedHead=false",
+            "checkout",
+            "--quiet",
+            "--detach",
+            commit,
+        ]);
+        run_git(checkout, cancel).await?;
+    }
+    if submodules && temp.join(".gitmodules").exists() {
+        let mut update = git();
+        // Local paths and bundles are how offline rebuilds get their code.
+        update.arg("-C").arg(temp).args([
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "--quiet",
+            "update",
+            "--init",
+            "--recursive",
+        ]);
+        run_git(update, cancel).await?;
+    }
+    Ok(())
+}
+
+/// Puts `temp` at `dest`: an atomic exchange when `dest` exists, so a reader
+/// sees the old tree or the new one, never a mix; then the old tree is removed.
+fn swap_into_place(temp: &Path, dest: &Path) -> Result<(), ActionError> {
+    let io = |action: &'static str| {
+        let path = dest.to_path_buf();
+        move |source| ActionError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    if dest.exists() {
+        nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            temp,
+            nix::fcntl::AT_FDCWD,
+            dest,
+            nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+        )
+        .map_err(|e| io("replace")(std::io::Error::from(e)))?;
+        std::fs::remove_dir_all(temp).map_err(io("remove the old tree of"))?;
+    } else {
+        std::fs::rename(temp, dest).map_err(io("move into place"))?;
+    }
+    Ok(())
 }

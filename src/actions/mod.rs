@@ -117,8 +117,8 @@ impl Action {
             Action::Wait(spec) => wait::run(spec, ctx).await,
             Action::Approval(spec) => approval::run(spec, ctx).await,
             Action::Noop => Ok(Default::default()),
-            Action::Git(_) => Err(ActionError::Unsupported("git")),
-            Action::Template(_) => Err(ActionError::Unsupported("template")),
+            Action::Git(spec) => git::run(spec, ctx).await,
+            Action::Template(spec) => template::run(spec, ctx).await,
             Action::Restore(_) => Err(ActionError::Unsupported("restore")),
         }
     }

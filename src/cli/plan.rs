@@ -54,6 +54,92 @@ struct PlanJson<'a> {
     without_estimate: Vec<&'a str>,
     #[serde(skip)]
     durations: BTreeMap<&'a str, Duration>,
+    /// What each git step's ref resolves to now.
+    git: Vec<GitNow>,
+}
+
+#[derive(Serialize)]
+struct GitNow {
+    step: String,
+    repo: String,
+    r#ref: String,
+    /// The commit the ref resolves to now, when the repository is reachable.
+    commit: Option<String>,
+    pinned: Option<String>,
+    pin_matches: Option<bool>,
+    error: Option<String>,
+}
+
+/// Asks each git step's repository what its ref points at now (`validate`
+/// stays offline; `plan` may look).
+fn git_now(plan: &Plan, drill: bool) -> Vec<GitNow> {
+    use crate::actions::Action;
+    let steps: Vec<_> = plan
+        .applicable(drill)
+        .filter_map(|s| match &s.action.value {
+            Action::Git(spec) => Some((s, spec)),
+            _ => None,
+        })
+        .collect();
+    if steps.is_empty() {
+        return Vec::new();
+    }
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return Vec::new();
+    };
+    let vars: serde_json::Map<String, serde_json::Value> = plan
+        .vars
+        .iter()
+        .map(|(k, v)| (k.clone(), v.value.clone()))
+        .collect();
+    let context = minijinja::Value::from(minijinja::value::Serde(serde_json::json!({
+        "vars": vars,
+        "plan": {"dir": plan.dir.display().to_string(), "name": plan.name.value},
+    })));
+    let never = tokio_util::sync::CancellationToken::new();
+    steps
+        .into_iter()
+        .map(|(step, spec)| {
+            let repo = crate::plan::interpolate::render(&spec.repo, &context);
+            let reference = crate::plan::interpolate::render(&spec.reference, &context);
+            let pinned = spec.commit.as_ref().map(|c| c.value.to_ascii_lowercase());
+            let (commit, error) = match (&repo, &reference) {
+                (Ok(repo), Ok(reference)) => {
+                    let repo = crate::actions::git::resolve_repo(repo, &plan.dir);
+                    let lookup = crate::actions::git::resolve(&repo, reference, &never);
+                    match runtime.block_on(async {
+                        tokio::time::timeout(Duration::from_secs(15), lookup).await
+                    }) {
+                        Ok(Ok(commit)) => (Some(commit), None),
+                        Ok(Err(e)) => (None, Some(format!("cannot resolve: {e}"))),
+                        Err(_) => (
+                            None,
+                            Some("the repository did not answer within 15s".into()),
+                        ),
+                    }
+                }
+                _ => (
+                    None,
+                    Some("its repo or ref uses run-time values; resolved when it runs".into()),
+                ),
+            };
+            GitNow {
+                step: step.id.value.clone(),
+                repo: crate::actions::git::strip_credentials(&spec.repo.value),
+                r#ref: spec.reference.value.clone(),
+                pin_matches: match (&commit, &pinned) {
+                    (Some(c), Some(p)) => Some(c == p),
+                    _ => None,
+                },
+                commit,
+                pinned,
+                error,
+            }
+        })
+        .collect()
 }
 
 /// The step durations of the newest succeeded run of this plan in the state, if
@@ -108,6 +194,7 @@ pub fn run(global: &GlobalArgs, args: PlanArgs) -> CliResult {
     let (measured_in, measured) = last_run_durations(global, &plan.name.value).unwrap_or_default();
     let mut view = preview(&plan, args.drill, &measured);
     view.measured_in = measured_in;
+    view.git = git_now(&plan, args.drill);
     match args.format {
         TextOrJson::Json => println!(
             "{}",
@@ -159,6 +246,7 @@ fn preview<'a>(plan: &'a Plan, drill: bool, measured: &BTreeMap<String, Duration
         duration_source: source,
         measured_in: None,
         durations,
+        git: Vec::new(),
         without_estimate: plan
             .applicable(drill)
             .filter(|s| s.estimate.is_none() && !measured.contains_key(s.id.as_str()))
@@ -232,6 +320,24 @@ fn render_text(plan: &Plan, view: &PlanJson<'_>) -> String {
                 "predicted RTO: {predicted} (the plan sets no `rto` target)"
             );
         }
+    }
+    for git in &view.git {
+        let line = match (&git.commit, &git.error) {
+            (Some(commit), _) => {
+                let pin = match git.pin_matches {
+                    Some(true) => ", as pinned".to_string(),
+                    Some(false) => format!(
+                        ", but the plan pins {}: the ref moved",
+                        git.pinned.as_deref().unwrap_or("")
+                    ),
+                    None => String::new(),
+                };
+                format!("`{}` resolves to {commit} now{pin}", git.r#ref)
+            }
+            (None, Some(error)) => format!("`{}` at {}: {error}", git.r#ref, git.repo),
+            (None, None) => String::new(),
+        };
+        let _ = writeln!(out, "git step `{}`: {line}", git.step);
     }
     if !view.without_estimate.is_empty() {
         let _ = writeln!(

@@ -74,3 +74,57 @@ pub fn build(shared: &Shared, step: &Step) -> Result<minijinja::Value, ActionErr
     });
     Ok(minijinja::Value::from(minijinja::value::Serde(context)))
 }
+
+/// The context of a template: every var and secret, the outputs of every step
+/// this one depends on, `run` and `plan`. Template files are not part of the
+/// plan, so what they reference cannot be known before they are read.
+pub fn build_full(shared: &Shared, step: &Step) -> Result<minijinja::Value, ActionError> {
+    let plan = &shared.plan;
+    let mut secrets = Map::new();
+    for name in plan.secrets.keys() {
+        secrets.insert(
+            name.clone(),
+            Value::String(shared.secrets.get(name, &shared.masker)?),
+        );
+    }
+    let index = plan
+        .steps
+        .iter()
+        .position(|s| s.id.value == step.id.value)
+        .unwrap_or(0);
+    let mut steps = Map::new();
+    {
+        let outputs = shared.outputs.read().unwrap_or_else(|e| e.into_inner());
+        for ancestor in shared.graph.ancestors(index).ones() {
+            let id = &plan.steps[ancestor].id.value;
+            let values = outputs.get(id).cloned().unwrap_or_default();
+            steps.insert(id.clone(), json!({ "outputs": values }));
+        }
+    }
+    Ok(minijinja::Value::from(minijinja::value::Serde(
+        context_json(shared, secrets, steps),
+    )))
+}
+
+fn context_json(shared: &Shared, secrets: Map<String, Value>, steps: Map<String, Value>) -> Value {
+    let plan = &shared.plan;
+    let vars: Map<String, Value> = plan
+        .vars
+        .iter()
+        .map(|(k, v)| (k.clone(), v.value.clone()))
+        .collect();
+    json!({
+        "vars": vars,
+        "secrets": secrets,
+        "steps": steps,
+        "run": {
+            "id": shared.run.id,
+            "dir": shared.run.dir.display().to_string(),
+            "drill": shared.run.drill,
+        },
+        "plan": {
+            "dir": plan.dir.display().to_string(),
+            "name": plan.name.value,
+        },
+    })
+}

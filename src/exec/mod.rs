@@ -242,6 +242,14 @@ pub enum ActionError {
     AwaitingApproval { prompt: String },
     #[error("chaos: injected failure")]
     Chaos,
+    #[error("git: {0}")]
+    Git(String),
+    #[error("template `{file}`{}: {message}", line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    Template {
+        file: String,
+        line: Option<usize>,
+        message: String,
+    },
     #[error("the `{0}` action is not available in this build")]
     Unsupported(&'static str),
     #[error("the journal failed: {0}")]

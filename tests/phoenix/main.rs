@@ -2,6 +2,7 @@
 
 mod actions;
 mod common;
+mod configure;
 mod crash;
 mod drill;
 mod graph_and_plan;

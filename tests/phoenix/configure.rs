@@ -1,0 +1,389 @@
+//! The `git` and `template` actions, against real repositories made here.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::common::{state_of, Workspace, HEADER};
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .current_dir(dir)
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "-c",
+            "protocol.file.allow=always",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .output()
+        .expect("git runs");
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// A repository with `file` at "v1" (annotated tag v1), then "v2" (tag v2, branch main).
+fn make_repo(dir: &Path) -> (String, String) {
+    std::fs::create_dir_all(dir).unwrap();
+    git(dir, &["init", "-q"]);
+    std::fs::write(dir.join("file"), "v1\n").unwrap();
+    git(dir, &["add", "file"]);
+    git(dir, &["commit", "-q", "-m", "one"]);
+    git(dir, &["tag", "-a", "v1", "-m", "release 1"]);
+    let one = git(dir, &["rev-parse", "HEAD"]);
+    std::fs::write(dir.join("file"), "v2\n").unwrap();
+    git(dir, &["commit", "-q", "-am", "two"]);
+    git(dir, &["tag", "v2"]);
+    let two = git(dir, &["rev-parse", "HEAD"]);
+    (one, two)
+}
+
+fn git_step(id: &str, repo: &str, reference: &str, dest: &str, extra: &str) -> String {
+    format!("\n[[step]]\nid = \"{id}\"\nphase = \"configure\"\naction = \"git\"\nrepo = \"{repo}\"\nref = \"{reference}\"\ndest = \"{dest}\"\ntimeout = \"1m\"\n{extra}\n")
+}
+
+fn outputs(ws: &Workspace, step: &str) -> serde_json::Value {
+    let status = ws.status();
+    status["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == step)
+        .unwrap()["outputs"]
+        .clone()
+}
+
+#[test]
+fn tags_branches_commits_bundles_and_paths() {
+    let ws = Workspace::new();
+    let (one, two) = make_repo(&ws.path().join("repo"));
+    git(
+        &ws.path().join("repo"),
+        &["bundle", "create", "../config.bundle", "--all"],
+    );
+    let plan = format!(
+        "{HEADER}{}{}{}{}",
+        git_step(
+            "by_tag",
+            "repo",
+            "v1",
+            "out/tag",
+            &format!("commit = \"{one}\"")
+        ),
+        git_step("by_branch", "repo", "main", "out/branch", ""),
+        git_step("by_commit", "repo", &one, "out/commit", ""),
+        git_step("from_bundle", "config.bundle", "v2", "out/bundle", ""),
+    );
+    ws.write("plan.toml", &plan);
+    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(0);
+    let read =
+        |d: &str| std::fs::read_to_string(ws.path().join("out").join(d).join("file")).unwrap();
+    assert_eq!(read("tag"), "v1\n");
+    assert_eq!(read("branch"), "v2\n");
+    assert_eq!(read("commit"), "v1\n");
+    assert_eq!(read("bundle"), "v2\n");
+    assert_eq!(outputs(&ws, "by_tag")["commit"], one.as_str());
+    assert_eq!(outputs(&ws, "from_bundle")["commit"], two.as_str());
+    let report = ws.phoenix().args(["report"]).run().expect_code(0).stdout();
+    assert!(
+        report.contains(&format!("| `by_tag` | repo | v1 | `{one}` |")),
+        "{report}"
+    );
+
+    // `plan` says what the refs resolve to now, and whether pins still hold.
+    let text = ws
+        .phoenix()
+        .args(["plan", "plan.toml"])
+        .run()
+        .expect_code(0)
+        .stdout();
+    assert!(
+        text.contains(&format!(
+            "git step `by_tag`: `v1` resolves to {one} now, as pinned"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "git step `from_bundle`: `v2` resolves to {two} now"
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_moved_tag_fails_against_its_pin() {
+    let ws = Workspace::new();
+    let repo = ws.path().join("repo");
+    let (one, two) = make_repo(&repo);
+    git(&repo, &["tag", "-f", "-a", "v1", "-m", "moved", &two]);
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}{}",
+            git_step("cfg", "repo", "v1", "out", &format!("commit = \"{one}\""))
+        ),
+    );
+    let run = ws.phoenix().args(["run", "plan.toml"]).run().expect_code(1);
+    let stderr = run.stderr();
+    assert!(
+        stderr.contains(&format!("`v1` resolves to {two}, but the plan pins {one}")),
+        "{stderr}"
+    );
+    assert!(!ws.path().join("out").exists());
+    let text = ws
+        .phoenix()
+        .args(["plan", "plan.toml"])
+        .run()
+        .expect_code(0)
+        .stdout();
+    assert!(text.contains("but the plan pins"), "{text}");
+}
+
+#[test]
+fn submodules_are_checked_out_at_their_pinned_tags() {
+    let ws = Workspace::new();
+    let lib_a = ws.path().join("lib_a");
+    let lib_b = ws.path().join("lib_b");
+    let (a_one, _) = make_repo(&lib_a);
+    let (_, b_two) = make_repo(&lib_b);
+    let sup = ws.path().join("env");
+    std::fs::create_dir_all(&sup).unwrap();
+    git(&sup, &["init", "-q"]);
+    git(
+        &sup,
+        &["submodule", "add", "-q", lib_a.to_str().unwrap(), "a"],
+    );
+    git(&ws.path().join("env/a"), &["checkout", "-q", "v1"]);
+    git(
+        &sup,
+        &["submodule", "add", "-q", lib_b.to_str().unwrap(), "b"],
+    );
+    git(&ws.path().join("env/b"), &["checkout", "-q", "v2"]);
+    git(&sup, &["add", "-A"]);
+    git(&sup, &["commit", "-q", "-m", "pin libs"]);
+    git(&sup, &["tag", "prod-1"]);
+    // The libraries move on after the pin: the checkout must not follow.
+    std::fs::write(lib_a.join("file"), "v3\n").unwrap();
+    git(&lib_a, &["commit", "-q", "-am", "three"]);
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}{}",
+            git_step("env", "env", "prod-1", "deployed", "")
+        ),
+    );
+    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(0);
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("deployed/a/file")).unwrap(),
+        "v1\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("deployed/b/file")).unwrap(),
+        "v2\n"
+    );
+    assert_eq!(
+        git(&ws.path().join("deployed/a"), &["rev-parse", "HEAD"]),
+        a_one
+    );
+    assert_eq!(
+        git(&ws.path().join("deployed/b"), &["rev-parse", "HEAD"]),
+        b_two
+    );
+}
+
+#[test]
+fn a_resumed_run_keeps_the_frozen_commit_after_the_tag_moved() {
+    let ws = Workspace::new();
+    let repo = ws.path().join("repo");
+    let (one, two) = make_repo(&repo);
+    let plan = format!(
+        "{HEADER}{}\n[[step]]\nid = \"after\"\nphase = \"restore\"\naction = \"command\"\nshell = \"test -e go\"\ntimeout = \"1m\"\nneeds = [\"cfg\"]\n",
+        git_step("cfg", "repo", "v1", "out", "")
+    );
+    ws.write("plan.toml", &plan);
+    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(1);
+    // The tag moves, and the checkout is lost (the step is made in doubt, as a
+    // crash right after its checkout would leave it): the resume checks out again.
+    git(&repo, &["tag", "-f", "-a", "v1", "-m", "moved", &two]);
+    let journal_path = ws.run_dir().join("journal.jsonl");
+    let journal = std::fs::read_to_string(&journal_path).unwrap();
+    let kept: Vec<&str> = journal
+        .lines()
+        .filter(|l| !(l.contains("\"type\":\"finished\"") && l.contains("\"step\":\"cfg\"")))
+        .collect();
+    std::fs::write(&journal_path, kept.join("\n") + "\n").unwrap();
+    std::fs::remove_dir_all(ws.path().join("out")).unwrap();
+    ws.write("go", "");
+    ws.phoenix().args(["resume"]).run().expect_code(0);
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("out/file")).unwrap(),
+        "v1\n"
+    );
+    assert_eq!(outputs(&ws, "cfg")["commit"], one.as_str());
+}
+
+#[test]
+fn a_failed_checkout_leaves_dest_as_it_was() {
+    let ws = Workspace::new();
+    make_repo(&ws.path().join("repo"));
+    std::fs::create_dir_all(ws.path().join("out")).unwrap();
+    std::fs::write(ws.path().join("out/keep.txt"), "precious").unwrap();
+    let missing = "0123456789abcdef0123456789abcdef01234567";
+    ws.write(
+        "plan.toml",
+        &format!("{HEADER}{}", git_step("cfg", "repo", missing, "out", "")),
+    );
+    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(1);
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("out/keep.txt")).unwrap(),
+        "precious"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(ws.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("phoenix-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary checkouts are removed");
+    // And a good checkout replaces the old tree whole.
+    ws.write(
+        "plan.toml",
+        &format!("{HEADER}{}", git_step("cfg", "repo", "v2", "out", "")),
+    );
+    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(0);
+    assert!(!ws.path().join("out/keep.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("out/file")).unwrap(),
+        "v2\n"
+    );
+}
+
+const CANARY: &str = "tpl-secret-Kx93";
+
+#[test]
+fn templates_render_files_and_trees_with_secrets_masked_elsewhere() {
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.path().join("tpl/conf.d")).unwrap();
+    ws.write("tpl/main.conf", "listen = {{ vars.port }}\npassword = {{ secrets.db }}\nfrom = {{ steps.make.outputs.host }}\n{% if run.drill %}drill = yes{% endif %}\n");
+    ws.write("tpl/conf.d/extra.conf", "name = {{ plan.name }}\n");
+    ws.write("single.tpl", "port={{ vars.port + 1 }}\n");
+    let plan = format!(
+        "{HEADER}\n[vars]\nport = 5432\n\n[secrets]\ndb = {{ env = \"TPL_SECRET\" }}\n
+[[step]]
+id = \"make\"
+phase = \"provision\"
+action = \"command\"
+shell = \"echo host=db1 >> $PHOENIX_OUTPUT\"
+timeout = \"1m\"
+
+[[step]]
+id = \"tree\"
+phase = \"configure\"
+action = \"template\"
+source = \"tpl\"
+dest = \"rendered\"
+mode = \"0640\"
+needs = [\"make\"]
+timeout = \"1m\"
+
+[[step]]
+id = \"one\"
+phase = \"configure\"
+action = \"template\"
+source = \"single.tpl\"
+dest = \"out/single.conf\"
+timeout = \"1m\"
+"
+    );
+    ws.write("plan.toml", &plan);
+    let run = ws
+        .phoenix()
+        .env("TPL_SECRET", CANARY)
+        .args(["run", "plan.toml", "--drill"])
+        .run()
+        .expect_code(0);
+    let main = std::fs::read_to_string(ws.path().join("rendered/main.conf")).unwrap();
+    assert_eq!(
+        main,
+        format!("listen = 5432\npassword = {CANARY}\nfrom = db1\ndrill = yes\n")
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("rendered/conf.d/extra.conf")).unwrap(),
+        "name = t\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("out/single.conf")).unwrap(),
+        "port=5433\n"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(ws.path().join("rendered/main.conf"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o640
+    );
+    let out = outputs(&ws, "tree");
+    assert_eq!(out["files"], "2");
+    assert_eq!(out["sha256"].as_str().unwrap().len(), 64);
+    // The rendered secret is in the rendered file only.
+    assert!(!run.stderr().contains(CANARY) && !run.stdout().contains(CANARY));
+    let report = ws
+        .phoenix()
+        .args(["report", "--format", "json"])
+        .run()
+        .stdout();
+    assert!(!report.contains(CANARY));
+    for entry in walk(&ws.state()) {
+        assert!(
+            !std::fs::read_to_string(&entry)
+                .unwrap_or_default()
+                .contains(CANARY),
+            "{}",
+            entry.display()
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn an_undefined_name_in_a_template_fails_with_file_and_line() {
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.path().join("tpl")).unwrap();
+    ws.write("tpl/app.conf", "a = 1\nb = {{ vars.nope }}\n");
+    ws.write(
+        "plan.toml",
+        &format!("{HEADER}\n[[step]]\nid = \"t\"\nphase = \"configure\"\naction = \"template\"\nsource = \"tpl\"\ndest = \"out\"\ntimeout = \"1m\"\n"),
+    );
+    let run = ws.phoenix().args(["run", "plan.toml"]).run().expect_code(1);
+    assert!(
+        run.stderr().contains("template `app.conf` line 2: "),
+        "{}",
+        run.stderr()
+    );
+    assert!(
+        !ws.path().join("out").exists(),
+        "nothing is written when a file fails"
+    );
+    assert_eq!(state_of(&ws.status(), "t"), "failed");
+}
