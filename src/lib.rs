@@ -19,3 +19,5 @@ pub mod journal;
 pub mod plan;
 pub mod report;
 pub mod session;
+pub mod stores;
+pub mod unpack;

@@ -119,7 +119,7 @@ pub async fn run(spec: &GitSpec, ctx: &StepContext<'_>) -> Result<Outputs, Actio
         let _ = std::fs::remove_dir_all(&temp);
         return Err(error);
     }
-    swap_into_place(&temp, &dest)?;
+    super::replace_tree(&temp, &dest)?;
     Ok(Outputs::from([("commit".to_string(), commit)]))
 }
 
@@ -302,33 +302,6 @@ async fn checkout(
             "--recursive",
         ]);
         run_git(update, cancel).await?;
-    }
-    Ok(())
-}
-
-/// Puts `temp` at `dest`: an atomic exchange when `dest` exists, so a reader
-/// sees the old tree or the new one, never a mix; then the old tree is removed.
-fn swap_into_place(temp: &Path, dest: &Path) -> Result<(), ActionError> {
-    let io = |action: &'static str| {
-        let path = dest.to_path_buf();
-        move |source| ActionError::Io {
-            action,
-            path,
-            source,
-        }
-    };
-    if dest.exists() {
-        nix::fcntl::renameat2(
-            nix::fcntl::AT_FDCWD,
-            temp,
-            nix::fcntl::AT_FDCWD,
-            dest,
-            nix::fcntl::RenameFlags::RENAME_EXCHANGE,
-        )
-        .map_err(|e| io("replace")(std::io::Error::from(e)))?;
-        std::fs::remove_dir_all(temp).map_err(io("remove the old tree of"))?;
-    } else {
-        std::fs::rename(temp, dest).map_err(io("move into place"))?;
     }
     Ok(())
 }

@@ -110,7 +110,6 @@ impl Action {
         &self,
         ctx: &crate::exec::StepContext<'_>,
     ) -> Result<crate::journal::record::Outputs, crate::exec::ActionError> {
-        use crate::exec::ActionError;
         match self {
             Action::Command(spec) => command::run(spec, ctx).await,
             Action::Http(spec) => http::run(spec, ctx).await,
@@ -119,7 +118,43 @@ impl Action {
             Action::Noop => Ok(Default::default()),
             Action::Git(spec) => git::run(spec, ctx).await,
             Action::Template(spec) => template::run(spec, ctx).await,
-            Action::Restore(_) => Err(ActionError::Unsupported("restore")),
+            Action::Restore(spec) => restore::run(spec, ctx).await,
         }
     }
+}
+
+/// Puts the tree at `temp` where `dest` is: an atomic exchange when `dest`
+/// exists (a reader sees the old tree or the new one, never a mix), then the
+/// old tree is removed.
+pub(crate) fn replace_tree(
+    temp: &std::path::Path,
+    dest: &std::path::Path,
+) -> Result<(), crate::exec::ActionError> {
+    let io = |action: &'static str| {
+        let path = dest.to_path_buf();
+        move |source| crate::exec::ActionError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    if dest.symlink_metadata().is_ok() {
+        nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            temp,
+            nix::fcntl::AT_FDCWD,
+            dest,
+            nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+        )
+        .map_err(|e| io("replace")(std::io::Error::from(e)))?;
+        let old = temp;
+        if old.is_dir() {
+            std::fs::remove_dir_all(old).map_err(io("remove the old tree of"))?;
+        } else {
+            std::fs::remove_file(old).map_err(io("remove the old file of"))?;
+        }
+    } else {
+        std::fs::rename(temp, dest).map_err(io("move into place"))?;
+    }
+    Ok(())
 }

@@ -4,13 +4,32 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::exec::{ActionError, StepContext};
+use crate::journal::record::Outputs;
+use crate::stores::{ObjectInfo, Store};
+
 use crate::plan::diagnostic::Diagnostics;
 use crate::plan::fields::Fields;
 use crate::plan::source::Spanned;
 
 pub const FIELDS: &[&str] = &[
-    "store", "key", "prefix", "select", "match", "verify", "dest", "unpack", "max_age",
+    "store",
+    "key",
+    "prefix",
+    "select",
+    "match",
+    "verify",
+    "dest",
+    "unpack",
+    "max_age",
+    "part_size",
+    "parallelism",
 ];
+
+/// Ranged GETs of 8 MiB, 4 at a time: enough to keep a link to S3 busy, and
+/// memory stays near (parallelism + 2) x part size whatever the object's size.
+pub const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
+pub const DEFAULT_PARALLELISM: usize = 4;
 
 /// Which object under a prefix is the backup to restore.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +58,8 @@ pub struct RestoreSpec {
     pub dest: Spanned<String>,
     pub unpack: bool,
     pub max_age: Option<Duration>,
+    pub part_size: u64,
+    pub parallelism: usize,
 }
 
 pub fn parse(fields: &Fields<'_, '_>, diags: &mut Diagnostics) -> Option<RestoreSpec> {
@@ -103,6 +124,25 @@ pub fn parse(fields: &Fields<'_, '_>, diags: &mut Diagnostics) -> Option<Restore
     }
     let unpack = fields.choice("unpack", &["auto", "none"], diags);
     let max_age = fields.duration("max_age", diags).map(|d| d.value);
+    let part_size = match fields.string("part_size", diags) {
+        Some(text) => match parse_size(&text) {
+            Some(size) if (64 * 1024..=1024 * 1024 * 1024).contains(&size) => size,
+            _ => {
+                diags.error(
+                    fields.source,
+                    text.span,
+                    "invalid-value",
+                    format!("`part_size` in {} must be a size from 64KiB to 1GiB such as \"8MiB\", found `{}`", fields.what, text.value),
+                );
+                DEFAULT_PART_SIZE
+            }
+        },
+        None => DEFAULT_PART_SIZE,
+    };
+    let parallelism = fields
+        .integer("parallelism", 64, diags)
+        .map(|p| p.value.max(1) as usize)
+        .unwrap_or(DEFAULT_PARALLELISM);
     let source = match fields.string("key", diags) {
         Some(key) => Source::Key(key),
         None => Source::Prefix {
@@ -119,7 +159,27 @@ pub fn parse(fields: &Fields<'_, '_>, diags: &mut Diagnostics) -> Option<Restore
         dest: dest?,
         unpack: unpack.map(|u| u.value == "auto").unwrap_or(true),
         max_age,
+        part_size,
+        parallelism,
     })
+}
+
+/// `8MiB`, `512KiB`, `1GiB`, `1048576`.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let factor = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    number.checked_mul(factor)
 }
 
 /// `latest` or `before:RFC3339`.
@@ -135,4 +195,399 @@ pub fn parse_select(text: &str) -> Result<Select, String> {
     Err(format!(
         "expected `latest` or `before:TIME`, found `{text}`"
     ))
+}
+
+/// The object a restore step would pick now, and why any other was not.
+pub async fn choose(store: &Store, source: &ResolvedSource) -> Result<ObjectInfo, ActionError> {
+    let restore_error = |message: String| ActionError::Restore(message);
+    match source {
+        ResolvedSource::Key(key) => store
+            .head(key)
+            .await
+            .map_err(ActionError::Store)?
+            .ok_or_else(|| restore_error(format!("no backup `{key}` in {}", store.describe()))),
+        ResolvedSource::Prefix {
+            prefix,
+            select,
+            pattern,
+        } => {
+            let matcher = match pattern {
+                Some(glob) => Some(
+                    globset::Glob::new(glob)
+                        .map_err(|e| restore_error(format!("invalid glob `{glob}`: {e}")))?
+                        .compile_matcher(),
+                ),
+                None => None,
+            };
+            let candidates = store.list(prefix).await.map_err(ActionError::Store)?;
+            let mut eligible: Vec<&ObjectInfo> = candidates
+                .iter()
+                .filter(|o| !o.key.ends_with(".sha256"))
+                .filter(|o| {
+                    let name = o.key.rsplit('/').next().unwrap_or(&o.key);
+                    matcher.as_ref().is_none_or(|m| m.is_match(name))
+                })
+                .filter(|o| match select {
+                    Select::Latest => true,
+                    Select::Before(time) => o.last_modified <= *time,
+                })
+                .collect();
+            eligible.sort_by(|a, b| {
+                a.last_modified
+                    .cmp(&b.last_modified)
+                    .then(a.key.cmp(&b.key))
+            });
+            let chosen = eligible.pop().ok_or_else(|| {
+                let when = match select {
+                    Select::Latest => String::new(),
+                    Select::Before(time) => format!(" written before {}", time.to_rfc3339()),
+                };
+                let glob = pattern
+                    .as_ref()
+                    .map(|p| format!(" matching `{p}`"))
+                    .unwrap_or_default();
+                restore_error(format!(
+                    "no backup under `{prefix}`{glob}{when} in {}",
+                    store.describe()
+                ))
+            })?;
+            // Listings may omit metadata: ask for the object itself.
+            Ok(store
+                .head(&chosen.key)
+                .await
+                .map_err(ActionError::Store)?
+                .unwrap_or_else(|| chosen.clone()))
+        }
+    }
+}
+
+/// A step's source with its `{{ }}` rendered.
+pub enum ResolvedSource {
+    Key(String),
+    Prefix {
+        prefix: String,
+        select: Select,
+        pattern: Option<String>,
+    },
+}
+
+pub fn resolve_source(
+    source: &Source,
+    render: impl Fn(&Spanned<String>) -> Result<String, ActionError>,
+) -> Result<ResolvedSource, ActionError> {
+    Ok(match source {
+        Source::Key(key) => ResolvedSource::Key(render(key)?),
+        Source::Prefix {
+            prefix,
+            select,
+            pattern,
+        } => ResolvedSource::Prefix {
+            prefix: render(prefix)?,
+            select: select.clone(),
+            pattern: pattern.as_ref().map(&render).transpose()?,
+        },
+    })
+}
+
+/// The digest a backup must have: its `.sha256` sidecar (first word), else its
+/// `sha256` metadata.
+pub async fn expected_digest(
+    store: &Store,
+    object: &ObjectInfo,
+) -> Result<Option<(String, &'static str)>, ActionError> {
+    if let Some(bytes) = store
+        .read_small(&format!("{}.sha256", object.key))
+        .await
+        .map_err(ActionError::Store)?
+    {
+        let text = String::from_utf8_lossy(&bytes);
+        let word = text
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if word.len() == 64 && word.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(Some((word, "sidecar")));
+        }
+        return Err(ActionError::Restore(format!(
+            "`{}.sha256` does not start with a SHA-256 hex digest",
+            object.key
+        )));
+    }
+    Ok(object.sha256.clone().map(|d| (d, "metadata")))
+}
+
+/// The backup's age when it was chosen.
+pub fn age(object: &ObjectInfo, at: DateTime<Utc>) -> Duration {
+    (at - object.last_modified).to_std().unwrap_or_default()
+}
+
+fn frozen_object(
+    values: &std::collections::BTreeMap<String, serde_json::Value>,
+) -> Option<(ObjectInfo, f64)> {
+    let text = |k: &str| values.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    Some((
+        ObjectInfo {
+            key: text("key")?,
+            size: values.get("size")?.as_u64()?,
+            last_modified: DateTime::parse_from_rfc3339(&text("last_modified")?)
+                .ok()?
+                .with_timezone(&Utc),
+            version: text("version"),
+            sha256: text("sha256_metadata"),
+        },
+        values.get("age_seconds")?.as_f64()?,
+    ))
+}
+
+/// Chooses the backup (or takes the one frozen on the first run), checks its
+/// age and digest, downloads it in parallel ranged parts beside `dest` while
+/// hashing, and moves it (or the tree unpacked from it) into place only once
+/// the digest matched.
+pub async fn run(spec: &RestoreSpec, ctx: &StepContext<'_>) -> Result<Outputs, ActionError> {
+    let plan = &ctx.shared.plan;
+    let definition = plan
+        .stores
+        .get(spec.store.as_str())
+        .ok_or_else(|| ActionError::Restore(format!("no store `{}`", spec.store.value)))?;
+    let store = Store::open(definition, &plan.dir, |t| {
+        ctx.render(t).map_err(|e| match e {
+            ActionError::Render(e) => e,
+            other => crate::plan::interpolate::RenderError {
+                expression: String::new(),
+                message: other.to_string(),
+            },
+        })
+    })
+    .await
+    .map_err(ActionError::Render)?;
+    let (object, age_seconds) = match ctx.frozen().as_ref().and_then(frozen_object) {
+        Some(frozen) => frozen,
+        None => {
+            let source = resolve_source(&spec.source, |t| ctx.render(t))?;
+            let object = choose(&store, &source).await?;
+            let age_seconds = age(&object, Utc::now()).as_secs_f64();
+            if let Some(limit) = spec.max_age.or(plan.rpo.as_ref().map(|r| r.value)) {
+                if age_seconds > limit.as_secs_f64() {
+                    return Err(ActionError::Restore(format!(
+                        "the newest eligible backup `{}` is {} old, older than the {} allowed (max_age, else the plan's rpo)",
+                        object.key,
+                        crate::report::markdown::duration(age_seconds.round()),
+                        humantime::format_duration(limit)
+                    )));
+                }
+            }
+            let mut values = std::collections::BTreeMap::new();
+            values.insert("key".into(), object.key.clone().into());
+            values.insert("size".into(), object.size.into());
+            values.insert(
+                "last_modified".into(),
+                object.last_modified.to_rfc3339().into(),
+            );
+            values.insert("age_seconds".into(), age_seconds.into());
+            if let Some(version) = &object.version {
+                values.insert("version".into(), version.clone().into());
+            }
+            if let Some(digest) = &object.sha256 {
+                values.insert("sha256_metadata".into(), digest.clone().into());
+            }
+            ctx.freeze(values).await?;
+            (object, age_seconds)
+        }
+    };
+    let expected = if spec.verify {
+        Some(expected_digest(&store, &object).await?.ok_or_else(|| {
+            ActionError::Restore(format!(
+                "no digest for `{}`: neither a `{}.sha256` sidecar nor `sha256` metadata (set `verify = \"none\"` to restore unverified)",
+                object.key, object.key
+            ))
+        })?)
+    } else {
+        None
+    };
+
+    let dest = ctx.path(&spec.dest)?;
+    let parent = dest
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf();
+    std::fs::create_dir_all(&parent).map_err(|source| ActionError::Io {
+        action: "create",
+        path: parent.clone(),
+        source,
+    })?;
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "restore".into());
+    let download = parent.join(format!(".{name}.phoenix-{}.download", std::process::id()));
+    let result = async {
+        let digest = transfer(&store, &object, &download, spec, ctx).await?;
+        if let Some((expected, from)) = &expected {
+            if *expected != digest {
+                return Err(ActionError::Restore(format!(
+                    "`{}` has SHA-256 {digest}, but its {from} says {expected}: the backup is damaged or not the one described; nothing was written to `{}`",
+                    object.key,
+                    dest.display()
+                )));
+            }
+        }
+        let format = if spec.unpack { crate::unpack::Format::of(&object.key) } else { None };
+        match format {
+            Some(format) => {
+                let tree = parent.join(format!(".{name}.phoenix-{}.unpack", std::process::id()));
+                let _ = std::fs::remove_dir_all(&tree);
+                std::fs::create_dir(&tree).map_err(|source| ActionError::Io { action: "create", path: tree.clone(), source })?;
+                let (archive, into) = (download.clone(), tree.clone());
+                let unpacked = tokio::task::spawn_blocking(move || crate::unpack::unpack(&archive, format, &into))
+                    .await
+                    .map_err(|e| ActionError::Restore(e.to_string()))?;
+                if let Err(error) = unpacked {
+                    let _ = std::fs::remove_dir_all(&tree);
+                    return Err(ActionError::Unpack(error));
+                }
+                let swapped = super::replace_tree(&tree, &dest);
+                if swapped.is_err() {
+                    let _ = std::fs::remove_dir_all(&tree);
+                }
+                swapped?;
+            }
+            None => {
+                if dest.is_dir() {
+                    return Err(ActionError::Restore(format!("`{}` is a directory; `{}` is not an archive to unpack into it", dest.display(), object.key)));
+                }
+                std::fs::rename(&download, &dest).map_err(|source| ActionError::Io { action: "move into place", path: dest.clone(), source })?;
+            }
+        }
+        Ok(digest)
+    }
+    .await;
+    let _ = std::fs::remove_file(&download);
+    let digest = result?;
+    Ok(Outputs::from([
+        ("key".to_string(), object.key.clone()),
+        ("size".to_string(), object.size.to_string()),
+        ("sha256".to_string(), digest),
+        (
+            "last_modified".to_string(),
+            object.last_modified.to_rfc3339(),
+        ),
+        ("age_seconds".to_string(), format!("{age_seconds:.0}")),
+    ]))
+}
+
+/// Downloads `object` to `path` in ranged parts, `parallelism` at a time, each
+/// retried alone on a transient failure; the parts are hashed and written in
+/// order by one blocking thread as they arrive. Returns the SHA-256.
+async fn transfer(
+    store: &Store,
+    object: &ObjectInfo,
+    path: &std::path::Path,
+    spec: &RestoreSpec,
+    ctx: &StepContext<'_>,
+) -> Result<String, ActionError> {
+    use futures_util::StreamExt;
+    let part_size = spec.part_size;
+    let parts = object.size.div_ceil(part_size).max(1);
+    let file = crate::journal::local::create_private(path).map_err(|source| ActionError::Io {
+        action: "create",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<bytes::Bytes>(2);
+    let writer_path = path.to_path_buf();
+    let writer = tokio::task::spawn_blocking(move || -> Result<String, ActionError> {
+        use sha2::Digest;
+        use std::io::Write;
+        let mut file = std::io::BufWriter::with_capacity(1024 * 1024, file);
+        let mut hasher = sha2::Sha256::new();
+        for chunk in receiver {
+            hasher.update(&chunk);
+            file.write_all(&chunk).map_err(|source| ActionError::Io {
+                action: "write",
+                path: writer_path.clone(),
+                source,
+            })?;
+        }
+        let file = file.into_inner().map_err(|e| ActionError::Io {
+            action: "write",
+            path: writer_path.clone(),
+            source: e.into_error(),
+        })?;
+        file.sync_all().map_err(|source| ActionError::Io {
+            action: "sync",
+            path: writer_path.clone(),
+            source,
+        })?;
+        Ok(crate::plan::validate::hex(&hasher.finalize()))
+    });
+    let started = tokio::time::Instant::now();
+    let mut done: u64 = 0;
+    let mut fetches = futures_util::stream::iter(0..parts)
+        .map(|n| {
+            let start = n * part_size;
+            let end = (start + part_size).min(object.size);
+            fetch_part(store, object, start, end, &ctx.cancel)
+        })
+        .buffered(spec.parallelism);
+    let mut failure = None;
+    while let Some(part) = fetches.next().await {
+        match part {
+            Ok(bytes) => {
+                done += bytes.len() as u64;
+                if sender.send(bytes).is_err() {
+                    break;
+                }
+                ctx.shared.events.emit(crate::exec::Event::Progress {
+                    step: ctx.step.id.value.clone(),
+                    done,
+                    total: object.size,
+                    elapsed: started.elapsed(),
+                });
+            }
+            Err(error) => {
+                failure = Some(error);
+                break;
+            }
+        }
+    }
+    drop(fetches);
+    drop(sender);
+    let digest = writer
+        .await
+        .map_err(|e| ActionError::Restore(e.to_string()))?;
+    match failure {
+        Some(error) => Err(error),
+        None => digest,
+    }
+}
+
+/// One part, retried alone (up to 5 attempts, backing off) when the failure
+/// may pass: a 5xx, a timeout, a reset connection, a short body.
+async fn fetch_part(
+    store: &Store,
+    object: &ObjectInfo,
+    start: u64,
+    end: u64,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<bytes::Bytes, ActionError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = tokio::select! {
+            result = store.read_range(object, start, end) => result,
+            _ = cancel.cancelled() => return Err(ActionError::Interrupted),
+        };
+        match result {
+            Ok(bytes) => return Ok(bytes),
+            Err(error) if error.is_transient() && attempt < 5 => {
+                tokio::time::sleep(crate::exec::attempt::backoff(
+                    Duration::from_millis(200),
+                    attempt - 1,
+                ))
+                .await;
+            }
+            Err(error) => return Err(ActionError::Store(error)),
+        }
+    }
 }

@@ -47,6 +47,13 @@ pub enum Event {
         step: String,
         prompt: String,
     },
+    /// Bytes moved so far by a running restore.
+    Progress {
+        step: String,
+        done: u64,
+        total: u64,
+        elapsed: Duration,
+    },
     /// Something an operator should read that is not a step's own story.
     Warning(String),
     Info(String),

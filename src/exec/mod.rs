@@ -242,6 +242,12 @@ pub enum ActionError {
     AwaitingApproval { prompt: String },
     #[error("chaos: injected failure")]
     Chaos,
+    #[error("restore: {0}")]
+    Restore(String),
+    #[error(transparent)]
+    Store(crate::stores::StoreError),
+    #[error(transparent)]
+    Unpack(crate::unpack::UnpackError),
     #[error("git: {0}")]
     Git(String),
     #[error("template `{file}`{}: {message}", line.map(|l| format!(" line {l}")).unwrap_or_default())]

@@ -110,6 +110,14 @@ impl Terminal {
             } => {
                 serde_json::json!({"event": "step_skipped", "step": step, "phase": phase, "reason": reason})
             }
+            Event::Progress {
+                step,
+                done,
+                total,
+                elapsed,
+            } => {
+                serde_json::json!({"event": "progress", "step": step, "bytes": done, "total_bytes": total, "bytes_per_second": *done as f64 / elapsed.as_secs_f64().max(0.001)})
+            }
             Event::Paused { step, prompt } => {
                 serde_json::json!({"event": "paused", "step": step, "prompt": prompt})
             }
@@ -146,6 +154,22 @@ impl Terminal {
             phases,
             running: HashMap::new(),
         });
+    }
+}
+
+/// `1.5 GiB`, `200 MiB`, `12 KiB`.
+fn bytes(n: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{value:.0} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
     }
 }
 
@@ -299,6 +323,31 @@ impl EventSink for Terminal {
                     return;
                 }
                 format!("{} {step}: {reason}", self.paint("33", " skip"))
+            }
+            Event::Progress {
+                step,
+                done,
+                total,
+                elapsed,
+            } => {
+                let rate = done as f64 / elapsed.as_secs_f64().max(0.001);
+                let text = format!(
+                    "{step}: {} of {} at {}/s",
+                    bytes(done as f64),
+                    bytes(total as f64),
+                    bytes(rate)
+                );
+                let guard = self.bars.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(spinner) = guard.as_ref().and_then(|b| b.running.get(&step)) {
+                    spinner.set_message(text);
+                    return;
+                }
+                drop(guard);
+                // Without bars, one line when the transfer is complete.
+                if self.quiet || done < total {
+                    return;
+                }
+                format!("{} {text}", self.paint("36", " data"))
             }
             Event::Paused { step, prompt } => format!(
                 "{} at `{step}`: {prompt}\n       approve with `phoenix resume --approve {step}`",

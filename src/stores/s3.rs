@@ -1,0 +1,206 @@
+//! The `s3` store: a bucket (and prefix) on S3 or any S3-compatible server,
+//! through aws-sdk-s3. Credentials come from the standard AWS chain (env,
+//! profile, IMDS), never from the plan.
+
+use aws_sdk_s3::config::{
+    BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+use super::{ObjectInfo, StoreError};
+
+pub struct S3Options {
+    pub bucket: String,
+    pub prefix: String,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub path_style: bool,
+}
+
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    prefix: String,
+}
+
+/// An S3 client: standard credential chain; a region from the plan, the
+/// environment or `us-east-1`; an optional endpoint for S3-compatible servers.
+pub async fn client(
+    region: Option<String>,
+    endpoint: Option<String>,
+    path_style: bool,
+) -> aws_sdk_s3::Client {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(region) = region {
+        loader = loader.region(Region::new(region));
+    }
+    let shared = loader.load().await;
+    let mut config = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(path_style)
+        // phoenix verifies SHA-256 itself as bytes arrive; the SDK's own
+        // checksums would hash everything twice, and older servers reject them.
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+    if shared.region().is_none() {
+        config = config.region(Region::new("us-east-1"));
+    }
+    if let Some(endpoint) = endpoint {
+        config = config.endpoint_url(endpoint);
+    }
+    aws_sdk_s3::Client::from_conf(config.build())
+}
+
+fn to_chrono(time: Option<&aws_sdk_s3::primitives::DateTime>) -> DateTime<Utc> {
+    time.and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
+        .unwrap_or_else(Utc::now)
+}
+
+/// Whether an SDK error is worth another try, and what to say about it.
+fn classify<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
+    error: &SdkError<E, R>,
+    status: Option<u16>,
+) -> (bool, String) {
+    match error {
+        SdkError::TimeoutError(_) => (true, "timed out".into()),
+        SdkError::DispatchFailure(e) => (
+            true,
+            format!("connection failed: {e:?}")
+                .chars()
+                .take(300)
+                .collect(),
+        ),
+        SdkError::ResponseError(_) => (true, "the response was cut short".into()),
+        SdkError::ServiceError(e) => {
+            let code = e.err().code().unwrap_or("error");
+            let message = e.err().message().unwrap_or("");
+            let status = status.unwrap_or(0);
+            (
+                status >= 500 || status == 429,
+                format!("{code} (HTTP {status}) {message}")
+                    .trim()
+                    .to_string(),
+            )
+        }
+        SdkError::ConstructionFailure(_) => (false, "the request could not be built".into()),
+        _ => (false, "unknown error".into()),
+    }
+}
+
+impl S3Store {
+    pub async fn new(options: S3Options) -> Self {
+        S3Store {
+            client: client(options.region, options.endpoint, options.path_style).await,
+            bucket: options.bucket,
+            prefix: options.prefix,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+
+    fn full(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn error<E: ProvideErrorMetadata + std::fmt::Debug>(
+        &self,
+        operation: &'static str,
+        key: &str,
+        error: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> StoreError {
+        let status = error.raw_response().map(|r| r.status().as_u16());
+        let (transient, message) = classify(&error, status);
+        StoreError::S3 {
+            operation,
+            bucket: self.bucket.clone(),
+            key: key.to_string(),
+            message,
+            transient,
+        }
+    }
+
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(self.full(prefix))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error("list", prefix, e))?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                out.push(ObjectInfo {
+                    key: key.strip_prefix(&self.prefix).unwrap_or(key).to_string(),
+                    size: object.size().unwrap_or(0).max(0) as u64,
+                    last_modified: to_chrono(object.last_modified()),
+                    version: object.e_tag().map(str::to_string),
+                    sha256: None,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .send()
+            .await
+        {
+            Ok(head) => Ok(Some(ObjectInfo {
+                key: key.to_string(),
+                size: head.content_length().unwrap_or(0).max(0) as u64,
+                last_modified: to_chrono(head.last_modified()),
+                version: head.e_tag().map(str::to_string),
+                sha256: head
+                    .metadata()
+                    .and_then(|m| m.get("sha256"))
+                    .map(|s| s.trim().to_ascii_lowercase()),
+            })),
+            Err(SdkError::ServiceError(e)) if e.err().is_not_found() => Ok(None),
+            Err(e) => Err(self.error("head", key, e)),
+        }
+    }
+
+    pub async fn read_range(
+        &self,
+        info: &ObjectInfo,
+        start: u64,
+        end: u64,
+    ) -> Result<Bytes, StoreError> {
+        if start == end {
+            return Ok(Bytes::new());
+        }
+        let mut request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full(&info.key))
+            .range(format!("bytes={start}-{}", end - 1));
+        if let Some(etag) = &info.version {
+            // A part of a different object would corrupt the restore.
+            request = request.if_match(etag);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| self.error("get", &info.key, e))?;
+        let body = response.body.collect().await.map_err(|e| StoreError::S3 {
+            operation: "get",
+            bucket: self.bucket.clone(),
+            key: info.key.clone(),
+            message: format!("the body was cut short: {e}"),
+            transient: true,
+        })?;
+        Ok(body.into_bytes())
+    }
+}

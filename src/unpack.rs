@@ -1,0 +1,320 @@
+//! Unpacking restored archives (`.tar`, `.tar.gz`/`.tgz`, `.tar.zst`) into a
+//! directory, refusing anything that would land outside it.
+//!
+//! The `tar` crate reads entries; phoenix writes them itself. Every entry is
+//! checked first: no absolute paths, no `..`, no device files or FIFOs, no
+//! link whose target leaves the directory, and no write through a symbolic
+//! link (every parent of a target must be a real directory, and an existing
+//! target is never followed). Files are created with `O_NOFOLLOW`-like
+//! semantics (new files only); setuid and setgid bits are dropped.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error("archive entry `{entry}`: {reason}")]
+    Refused { entry: String, reason: &'static str },
+    #[error("archive entry `{entry}`: cannot write `{path}`")]
+    Write {
+        entry: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read the archive")]
+    Read(#[source] io::Error),
+}
+
+/// The archive kinds phoenix unpacks, by file name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Tar,
+    TarGz,
+    TarZst,
+}
+
+impl Format {
+    pub fn of(name: &str) -> Option<Format> {
+        let name = name.to_ascii_lowercase();
+        if name.ends_with(".tar") {
+            Some(Format::Tar)
+        } else if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
+            Some(Format::TarGz)
+        } else if name.ends_with(".tar.zst") || name.ends_with(".tar.zstd") {
+            Some(Format::TarZst)
+        } else {
+            None
+        }
+    }
+}
+
+/// zstd frames may ask for a window of up to 2 GiB; 128 MiB is plenty for
+/// backups and bounds the memory a hostile archive can make us allocate.
+const ZSTD_WINDOW_LOG_MAX: u32 = 27;
+
+/// Unpacks `archive` into `dest`, which must be an empty directory.
+pub fn unpack(archive: &Path, format: Format, dest: &Path) -> Result<usize, UnpackError> {
+    let file = File::open(archive).map_err(UnpackError::Read)?;
+    let reader = io::BufReader::with_capacity(256 * 1024, file);
+    match format {
+        Format::Tar => extract(reader, dest),
+        Format::TarGz => extract(flate2::read::MultiGzDecoder::new(reader), dest),
+        Format::TarZst => {
+            let mut decoder =
+                zstd::stream::read::Decoder::with_buffer(reader).map_err(UnpackError::Read)?;
+            decoder
+                .window_log_max(ZSTD_WINDOW_LOG_MAX)
+                .map_err(UnpackError::Read)?;
+            extract(decoder, dest)
+        }
+    }
+}
+
+/// The entry's path as components inside the archive root, or why not.
+fn relative_path(raw: &Path) -> Result<PathBuf, &'static str> {
+    let mut out = PathBuf::new();
+    for component in raw.components() {
+        match component {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => return Err("contains `..`"),
+            Component::RootDir | Component::Prefix(_) => return Err("is an absolute path"),
+        }
+    }
+    Ok(out)
+}
+
+/// Resolves `target` (a link's target, relative to `base` inside the root)
+/// lexically; `None` when it climbs out of the root.
+fn resolve_inside(base: &Path, target: &Path) -> Option<PathBuf> {
+    if target.is_absolute() {
+        return None;
+    }
+    let mut parts: Vec<std::ffi::OsString> = base
+        .components()
+        .map(|c| c.as_os_str().to_owned())
+        .collect();
+    for component in target.components() {
+        match component {
+            Component::Normal(part) => parts.push(part.to_owned()),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                parts.pop()?;
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(parts.iter().collect())
+}
+
+/// Refuses a target with a symbolic link anywhere on its way, so nothing is
+/// written through one.
+fn check_parents(dest: &Path, relative: &Path) -> Result<(), &'static str> {
+    let mut at = dest.to_path_buf();
+    let count = relative.components().count();
+    for (n, component) in relative.components().enumerate() {
+        at.push(component);
+        match fs::symlink_metadata(&at) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(if n + 1 == count {
+                    "would replace a symbolic link"
+                } else {
+                    "would be written through a symbolic link"
+                });
+            }
+            Ok(meta) if n + 1 < count && !meta.is_dir() => {
+                return Err("has a parent that is not a directory")
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn extract(reader: impl Read, dest: &Path) -> Result<usize, UnpackError> {
+    let mut archive = tar::Archive::new(reader);
+    let mut count = 0;
+    let mut directories = Vec::new();
+    let mut links = Vec::new();
+    for entry in archive.entries().map_err(UnpackError::Read)? {
+        let mut entry = entry.map_err(UnpackError::Read)?;
+        let raw = entry.path().map_err(UnpackError::Read)?.into_owned();
+        let name = raw.display().to_string();
+        let refuse = |reason: &'static str| UnpackError::Refused {
+            entry: name.clone(),
+            reason,
+        };
+        let relative = relative_path(&raw).map_err(refuse)?;
+        if relative.as_os_str().is_empty() {
+            continue; // `./` itself
+        }
+        let kind = entry.header().entry_type();
+        if kind.is_character_special() || kind.is_block_special() {
+            return Err(refuse("is a device file"));
+        }
+        if kind.is_fifo() {
+            return Err(refuse("is a FIFO"));
+        }
+        check_parents(dest, &relative).map_err(refuse)?;
+        let target = dest.join(&relative);
+        let write_error = |source: io::Error| UnpackError::Write {
+            entry: name.clone(),
+            path: target.clone(),
+            source,
+        };
+        let mode = entry.header().mode().unwrap_or(0o644) & 0o1777; // no setuid, no setgid
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent).map_err(write_error)?;
+        }
+        if kind.is_dir() {
+            match fs::create_dir(&target) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && target.is_dir() => {}
+                Err(e) => return Err(write_error(e)),
+            }
+            directories.push((target.clone(), mode, entry.header().mtime().ok()));
+        } else if kind.is_symlink() {
+            let link = entry
+                .link_name()
+                .map_err(UnpackError::Read)?
+                .ok_or_else(|| refuse("is a link without a target"))?;
+            let base = relative.parent().unwrap_or(Path::new(""));
+            if resolve_inside(base, &link).is_none() {
+                return Err(refuse(
+                    "is a symbolic link that points outside the destination",
+                ));
+            }
+            std::os::unix::fs::symlink(&*link, &target).map_err(write_error)?;
+            links.push((name.clone(), target.clone()));
+        } else if kind.is_hard_link() {
+            let link = entry
+                .link_name()
+                .map_err(UnpackError::Read)?
+                .ok_or_else(|| refuse("is a link without a target"))?;
+            let source_relative = relative_path(&link)
+                .map_err(|_| refuse("is a hard link that points outside the destination"))?;
+            check_parents(dest, &source_relative)
+                .map_err(|_| refuse("is a hard link through a symbolic link"))?;
+            let source = dest.join(&source_relative);
+            match fs::symlink_metadata(&source) {
+                Ok(meta) if meta.is_file() => {}
+                _ => {
+                    return Err(refuse(
+                        "is a hard link to something that is not a file in the archive",
+                    ))
+                }
+            }
+            fs::hard_link(&source, &target).map_err(write_error)?;
+        } else if kind.is_file()
+            || kind == tar::EntryType::Continuous
+            || kind == tar::EntryType::GNUSparse
+        {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&target)
+                .map_err(write_error)?;
+            io::copy(&mut entry, &mut file).map_err(write_error)?;
+            file.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(write_error)?;
+            if let Ok(mtime) = entry.header().mtime() {
+                let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
+                let _ = file.set_modified(time);
+            }
+        } else if kind.is_pax_global_extensions()
+            || kind.is_pax_local_extensions()
+            || kind.is_gnu_longname()
+            || kind.is_gnu_longlink()
+        {
+            continue;
+        } else {
+            return Err(refuse("has an entry type phoenix does not unpack"));
+        }
+        count += 1;
+    }
+    // Each link was checked alone; together, one may lead another out (`b -> a/..`
+    // after `a -> .`). Resolve every link as the filesystem would.
+    let root = fs::canonicalize(dest).map_err(UnpackError::Read)?;
+    for (entry, link) in &links {
+        if !resolves_inside(&root, link) {
+            return Err(UnpackError::Refused {
+                entry: entry.clone(),
+                reason:
+                    "is a symbolic link that leads outside the destination through another link",
+            });
+        }
+    }
+    // Directory modes and times last: a read-only directory must not stop the
+    // files inside it from being written.
+    for (dir, mode, mtime) in directories.into_iter().rev() {
+        let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(mode));
+        if let Some(mtime) = mtime {
+            if let Ok(handle) = File::open(&dir) {
+                let _ = handle
+                    .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime));
+            }
+        }
+    }
+    Ok(count)
+}
+
+/// Whether `link` resolves inside `root`, following every link on its way; for
+/// a dangling link, its longest existing prefix is resolved and the rest must
+/// not climb.
+fn resolves_inside(root: &Path, link: &Path) -> bool {
+    let Ok(target) = fs::read_link(link) else {
+        return false;
+    };
+    let full = link.parent().unwrap_or(root).join(target);
+    let mut existing = full.clone();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(canonical) = fs::canonicalize(&existing) {
+            if rest.iter().any(|c: &std::ffi::OsString| c == "..") {
+                return false;
+            }
+            return canonical.starts_with(root);
+        }
+        match (
+            existing.file_name().map(|n| n.to_owned()),
+            existing.parent(),
+        ) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent.to_path_buf();
+            }
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lexical_resolution_stays_inside() {
+        assert_eq!(
+            resolve_inside(Path::new("a/b"), Path::new("../c")),
+            Some(PathBuf::from("a/c"))
+        );
+        assert_eq!(resolve_inside(Path::new("a"), Path::new("../../etc")), None);
+        assert_eq!(
+            resolve_inside(Path::new(""), Path::new("/etc/passwd")),
+            None
+        );
+        assert_eq!(relative_path(Path::new("./x/../y")), Err("contains `..`"));
+        assert_eq!(relative_path(Path::new("/abs")), Err("is an absolute path"));
+    }
+
+    #[test]
+    fn formats_by_name() {
+        assert_eq!(Format::of("db.tar.zst"), Some(Format::TarZst));
+        assert_eq!(Format::of("db.TGZ"), Some(Format::TarGz));
+        assert_eq!(Format::of("db.dump"), None);
+    }
+}
