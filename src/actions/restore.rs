@@ -562,6 +562,15 @@ async fn transfer(
     }
 }
 
+/// How long one part may take before it counts as stalled and is tried again:
+/// `PHOENIX_PART_TIMEOUT` (a duration), else 60s.
+fn part_timeout() -> Duration {
+    std::env::var("PHOENIX_PART_TIMEOUT")
+        .ok()
+        .and_then(|v| crate::plan::fields::parse_duration(&v).ok())
+        .unwrap_or(Duration::from_secs(60))
+}
+
 /// One part, retried alone (up to 5 attempts, backing off) when the failure
 /// may pass: a 5xx, a timeout, a reset connection, a short body.
 async fn fetch_part(
@@ -572,10 +581,15 @@ async fn fetch_part(
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<bytes::Bytes, ActionError> {
     let mut attempt = 0;
+    let limit = part_timeout();
     loop {
         attempt += 1;
         let result = tokio::select! {
-            result = store.read_range(object, start, end) => result,
+            result = tokio::time::timeout(limit, store.read_range(object, start, end)) => result.unwrap_or_else(|_| Err(crate::stores::StoreError::Stalled {
+                key: object.key.clone(),
+                offset: start,
+                after: limit,
+            })),
             _ = cancel.cancelled() => return Err(ActionError::Interrupted),
         };
         match result {

@@ -13,6 +13,7 @@ use crate::exit_codes;
 use crate::plan::diagnostic::Diagnostics;
 use crate::plan::load::{LoadError, LoadOptions, Loaded};
 
+mod backups;
 mod graph;
 mod history;
 mod plan;
@@ -72,6 +73,8 @@ pub enum Command {
     Plan(plan::PlanArgs),
     /// Print the step graph, grouped by phase.
     Graph(graph::GraphArgs),
+    /// Preflight: the backup each restore step would pick now, its age and digest.
+    Backups(backups::BackupsArgs),
     /// Execute a plan, checkpointing every step.
     Run(run::RunArgs),
     /// Continue an interrupted, failed or paused run.
@@ -152,6 +155,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Validate(args) => validate::run(&cli.global, args),
         Command::Plan(args) => plan::run(&cli.global, args),
         Command::Graph(args) => graph::run(&cli.global, args),
+        Command::Backups(args) => backups::run(&cli.global, args),
         Command::Run(args) => run::run(&cli.global, args),
         Command::Resume(args) => resume::run(&cli.global, args),
         Command::Status(args) => status::run(&cli.global, args),

@@ -50,6 +50,12 @@ pub enum StoreError {
         expected: String,
         found: String,
     },
+    #[error("`{key}`: the part at offset {offset} stalled for {}", humantime::format_duration(*.after))]
+    Stalled {
+        key: String,
+        offset: u64,
+        after: std::time::Duration,
+    },
     #[error("`{key}`: expected {expected} bytes from offset {offset}, got {got}")]
     ShortRead {
         key: String,
@@ -63,7 +69,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::S3 { transient, .. } => *transient,
-            StoreError::ShortRead { .. } => true,
+            StoreError::ShortRead { .. } | StoreError::Stalled { .. } => true,
             StoreError::Io { .. } | StoreError::Changed { .. } => false,
         }
     }

@@ -1,12 +1,14 @@
 //! Integration tests: each runs the real `phoenix` binary.
 
 mod actions;
+mod archives;
 mod common;
 mod configure;
 mod crash;
 mod drill;
 mod graph_and_plan;
 mod interrupt;
+mod restore;
 mod run;
 mod secrets;
 mod validate;

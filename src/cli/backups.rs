@@ -1,0 +1,172 @@
+//! `phoenix backups`: the preflight of every restore step. For each, the backup
+//! it would pick now, its size and age against `max_age`, and whether the
+//! digest it needs is there. Exit 1 when any is missing, too old, or lacks a
+//! digest.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use serde::Serialize;
+
+use super::{load_valid, CliResult, GlobalArgs, TextOrJson, VarArgs};
+use crate::actions::restore::{age, choose, expected_digest, resolve_source};
+use crate::actions::Action;
+use crate::exec::ActionError;
+use crate::exit_codes;
+use crate::plan::interpolate::render;
+use crate::report::markdown::duration;
+use crate::stores::Store;
+
+#[derive(Args, Debug)]
+pub struct BackupsArgs {
+    #[arg(value_name = "PLAN")]
+    pub plan: PathBuf,
+    #[command(flatten)]
+    pub vars: VarArgs,
+    #[arg(long, value_enum, default_value_t = TextOrJson::Text)]
+    pub format: TextOrJson,
+}
+
+#[derive(Serialize)]
+struct Check {
+    step: String,
+    store: String,
+    key: Option<String>,
+    size: Option<u64>,
+    last_modified: Option<String>,
+    age_seconds: Option<f64>,
+    max_age_seconds: Option<f64>,
+    digest: Option<&'static str>,
+    verify: bool,
+    ok: bool,
+    problem: Option<String>,
+}
+
+pub fn run(global: &GlobalArgs, args: BackupsArgs) -> CliResult {
+    let Some(loaded) = load_valid(&args.plan, &args.vars, global)? else {
+        return Ok(exit_codes::FAILURE);
+    };
+    let Some(plan) = loaded.plan else {
+        return Ok(exit_codes::FAILURE);
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let vars: serde_json::Map<String, serde_json::Value> = plan
+        .vars
+        .iter()
+        .map(|(k, v)| (k.clone(), v.value.clone()))
+        .collect();
+    // Before a run there is no run and no step output: store fields and keys
+    // may use vars and the plan only.
+    let context = minijinja::Value::from(minijinja::value::Serde(serde_json::json!({
+        "vars": vars,
+        "plan": {"dir": plan.dir.display().to_string(), "name": plan.name.value},
+    })));
+    let now = chrono::Utc::now();
+    let checks: Vec<Check> = runtime.block_on(async {
+        let mut checks = Vec::new();
+        for step in plan.steps.iter() {
+            let Action::Restore(spec) = &step.action.value else {
+                continue;
+            };
+            let max_age = spec.max_age.or(plan.rpo.as_ref().map(|r| r.value));
+            let mut check = Check {
+                step: step.id.value.clone(),
+                store: spec.store.value.clone(),
+                key: None,
+                size: None,
+                last_modified: None,
+                age_seconds: None,
+                max_age_seconds: max_age.map(|d| d.as_secs_f64()),
+                digest: None,
+                verify: spec.verify,
+                ok: false,
+                problem: None,
+            };
+            let result: Result<(), ActionError> = async {
+                let definition = &plan.stores[spec.store.as_str()];
+                let store = Store::open(definition, &plan.dir, |t| render(t, &context))
+                    .await
+                    .map_err(ActionError::Render)?;
+                let source = resolve_source(&spec.source, |t| {
+                    render(t, &context).map_err(ActionError::Render)
+                })?;
+                let object = choose(&store, &source).await?;
+                let age = age(&object, now).as_secs_f64();
+                check.key = Some(object.key.clone());
+                check.size = Some(object.size);
+                check.last_modified = Some(object.last_modified.to_rfc3339());
+                check.age_seconds = Some(age.round());
+                check.digest = expected_digest(&store, &object)
+                    .await?
+                    .map(|(_, from)| from);
+                if let Some(limit) = max_age {
+                    if age > limit.as_secs_f64() {
+                        check.problem = Some(format!(
+                            "{} old, older than {} allowed",
+                            duration(age.round()),
+                            humantime::format_duration(limit)
+                        ));
+                        return Ok(());
+                    }
+                }
+                if spec.verify && check.digest.is_none() {
+                    check.problem = Some(format!(
+                        "no digest: neither `{}.sha256` nor `sha256` metadata",
+                        object.key
+                    ));
+                    return Ok(());
+                }
+                check.ok = true;
+                Ok(())
+            }
+            .await;
+            if let Err(error) = result {
+                check.problem = Some(crate::actions::git::strip_credentials(&error.to_string()));
+            }
+            checks.push(check);
+        }
+        checks
+    });
+    let failed = checks.iter().any(|c| !c.ok);
+    match args.format {
+        TextOrJson::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&checks).unwrap_or_default()
+        ),
+        TextOrJson::Text => {
+            if checks.is_empty() {
+                println!("plan `{}` has no restore steps", plan.name.value);
+            }
+            for c in &checks {
+                let verdict = if c.ok { "ok" } else { "FAIL" };
+                let what = match (&c.key, c.size, c.age_seconds) {
+                    (Some(key), Some(size), Some(age)) => format!(
+                        "`{key}` ({size} bytes, {} old{}, digest: {})",
+                        duration(age),
+                        c.max_age_seconds
+                            .map(|m| format!(" of {} allowed", duration(m)))
+                            .unwrap_or_default(),
+                        c.digest.unwrap_or("none")
+                    ),
+                    _ => String::new(),
+                };
+                let problem = c
+                    .problem
+                    .as_ref()
+                    .map(|p| format!(": {p}"))
+                    .unwrap_or_default();
+                println!(
+                    "{verdict:>4} {} from store `{}` {what}{problem}",
+                    c.step, c.store
+                );
+            }
+        }
+    }
+    Ok(if failed {
+        exit_codes::FAILURE
+    } else {
+        exit_codes::SUCCESS
+    })
+}
