@@ -10,5 +10,6 @@ mod graph_and_plan;
 mod interrupt;
 mod restore;
 mod run;
+mod s3;
 mod secrets;
 mod validate;
