@@ -208,16 +208,36 @@ pub async fn resolve(
             .map(|(sha, _)| sha.to_string())
     };
     let tag = format!("refs/tags/{reference}");
-    find(&format!("{tag}^{{}}"))
-        .or_else(|| find(&tag))
-        .or_else(|| find(&format!("refs/heads/{reference}")))
-        .or_else(|| find(reference))
-        .ok_or_else(|| {
-            ActionError::Git(format!(
-                "`{reference}` is neither a tag nor a branch of {}",
-                strip_credentials(repo)
-            ))
-        })
+    if let Some(peeled) = find(&format!("{tag}^{{}}")) {
+        return Ok(peeled);
+    }
+    let (name, id) = match find(&tag) {
+        Some(id) => (tag.clone(), id),
+        None => {
+            let branch = format!("refs/heads/{reference}");
+            return find(&branch).or_else(|| find(reference)).ok_or_else(|| {
+                ActionError::Git(format!("`{reference}` is neither a tag nor a branch of {}", strip_credentials(repo)))
+            });
+        }
+    };
+    // An annotated tag that the listing does not peel (bundles list tags
+    // unpeeled): fetch it into a scratch repository and ask for its commit.
+    let scratch = std::env::temp_dir().join(format!("phoenix-resolve-{}-{}", std::process::id(), &id[..12.min(id.len())]));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let result = async {
+        let mut init = git();
+        init.args(["init", "--quiet", "--bare"]).arg(&scratch);
+        run_git(init, cancel).await?;
+        let mut fetch = git();
+        fetch.arg("-C").arg(&scratch).args(["fetch", "--quiet", "--no-tags", "--", repo, &format!("+{name}:refs/phoenix/probe")]);
+        run_git(fetch, cancel).await?;
+        let mut parse = git();
+        parse.arg("-C").arg(&scratch).args(["rev-parse", "--verify", "refs/phoenix/probe^{commit}"]);
+        Ok(run_git(parse, cancel).await?.trim().to_string())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
 }
 
 /// Whether `dest` is a checkout of `commit` with no changes (submodules included).

@@ -233,8 +233,13 @@ pub fn terminal(global: &GlobalArgs) -> std::sync::Arc<dyn crate::exec::EventSin
 /// The exit code of a finished session, after saying where its state is.
 pub fn exit_code_of(end: &crate::session::SessionEnd, global: &GlobalArgs) -> i32 {
     use crate::journal::record::RunResult;
-    if !global.quiet {
+    if !global.quiet || end.result != RunResult::Succeeded {
         eprintln!("state: {}", end.run_dir.display());
+        eprintln!(
+            "report: {} (HTML: phoenix report {} --format html -o report.html)",
+            end.run_dir.join("report.json").display(),
+            end.run_id
+        );
         match end.result {
             RunResult::Succeeded => {}
             RunResult::Paused | RunResult::Interrupted | RunResult::Failed => {
