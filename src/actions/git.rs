@@ -94,17 +94,7 @@ pub async fn run(spec: &GitSpec, ctx: &StepContext<'_>) -> Result<Outputs, Actio
     if is_clean_checkout(&dest, &commit).await {
         return Ok(Outputs::from([("commit".to_string(), commit)]));
     }
-    let parent = dest.parent().unwrap_or(Path::new(".")).to_path_buf();
-    std::fs::create_dir_all(&parent).map_err(|source| ActionError::Io {
-        action: "create",
-        path: parent.clone(),
-        source,
-    })?;
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "checkout".into());
-    let temp = parent.join(format!(".{name}.phoenix-{}", std::process::id()));
+    let temp = super::beside(&dest, "checkout")?;
     let _ = std::fs::remove_dir_all(&temp);
     let result = checkout(
         &repo,
@@ -216,23 +206,41 @@ pub async fn resolve(
         None => {
             let branch = format!("refs/heads/{reference}");
             return find(&branch).or_else(|| find(reference)).ok_or_else(|| {
-                ActionError::Git(format!("`{reference}` is neither a tag nor a branch of {}", strip_credentials(repo)))
+                ActionError::Git(format!(
+                    "`{reference}` is neither a tag nor a branch of {}",
+                    strip_credentials(repo)
+                ))
             });
         }
     };
     // An annotated tag that the listing does not peel (bundles list tags
     // unpeeled): fetch it into a scratch repository and ask for its commit.
-    let scratch = std::env::temp_dir().join(format!("phoenix-resolve-{}-{}", std::process::id(), &id[..12.min(id.len())]));
+    let scratch = std::env::temp_dir().join(format!(
+        "phoenix-resolve-{}-{}",
+        std::process::id(),
+        &id[..12.min(id.len())]
+    ));
     let _ = std::fs::remove_dir_all(&scratch);
     let result = async {
         let mut init = git();
         init.args(["init", "--quiet", "--bare"]).arg(&scratch);
         run_git(init, cancel).await?;
         let mut fetch = git();
-        fetch.arg("-C").arg(&scratch).args(["fetch", "--quiet", "--no-tags", "--", repo, &format!("+{name}:refs/phoenix/probe")]);
+        fetch.arg("-C").arg(&scratch).args([
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--",
+            repo,
+            &format!("+{name}:refs/phoenix/probe"),
+        ]);
         run_git(fetch, cancel).await?;
         let mut parse = git();
-        parse.arg("-C").arg(&scratch).args(["rev-parse", "--verify", "refs/phoenix/probe^{commit}"]);
+        parse.arg("-C").arg(&scratch).args([
+            "rev-parse",
+            "--verify",
+            "refs/phoenix/probe^{commit}",
+        ]);
         Ok(run_git(parse, cancel).await?.trim().to_string())
     }
     .await;

@@ -158,3 +158,26 @@ pub(crate) fn replace_tree(
     }
     Ok(())
 }
+
+/// A path beside `dest` for work in progress (`.NAME.phoenix-PID.SUFFIX`), in
+/// the same directory so that the final move is a rename; the directory is
+/// created first.
+pub(crate) fn beside(
+    dest: &std::path::Path,
+    suffix: &str,
+) -> Result<std::path::PathBuf, crate::exec::ActionError> {
+    let parent = dest
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf();
+    std::fs::create_dir_all(&parent).map_err(|source| crate::exec::ActionError::Io {
+        action: "create",
+        path: parent.clone(),
+        source,
+    })?;
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(parent.join(format!(".{name}.phoenix-{}.{suffix}", std::process::id())))
+}

@@ -407,20 +407,7 @@ pub async fn run(spec: &RestoreSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
     };
 
     let dest = ctx.path(&spec.dest)?;
-    let parent = dest
-        .parent()
-        .unwrap_or(std::path::Path::new("."))
-        .to_path_buf();
-    std::fs::create_dir_all(&parent).map_err(|source| ActionError::Io {
-        action: "create",
-        path: parent.clone(),
-        source,
-    })?;
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "restore".into());
-    let download = parent.join(format!(".{name}.phoenix-{}.download", std::process::id()));
+    let download = super::beside(&dest, "download")?;
     let result = async {
         let digest = transfer(&store, &object, &download, spec, ctx).await?;
         if let Some((expected, from)) = &expected {
@@ -435,7 +422,7 @@ pub async fn run(spec: &RestoreSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
         let format = if spec.unpack { crate::unpack::Format::of(&object.key) } else { None };
         match format {
             Some(format) => {
-                let tree = parent.join(format!(".{name}.phoenix-{}.unpack", std::process::id()));
+                let tree = super::beside(&dest, "unpack")?;
                 let _ = std::fs::remove_dir_all(&tree);
                 std::fs::create_dir(&tree).map_err(|source| ActionError::Io { action: "create", path: tree.clone(), source })?;
                 let (archive, into) = (download.clone(), tree.clone());

@@ -52,17 +52,7 @@ pub fn run(global: &GlobalArgs, args: BackupsArgs) -> CliResult {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let vars: serde_json::Map<String, serde_json::Value> = plan
-        .vars
-        .iter()
-        .map(|(k, v)| (k.clone(), v.value.clone()))
-        .collect();
-    // Before a run there is no run and no step output: store fields and keys
-    // may use vars and the plan only.
-    let context = minijinja::Value::from(minijinja::value::Serde(serde_json::json!({
-        "vars": vars,
-        "plan": {"dir": plan.dir.display().to_string(), "name": plan.name.value},
-    })));
+    let context = crate::exec::context::before_run(&plan);
     let now = chrono::Utc::now();
     let checks: Vec<Check> = runtime.block_on(async {
         let mut checks = Vec::new();

@@ -90,15 +90,7 @@ fn git_now(plan: &Plan, drill: bool) -> Vec<GitNow> {
     else {
         return Vec::new();
     };
-    let vars: serde_json::Map<String, serde_json::Value> = plan
-        .vars
-        .iter()
-        .map(|(k, v)| (k.clone(), v.value.clone()))
-        .collect();
-    let context = minijinja::Value::from(minijinja::value::Serde(serde_json::json!({
-        "vars": vars,
-        "plan": {"dir": plan.dir.display().to_string(), "name": plan.name.value},
-    })));
+    let context = crate::exec::context::before_run(plan);
     let never = tokio_util::sync::CancellationToken::new();
     steps
         .into_iter()

@@ -38,7 +38,6 @@ pub fn build(shared: &Shared, step: &Step) -> Result<minijinja::Value, ActionErr
     if !step.texts.iter().any(|t| has_expressions(t)) {
         return Ok(minijinja::Value::UNDEFINED);
     }
-    let plan = &shared.plan;
     let (step_refs, secret_refs) = referenced(step);
     let mut secrets = Map::new();
     for name in secret_refs {
@@ -53,26 +52,9 @@ pub fn build(shared: &Shared, step: &Step) -> Result<minijinja::Value, ActionErr
             steps.insert(id, json!({ "outputs": values }));
         }
     }
-    let vars: Map<String, Value> = plan
-        .vars
-        .iter()
-        .map(|(k, v)| (k.clone(), v.value.clone()))
-        .collect();
-    let context = json!({
-        "vars": vars,
-        "secrets": secrets,
-        "steps": steps,
-        "run": {
-            "id": shared.run.id,
-            "dir": shared.run.dir.display().to_string(),
-            "drill": shared.run.drill,
-        },
-        "plan": {
-            "dir": plan.dir.display().to_string(),
-            "name": plan.name.value,
-        },
-    });
-    Ok(minijinja::Value::from(minijinja::value::Serde(context)))
+    Ok(minijinja::Value::from(minijinja::value::Serde(
+        context_json(shared, secrets, steps),
+    )))
 }
 
 /// The context of a template: every var and secret, the outputs of every step
@@ -104,6 +86,20 @@ pub fn build_full(shared: &Shared, step: &Step) -> Result<minijinja::Value, Acti
     Ok(minijinja::Value::from(minijinja::value::Serde(
         context_json(shared, secrets, steps),
     )))
+}
+
+/// What a plan's strings can read before a run exists (`phoenix plan` and
+/// `phoenix backups`): its vars and `plan`, no secrets, no run, no outputs.
+pub fn before_run(plan: &crate::plan::Plan) -> minijinja::Value {
+    let vars: Map<String, Value> = plan
+        .vars
+        .iter()
+        .map(|(k, v)| (k.clone(), v.value.clone()))
+        .collect();
+    minijinja::Value::from(minijinja::value::Serde(json!({
+        "vars": vars,
+        "plan": {"dir": plan.dir.display().to_string(), "name": plan.name.value},
+    })))
 }
 
 fn context_json(shared: &Shared, secrets: Map<String, Value>, steps: Map<String, Value>) -> Value {
