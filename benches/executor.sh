@@ -105,7 +105,7 @@ start = float(sys.argv[2])
 for line in open(sys.argv[1]):
     e = json.loads(line)
     if e.get('event') == 'step_started':
-        first = datetime.fromisoformat(e['ts'].replace('Z', '+00:00')).timestamp()
+        first = datetime.fromisoformat(e['timestamp'].replace('Z', '+00:00')).timestamp()
         print(f"resume of a 10,000-step run with 9,000 done: first new step after {1000*(first-start):.0f} ms")
         break
 PY

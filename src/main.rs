@@ -16,6 +16,7 @@ fn main() {
             std::process::exit(code);
         }
     };
+    cli::init_logging(&cli.global);
     let code = match cli::run(cli) {
         Ok(code) => code,
         Err(err) => {

@@ -267,3 +267,34 @@ pub fn run_plan(
     let overrides = crate::plan::load::overrides_from_values(&header.vars);
     crate::plan::load::load_source(source, header.plan_dir.clone().into(), overrides).plan
 }
+
+/// Logging: with `--log-format json`, every event as one JSON object a line on
+/// stderr (run events at info, progress at debug with `-v`); with text, only
+/// the library's own diagnostics, warnings by default, more with `-v`.
+/// `RUST_LOG` overrides the levels.
+pub fn init_logging(global: &GlobalArgs) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (global.log_format, global.quiet, global.verbose) {
+        (_, true, _) => "error",
+        (LogFormat::Json, false, 0) => "info",
+        (LogFormat::Json, false, _) => "debug",
+        (LogFormat::Text, false, 0) => "warn,phoenix::events=off",
+        (LogFormat::Text, false, _) => "debug,phoenix::events=off",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match global.log_format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Text => builder
+            .without_time()
+            .with_target(false)
+            .with_ansi(stderr_style().1)
+            .try_init(),
+    };
+}

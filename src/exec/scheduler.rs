@@ -54,6 +54,8 @@ struct Walker {
     /// wait for the rest of the run as a whole instead.
     remaining: Vec<usize>,
     teardown: Vec<bool>,
+    /// Whether a running step has given back its slot (once only).
+    released: Vec<bool>,
     priority: Vec<u64>,
     ready: BinaryHeap<(u64, std::cmp::Reverse<usize>)>,
     pools: HashMap<String, (usize, usize)>,
@@ -93,6 +95,7 @@ pub async fn execute(shared: Arc<Shared>, starts: Vec<Start>) -> RunResult {
             .collect(),
         remaining: vec![0; n],
         priority: priorities(&shared),
+        released: vec![false; n],
         teardown,
         ready: BinaryHeap::new(),
         pools: shared
@@ -205,6 +208,7 @@ impl Walker {
                 *used += 1;
             }
             self.state[i] = State::Running;
+            self.released[i] = false;
             self.in_flight += 1;
             self.running += 1;
             if !self.teardown[i] {
@@ -249,6 +253,9 @@ impl Walker {
     fn handle(&mut self, message: Message) {
         match message {
             Message::Released(i) => {
+                if std::mem::replace(&mut self.released[i], true) {
+                    return;
+                }
                 self.in_flight -= 1;
                 if let Some(pool) = &self.shared.plan.steps[i].pool {
                     if let Some((_, used)) = self.pools.get_mut(pool.as_str()) {
@@ -257,6 +264,8 @@ impl Walker {
                 }
             }
             Message::Done(i, outcome) => {
+                // A step that ended without giving back its slot gives it back now.
+                self.handle(Message::Released(i));
                 self.running -= 1;
                 if !self.teardown[i] {
                     self.running_main -= 1;

@@ -66,6 +66,11 @@ impl JournalWriter {
                     // synced on their own: the next record somebody waits for
                     // syncs them too. Losing one in a crash only makes its step
                     // look not started instead of in doubt: it runs again either way.
+                    tracing::trace!(
+                        bytes = buffer.len(),
+                        waiters = waiters.len(),
+                        "journal batch"
+                    );
                     let result = if buffer.is_empty() {
                         Ok(())
                     } else if waiters.is_empty() {

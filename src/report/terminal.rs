@@ -58,14 +58,21 @@ impl Terminal {
     fn line(&self, text: String) {
         let guard = self.bars.lock().unwrap_or_else(|e| e.into_inner());
         match guard.as_ref() {
-            Some(bars) => bars.multi.suspend(|| eprintln!("{text}")),
-            None => eprintln!("{text}"),
+            // A closed stderr (`phoenix run … 2>&1 | head`) must not stop the run.
+            Some(bars) => bars.multi.suspend(|| {
+                let _ = writeln!(std::io::stderr(), "{text}");
+            }),
+            None => {
+                let _ = writeln!(std::io::stderr(), "{text}");
+            }
         }
     }
 
+    /// `--log-format json`: each event as a structured `tracing` event, which the
+    /// JSON subscriber set up by the CLI writes as one object a line on stderr.
     fn json(&self, event: &Event) {
-        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let value = match event {
+        const T: &str = "phoenix::events";
+        match event {
             Event::RunStarted {
                 run_id,
                 plan,
@@ -74,14 +81,14 @@ impl Terminal {
                 resumed,
                 ..
             } => {
-                serde_json::json!({"event": "run_started", "run_id": run_id, "plan": plan, "steps": steps, "drill": drill, "resumed": resumed})
+                tracing::info!(target: T, event = "run_started", run_id = %run_id, plan = %plan, steps, drill, resumed)
             }
             Event::StepStarted {
                 step,
                 phase,
                 attempt,
             } => {
-                serde_json::json!({"event": "step_started", "step": step, "phase": phase, "attempt": attempt})
+                tracing::info!(target: T, event = "step_started", step = %step, phase = %phase, attempt)
             }
             Event::StepRetrying {
                 step,
@@ -89,7 +96,7 @@ impl Terminal {
                 error,
                 delay,
             } => {
-                serde_json::json!({"event": "step_retrying", "step": step, "attempt": attempt, "error": error, "delay_seconds": delay.as_secs_f64()})
+                tracing::warn!(target: T, event = "step_retrying", step = %step, attempt, error = %error, delay_seconds = delay.as_secs_f64())
             }
             Event::StepFinished {
                 step,
@@ -101,14 +108,20 @@ impl Terminal {
                 log,
                 ..
             } => {
-                serde_json::json!({"event": "step_finished", "step": step, "phase": phase, "attempt": attempt, "state": if *succeeded { "succeeded" } else { "failed" }, "duration_seconds": duration.as_secs_f64(), "error": error, "log": log})
+                let state = if *succeeded { "succeeded" } else { "failed" };
+                let log = log.as_ref().map(|l| l.display().to_string());
+                if *succeeded {
+                    tracing::info!(target: T, event = "step_finished", step = %step, phase = %phase, attempt, state, duration_seconds = duration.as_secs_f64())
+                } else {
+                    tracing::error!(target: T, event = "step_finished", step = %step, phase = %phase, attempt, state, duration_seconds = duration.as_secs_f64(), error = error.as_deref().unwrap_or(""), log = log.as_deref().unwrap_or(""))
+                }
             }
             Event::StepSkipped {
                 step,
                 phase,
                 reason,
             } => {
-                serde_json::json!({"event": "step_skipped", "step": step, "phase": phase, "reason": reason})
+                tracing::warn!(target: T, event = "step_skipped", step = %step, phase = %phase, reason = %reason)
             }
             Event::Progress {
                 step,
@@ -116,25 +129,23 @@ impl Terminal {
                 total,
                 elapsed,
             } => {
-                serde_json::json!({"event": "progress", "step": step, "bytes": done, "total_bytes": total, "bytes_per_second": *done as f64 / elapsed.as_secs_f64().max(0.001)})
+                tracing::debug!(target: T, event = "progress", step = %step, bytes = done, total_bytes = total, bytes_per_second = *done as f64 / elapsed.as_secs_f64().max(0.001))
             }
             Event::Paused { step, prompt } => {
-                serde_json::json!({"event": "paused", "step": step, "prompt": prompt})
+                tracing::warn!(target: T, event = "paused", step = %step, prompt = %prompt)
             }
-            Event::Warning(message) => serde_json::json!({"event": "warning", "message": message}),
-            Event::Info(message) => serde_json::json!({"event": "info", "message": message}),
+            Event::Warning(message) => {
+                tracing::warn!(target: T, event = "warning", message = %message)
+            }
+            Event::Info(message) => tracing::info!(target: T, event = "info", message = %message),
             Event::RunFinished {
                 run_id,
                 result,
                 duration,
             } => {
-                serde_json::json!({"event": "run_finished", "run_id": run_id, "result": result.as_str(), "duration_seconds": duration.as_secs_f64()})
+                tracing::info!(target: T, event = "run_finished", run_id = %run_id, result = result.as_str(), duration_seconds = duration.as_secs_f64())
             }
-        };
-        let mut object = value;
-        object["ts"] = serde_json::Value::String(now);
-        let mut stderr = std::io::stderr().lock();
-        let _ = writeln!(stderr, "{object}");
+        }
     }
 
     fn start_bars(&self, per_phase: &[(Phase, usize)]) {
