@@ -40,6 +40,10 @@ struct Check {
     verify: bool,
     ok: bool,
     problem: Option<String>,
+    /// Set when the backup can only be chosen during the run (its key uses a
+    /// step's output or `run`): not a failure of the preflight.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deferred: Option<String>,
 }
 
 pub fn run(global: &GlobalArgs, args: BackupsArgs) -> CliResult {
@@ -73,7 +77,28 @@ pub fn run(global: &GlobalArgs, args: BackupsArgs) -> CliResult {
                 verify: spec.verify,
                 ok: false,
                 problem: None,
+                deferred: None,
             };
+            let source_texts: Vec<&str> = match &spec.source {
+                crate::actions::restore::Source::Key(key) => vec![key.as_str()],
+                crate::actions::restore::Source::Prefix {
+                    prefix, pattern, ..
+                } => std::iter::once(prefix.as_str())
+                    .chain(pattern.as_ref().map(|p| p.as_str()))
+                    .collect(),
+            };
+            let runtime_only = source_texts
+                .iter()
+                .any(|t| t.contains("{{") && (t.contains("steps.") || t.contains("run.")));
+            if runtime_only {
+                check.ok = true;
+                check.deferred = Some(
+                    "its key uses run-time values (step outputs or `run`): chosen when it runs"
+                        .into(),
+                );
+                checks.push(check);
+                continue;
+            }
             let result: Result<(), ActionError> = async {
                 let definition = &plan.stores[spec.store.as_str()];
                 let store = Store::open(definition, &plan.dir, |t| render(t, &context))
@@ -145,6 +170,7 @@ pub fn run(global: &GlobalArgs, args: BackupsArgs) -> CliResult {
                 let problem = c
                     .problem
                     .as_ref()
+                    .or(c.deferred.as_ref())
                     .map(|p| format!(": {p}"))
                     .unwrap_or_default();
                 println!(

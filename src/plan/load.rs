@@ -428,7 +428,10 @@ fn read_stores(root: &Fields<'_, '_>, diags: &mut Diagnostics) -> BTreeMap<Strin
                 }
                 let endpoint = fields.string("endpoint", diags);
                 if let Some(endpoint) = &endpoint {
-                    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                    if !(crate::plan::interpolate::has_expressions(endpoint)
+                        || endpoint.starts_with("http://")
+                        || endpoint.starts_with("https://"))
+                    {
                         diags.error(root.source, endpoint.span, "store-field", format!("store `{}`: `endpoint` must be an http:// or https:// URL, found `{}`", name.value, endpoint.value));
                     }
                 }
