@@ -250,7 +250,7 @@ pub fn resume(
         return Err(SessionError::AlreadySucceeded(run_id));
     }
     let header = &log.header;
-    let (plan, from_state) = load_for_resume(state, &run_id, header, request.plan.as_deref())?;
+    let (plan, _) = load_for_resume(state, &run_id, header, request.plan.as_deref())?;
     let plan = Arc::new(plan);
     let known: Vec<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
     for (flag, ids) in [
@@ -267,7 +267,6 @@ pub fn resume(
             }
         }
     }
-    let _ = from_state;
 
     // Steps whose definition changed, and everything after them, run again.
     let graph = crate::graph::StepGraph::new(&plan);
@@ -410,7 +409,7 @@ pub fn resume(
         changed,
         in_doubt,
     };
-    let mut approve: HashSet<String> = request.approve.iter().cloned().collect();
+    let approve: HashSet<String> = request.approve.iter().cloned().collect();
     if let Some(paused) = &view.paused_at {
         if request.approve.is_empty() && !request.yes && !request.interactive {
             events.emit(Event::Warning(format!(
@@ -418,7 +417,6 @@ pub fn resume(
             )));
         }
     }
-    approve.retain(|_| true);
     let approvals = Approvals {
         all: request.yes,
         steps: approve,

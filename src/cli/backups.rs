@@ -46,8 +46,8 @@ struct Check {
     deferred: Option<String>,
 }
 
-pub fn run(global: &GlobalArgs, args: BackupsArgs) -> CliResult {
-    let Some(loaded) = load_valid(&args.plan, &args.vars, global)? else {
+pub fn run(_global: &GlobalArgs, args: BackupsArgs) -> CliResult {
+    let Some(loaded) = load_valid(&args.plan, &args.vars)? else {
         return Ok(exit_codes::FAILURE);
     };
     let Some(plan) = loaded.plan else {

@@ -25,8 +25,8 @@ pub enum GraphFormat {
     Mermaid,
 }
 
-pub fn run(global: &GlobalArgs, args: GraphArgs) -> CliResult {
-    let Some(loaded) = load_valid(&args.plan, &args.vars, global)? else {
+pub fn run(_global: &GlobalArgs, args: GraphArgs) -> CliResult {
+    let Some(loaded) = load_valid(&args.plan, &args.vars)? else {
         return Ok(exit_codes::FAILURE);
     };
     let Some(plan) = loaded.plan else {

@@ -187,11 +187,7 @@ pub fn print_diagnostics(diags: Diagnostics, quiet: bool) {
 
 /// Loads a plan for a command that needs a valid one: prints its diagnostics and
 /// returns `None` when it has errors (the caller exits 1).
-pub fn load_valid(
-    path: &std::path::Path,
-    vars: &VarArgs,
-    global: &GlobalArgs,
-) -> Result<Option<Loaded>, CliError> {
+pub fn load_valid(path: &std::path::Path, vars: &VarArgs) -> Result<Option<Loaded>, CliError> {
     let mut loaded = crate::plan::load(path, &vars.load_options())?;
     let diagnostics = std::mem::take(&mut loaded.diagnostics);
     let failed = diagnostics.has_errors();
@@ -202,7 +198,6 @@ pub fn load_valid(
             "error: `{}` is not a valid plan; run `phoenix validate` for details",
             path.display()
         );
-        let _ = global;
         return Ok(None);
     }
     Ok(Some(loaded))

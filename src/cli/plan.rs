@@ -177,7 +177,7 @@ fn last_run_durations(
 }
 
 pub fn run(global: &GlobalArgs, args: PlanArgs) -> CliResult {
-    let Some(loaded) = load_valid(&args.plan, &args.vars, global)? else {
+    let Some(loaded) = load_valid(&args.plan, &args.vars)? else {
         return Ok(exit_codes::FAILURE);
     };
     let Some(plan) = loaded.plan else {

@@ -49,7 +49,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> CliResult {
         )),
         None => None,
     };
-    let Some(loaded) = load_valid(&args.plan, &args.vars, global)? else {
+    let Some(loaded) = load_valid(&args.plan, &args.vars)? else {
         return Ok(crate::exit_codes::FAILURE);
     };
     let state = open_state(global)?;

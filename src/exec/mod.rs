@@ -256,8 +256,6 @@ pub enum ActionError {
         line: Option<usize>,
         message: String,
     },
-    #[error("the `{0}` action is not available in this build")]
-    Unsupported(&'static str),
     #[error("the journal failed: {0}")]
     Journal(String),
 }

@@ -94,18 +94,9 @@ pub fn build(
     logs: &Path,
 ) -> Report {
     let status = status::build(header, view, live, plan);
-    let result = match status.state {
-        "succeeded" | "failed" => status.state.to_string(),
-        other => other.to_string(),
-    };
-    let phase_of = |id: &str| {
-        status
-            .steps
-            .iter()
-            .find(|s| s.id == id)
-            .map(|s| s.phase.clone())
-            .unwrap_or_default()
-    };
+    // The run's state doubles as its result: `succeeded` and `failed` once it
+    // has ended, `running`, `paused` or `interrupted` before.
+    let result = status.state.to_string();
     let non_teardown = || status.steps.iter().filter(|s| s.phase != "teardown");
     let first_start = status.steps.iter().filter_map(|s| s.started_at).min();
     let last_end = non_teardown().filter_map(|s| s.finished_at).max();
@@ -183,7 +174,6 @@ pub fn build(
             log_tails.insert(step.id.clone(), tail);
         }
     }
-    let _ = phase_of;
     let mut rto = Target::new(
         plan.and_then(|p| p.rto.as_ref())
             .map(|r| r.value.as_secs_f64()),
