@@ -137,6 +137,21 @@ impl Workspace {
             .path()
     }
 
+    /// Removes the journal records matching `drop`, as a crash before they
+    /// were durable would have: how tests make a step in doubt.
+    pub fn cut_journal(&self, drop: impl Fn(&str) -> bool) {
+        let path = self.run_dir().join("journal.jsonl");
+        let journal = std::fs::read_to_string(&path).unwrap();
+        let kept: Vec<&str> = journal.lines().filter(|line| !drop(line)).collect();
+        std::fs::write(&path, kept.join("\n") + "\n").unwrap();
+    }
+
+    /// Makes `step` in doubt: its finish record is gone.
+    pub fn make_in_doubt(&self, step: &str) {
+        let needle = format!("\"step\":\"{step}\"");
+        self.cut_journal(|line| line.contains("\"type\":\"finished\"") && line.contains(&needle));
+    }
+
     pub fn journal(&self) -> String {
         std::fs::read_to_string(self.run_dir().join("journal.jsonl")).unwrap()
     }
