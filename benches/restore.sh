@@ -23,7 +23,8 @@ s3s-fs --host 127.0.0.1 --port "$port" --access-key "$AWS_ACCESS_KEY_ID" --secre
 s3s_pid=$!
 endpoint=http://127.0.0.1:$port
 for _ in $(seq 100); do curl -s -o /dev/null "$endpoint" && break; sleep 0.1; done
-aws() { command aws --endpoint-url "$endpoint" "$@"; }
+awsbin=$(command -v aws)
+aws() { "$awsbin" --endpoint-url "$endpoint" "$@"; }
 aws s3 mb s3://bench >/dev/null
 head -c $((size_mib * 1024 * 1024)) /dev/urandom > "$work/object"
 digest=$(sha256sum "$work/object" | cut -d' ' -f1)
@@ -63,11 +64,12 @@ dest = "$work/out"
 timeout = "10m"
 PLAN
 
-measure "aws s3 cp" command aws --endpoint-url "$endpoint" s3 cp s3://bench/obj.bin "$work/out" --quiet
+measure "aws s3 cp" "$awsbin" --endpoint-url "$endpoint" s3 cp s3://bench/obj.bin "$work/out" --quiet
 if command -v rclone >/dev/null; then
   export RCLONE_CONFIG_B_TYPE=s3 RCLONE_CONFIG_B_PROVIDER=Other RCLONE_CONFIG_B_ENDPOINT=$endpoint
   export RCLONE_CONFIG_B_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID RCLONE_CONFIG_B_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
-  measure "rclone copyto" rclone copyto B:bench/obj.bin "$work/out"
+  # A CA bundle set for the AWS SDKs makes rclone refuse plain-http endpoints.
+  measure "rclone copyto" env -u AWS_CA_BUNDLE rclone copyto B:bench/obj.bin "$work/out"
 fi
 rm -rf "$work/state"
 measure "phoenix restore" "$phoenix" --state "$work/state" run "$work/plan.toml" -q
