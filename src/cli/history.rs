@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use super::{open_state, CliResult, GlobalArgs, TextOrJson};
+use super::{existing_state, CliResult, GlobalArgs, TextOrJson};
 use crate::exit_codes;
 use crate::report::history;
 
@@ -13,7 +13,7 @@ pub struct HistoryArgs {
 }
 
 pub fn run(global: &GlobalArgs, args: HistoryArgs) -> CliResult {
-    let state = open_state(global)?;
+    let state = existing_state(global)?;
     let entries = history::collect(state.as_ref());
     match args.format {
         TextOrJson::Json => println!(

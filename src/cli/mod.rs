@@ -140,7 +140,11 @@ impl CliError {
                     ) => exit_codes::LOCKED,
                     E::Usage(_)
                     | E::NothingToResume(_)
-                    | E::State(crate::journal::StateError::NoRun(_)) => exit_codes::USAGE,
+                    | E::State(
+                        crate::journal::StateError::NoRun(_)
+                        | crate::journal::StateError::NoState(_)
+                        | crate::journal::StateError::Unsupported(_),
+                    ) => exit_codes::USAGE,
                     _ => exit_codes::FAILURE,
                 }
             }
@@ -203,9 +207,16 @@ pub fn load_valid(path: &std::path::Path, vars: &VarArgs) -> Result<Option<Loade
     Ok(Some(loaded))
 }
 
-/// Opens the state named by `--state` (or `PHOENIX_STATE`).
+/// Opens the state named by `--state` (or `PHOENIX_STATE`), creating it.
 pub fn open_state(global: &GlobalArgs) -> Result<Box<dyn crate::journal::StateStore>, CliError> {
-    Ok(crate::journal::open(&global.state)?)
+    Ok(crate::journal::open(&global.state, true)?)
+}
+
+/// Opens an existing state, for the commands that only read one.
+pub fn existing_state(
+    global: &GlobalArgs,
+) -> Result<Box<dyn crate::journal::StateStore>, CliError> {
+    Ok(crate::journal::open(&global.state, false)?)
 }
 
 /// Whether a person can answer a prompt: both stdin and stderr are terminals.

@@ -143,7 +143,7 @@ fn last_run_durations(
     if global.state.starts_with("s3://") || !std::path::Path::new(&global.state).is_dir() {
         return None;
     }
-    let state = crate::journal::open(&global.state).ok()?;
+    let state = crate::journal::open(&global.state, false).ok()?;
     let mut best: Option<(
         chrono::DateTime<chrono::Utc>,
         String,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-use super::{open_state, CliError, CliResult, GlobalArgs};
+use super::{existing_state, CliError, CliResult, GlobalArgs};
 use crate::exit_codes;
 use crate::report;
 use crate::session;
@@ -30,7 +30,7 @@ pub enum ReportFormat {
 }
 
 pub fn run(global: &GlobalArgs, args: ReportArgs) -> CliResult {
-    let state = open_state(global)?;
+    let state = existing_state(global)?;
     let run_id = match args.run_id {
         Some(id) => id,
         None => session::newest(state.as_ref())?

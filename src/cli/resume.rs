@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{exit_code_of, open_state, terminal, CliResult, GlobalArgs};
+use super::{existing_state, exit_code_of, terminal, CliResult, GlobalArgs};
 use crate::session::{self, ResumeRequest};
 
 #[derive(Args, Debug)]
@@ -30,7 +30,7 @@ pub struct ResumeArgs {
 }
 
 pub fn run(global: &GlobalArgs, args: ResumeArgs) -> CliResult {
-    let state = open_state(global)?;
+    let state = existing_state(global)?;
     let events = terminal(global);
     let request = ResumeRequest {
         run_id: args.run_id,

@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use super::{open_state, CliError, CliResult, GlobalArgs, TextOrJson};
+use super::{existing_state, CliError, CliResult, GlobalArgs, TextOrJson};
 use crate::exit_codes;
 use crate::report::status;
 use crate::session;
@@ -17,7 +17,7 @@ pub struct StatusArgs {
 }
 
 pub fn run(global: &GlobalArgs, args: StatusArgs) -> CliResult {
-    let state = open_state(global)?;
+    let state = existing_state(global)?;
     let run_id = match args.run_id {
         Some(id) => id,
         None => session::newest(state.as_ref())?

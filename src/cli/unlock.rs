@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use super::{open_state, CliError, CliResult, GlobalArgs};
+use super::{existing_state, CliError, CliResult, GlobalArgs};
 use crate::exit_codes;
 
 #[derive(Args, Debug)]
@@ -16,7 +16,7 @@ pub fn run(global: &GlobalArgs, args: UnlockArgs) -> CliResult {
     if !args.force {
         return Err(CliError::Usage("`phoenix unlock` needs `--force`".into()));
     }
-    let state = open_state(global)?;
+    let state = existing_state(global)?;
     match state
         .force_unlock()
         .map_err(crate::session::SessionError::from)?

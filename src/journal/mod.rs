@@ -81,6 +81,10 @@ pub enum StateError {
     },
     #[error("no run `{0}` in the state")]
     NoRun(String),
+    #[error("no state at `{0}`: no run has used it yet (see --state and PHOENIX_STATE)")]
+    NoState(String),
+    #[error("`{0}`: remote state is not supported yet; use a local directory")]
+    Unsupported(String),
     #[error("a run `{0}` exists already; choose another --run-id")]
     RunExists(String),
 }
@@ -98,7 +102,13 @@ impl StateError {
     }
 }
 
-/// Opens the state named by `--state`.
-pub fn open(location: &str) -> Result<Box<dyn StateStore>, StateError> {
+/// Opens the state named by `--state`, creating a local one when `create`.
+pub fn open(location: &str, create: bool) -> Result<Box<dyn StateStore>, StateError> {
+    if location.contains("://") {
+        return Err(StateError::Unsupported(location.to_string()));
+    }
+    if !create && !Path::new(location).is_dir() {
+        return Err(StateError::NoState(location.to_string()));
+    }
     Ok(Box::new(local::LocalState::new(location)?))
 }

@@ -256,7 +256,7 @@ fn status_text_and_a_missing_run() {
         &format!("{HEADER}{}", shell_step("only", "provision", "true", "")),
     );
     let none = ws.phoenix().args(["status"]).run().expect_code(2);
-    assert!(none.stderr().contains("no runs in"), "{}", none.stderr());
+    assert!(none.stderr().contains("no state at"), "{}", none.stderr());
     ws.phoenix()
         .args(["run", "plan.toml", "--run-id", "first-run"])
         .run()
