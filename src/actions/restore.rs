@@ -351,13 +351,7 @@ pub async fn run(spec: &RestoreSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
         .get(spec.store.as_str())
         .ok_or_else(|| ActionError::Restore(format!("no store `{}`", spec.store.value)))?;
     let store = Store::open(definition, &plan.dir, |t| {
-        ctx.render(t).map_err(|e| match e {
-            ActionError::Render(e) => e,
-            other => crate::plan::interpolate::RenderError {
-                expression: String::new(),
-                message: other.to_string(),
-            },
-        })
+        crate::plan::interpolate::render(t, &ctx.context)
     })
     .await
     .map_err(ActionError::Render)?;

@@ -304,3 +304,15 @@ pub fn init_logging(global: &GlobalArgs) {
             .try_init(),
     };
 }
+
+/// The run a command names, else the newest in the state.
+pub fn run_or_newest(
+    state: &dyn crate::journal::StateStore,
+    run_id: Option<String>,
+) -> Result<String, CliError> {
+    match run_id {
+        Some(id) => Ok(id),
+        None => crate::session::newest(state)?
+            .ok_or_else(|| CliError::Usage(format!("no runs in `{}`", state.describe()))),
+    }
+}

@@ -4,10 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-use super::{existing_state, CliError, CliResult, GlobalArgs};
+use super::{existing_state, CliResult, GlobalArgs};
 use crate::exit_codes;
 use crate::report;
-use crate::session;
 
 #[derive(Args, Debug)]
 pub struct ReportArgs {
@@ -31,11 +30,7 @@ pub enum ReportFormat {
 
 pub fn run(global: &GlobalArgs, args: ReportArgs) -> CliResult {
     let state = existing_state(global)?;
-    let run_id = match args.run_id {
-        Some(id) => id,
-        None => session::newest(state.as_ref())?
-            .ok_or_else(|| CliError::Usage(format!("no runs in `{}`", state.describe())))?,
-    };
+    let run_id = super::run_or_newest(state.as_ref(), args.run_id)?;
     let report = report::for_run(state.as_ref(), &run_id, None)?;
     let text = match args.format {
         ReportFormat::Md => report::markdown::render(&report),

@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use super::{existing_state, CliError, CliResult, GlobalArgs, TextOrJson};
+use super::{existing_state, CliResult, GlobalArgs, TextOrJson};
 use crate::exit_codes;
 use crate::report::status;
 use crate::session;
@@ -18,11 +18,7 @@ pub struct StatusArgs {
 
 pub fn run(global: &GlobalArgs, args: StatusArgs) -> CliResult {
     let state = existing_state(global)?;
-    let run_id = match args.run_id {
-        Some(id) => id,
-        None => session::newest(state.as_ref())?
-            .ok_or_else(|| CliError::Usage(format!("no runs in `{}`", state.describe())))?,
-    };
+    let run_id = super::run_or_newest(state.as_ref(), args.run_id)?;
     let (header, view, live) = session::view(state.as_ref(), &run_id)?;
     let plan = super::run_plan(state.as_ref(), &header);
     let status = status::build(&header, &view, live, plan.as_ref());

@@ -184,13 +184,9 @@ fn bytes(n: f64) -> String {
     }
 }
 
+/// Durations as reports write them: `1.2s` below a minute, `3m 5s` above.
 fn seconds(duration: &Duration) -> String {
-    let secs = duration.as_secs_f64();
-    if secs < 60.0 {
-        format!("{secs:.1}s")
-    } else {
-        humantime::format_duration(Duration::from_secs(secs.round() as u64)).to_string()
-    }
+    super::markdown::duration(duration.as_secs_f64())
 }
 
 impl EventSink for Terminal {
