@@ -23,7 +23,7 @@ use crate::journal::record::{
     ChangedStep, Header, InDoubt, Record, Resumed, RunResult, SkipReason, FORMAT_VERSION,
 };
 use crate::journal::{
-    JournalError, JournalWriter, LockError, LockInfo, RunLog, StateError, StateStore,
+    JournalError, JournalWriter, LockError, LockInfo, RunLog, StateError, StateLock, StateStore,
 };
 use crate::plan::diagnostic::did_you_mean;
 use crate::plan::load::{load_source, overrides_from_values, Loaded};
@@ -91,6 +91,8 @@ pub struct ResumeRequest {
 /// How a session ended.
 pub struct SessionEnd {
     pub run_id: String,
+    /// Where the run is kept: its directory, or its URL in a remote state.
+    pub location: String,
     pub result: RunResult,
     pub run_dir: PathBuf,
 }
@@ -120,6 +122,34 @@ fn lock_info(run_id: &str) -> LockInfo {
         host: host_name(),
         run_id: run_id.to_string(),
         since: Utc::now(),
+        lock_id: None,
+        expires: None,
+    }
+}
+
+/// Says, once, that the lock was taken over from a run that is gone.
+fn warn_took_over(lock: &dyn StateLock, events: &dyn EventSink) {
+    if let Some(previous) = lock.took_over() {
+        let why = match previous.expires {
+            Some(expires) => format!("whose lease expired at {}", expires.format("%H:%M:%SZ")),
+            None => "whose process is gone".to_string(),
+        };
+        events.emit(Event::Warning(format!(
+            "took over the lock of {}, {why}",
+            previous.describe()
+        )));
+    }
+}
+
+/// A session's result, unless its lock was lost on the way: then that is what
+/// the operator must hear.
+fn unless_lost(
+    lock: &dyn StateLock,
+    result: Result<SessionEnd, SessionError>,
+) -> Result<SessionEnd, SessionError> {
+    match lock.lost() {
+        Some(why) => Err(SessionError::Lock(crate::journal::LockError::Lost(why))),
+        None => result,
     }
 }
 
@@ -143,12 +173,7 @@ pub fn run(
         )));
     }
     let lock = state.lock(&lock_info(&run_id))?;
-    if let Some(previous) = lock.took_over() {
-        events.emit(Event::Warning(format!(
-            "took over the lock of {}, whose process is gone",
-            previous.describe()
-        )));
-    }
+    warn_took_over(lock.as_ref(), events.as_ref());
     state.create_run(&run_id, &plan.source.text)?;
     let concurrency = request
         .concurrency
@@ -195,6 +220,7 @@ pub fn run(
     let chaos = request.chaos.map(|(_, spec)| Chaos::new(spec, 0));
     let session = Session {
         state,
+        lock: lock.as_ref(),
         run_id,
         plan,
         drill: request.drill,
@@ -210,7 +236,8 @@ pub fn run(
         chaos,
         approvals,
         None,
-    )?;
+    );
+    let result = unless_lost(lock.as_ref(), result)?;
     drop(lock);
     Ok(result)
 }
@@ -226,12 +253,7 @@ pub fn resume(
             .ok_or_else(|| SessionError::NothingToResume(state.describe()))?,
     };
     let lock = state.lock(&lock_info(&run_id))?;
-    if let Some(previous) = lock.took_over() {
-        events.emit(Event::Warning(format!(
-            "took over the lock of {}, whose process is gone",
-            previous.describe()
-        )));
-    }
+    warn_took_over(lock.as_ref(), events.as_ref());
     let bytes = state.read_journal(&run_id)?;
     let log = RunLog::parse(&run_id, &bytes).map_err(|source| SessionError::Journal {
         run: run_id.clone(),
@@ -430,6 +452,7 @@ pub fn resume(
     };
     let session = Session {
         state,
+        lock: lock.as_ref(),
         run_id: run_id.clone(),
         plan,
         drill: header.drill,
@@ -447,7 +470,8 @@ pub fn resume(
         chaos,
         approvals,
         Some(needs_check),
-    )?;
+    );
+    let result = unless_lost(lock.as_ref(), result)?;
     drop(lock);
     Ok(result)
 }
@@ -559,6 +583,7 @@ fn absolute(path: &Path) -> PathBuf {
 
 struct Session<'a> {
     state: &'a dyn StateStore,
+    lock: &'a dyn StateLock,
     run_id: String,
     plan: Arc<Plan>,
     drill: bool,
@@ -606,6 +631,17 @@ impl Session<'_> {
             self.concurrency,
         ));
         shared.secrets.preload(&shared.masker);
+        {
+            // A lost lease stops the run as an interrupt would; the journal
+            // refuses what the run writes after that anyway.
+            let (interrupt, events) = (shared.interrupt.clone(), Arc::clone(&shared.events));
+            self.lock.on_lost(Box::new(move |why| {
+                events.emit(Event::Warning(format!(
+                    "lost the lock on the state ({why}); stopping"
+                )));
+                interrupt.cancel();
+            }));
+        }
         {
             let mut map = shared.outputs.write().unwrap_or_else(|e| e.into_inner());
             map.extend(outputs);
@@ -678,6 +714,11 @@ impl Session<'_> {
         drop(shared);
         runtime.shutdown_timeout(std::time::Duration::from_secs(1));
         thread.join();
+        if let Err(error) = self.state.sync_logs(&self.run_id) {
+            self.events.emit(Event::Warning(format!(
+                "cannot copy the run's logs to the state: {error}"
+            )));
+        }
         let report = crate::report::write_json(self.state, &self.run_id, &self.plan);
         if let Err(error) = &report {
             self.events.emit(Event::Warning(format!(
@@ -685,6 +726,7 @@ impl Session<'_> {
             )));
         }
         Ok(SessionEnd {
+            location: self.state.location(&self.run_id),
             run_id: self.run_id,
             result: result?,
             run_dir,

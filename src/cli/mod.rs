@@ -136,7 +136,10 @@ impl CliError {
                 use crate::session::SessionError as E;
                 match error {
                     E::Lock(
-                        crate::journal::LockError::Held(_) | crate::journal::LockError::HeldUnknown,
+                        crate::journal::LockError::Held(_)
+                        | crate::journal::LockError::HeldUnknown
+                        | crate::journal::LockError::LiveLease(_)
+                        | crate::journal::LockError::Lost(_),
                     ) => exit_codes::LOCKED,
                     E::Usage(_)
                     | E::NothingToResume(_)
@@ -240,11 +243,10 @@ pub fn terminal(global: &GlobalArgs) -> std::sync::Arc<dyn crate::exec::EventSin
 pub fn exit_code_of(end: &crate::session::SessionEnd, global: &GlobalArgs) -> i32 {
     use crate::journal::record::RunResult;
     if !global.quiet || end.result != RunResult::Succeeded {
-        eprintln!("state: {}", end.run_dir.display());
+        eprintln!("state: {}", end.location);
         eprintln!(
-            "report: {} (HTML: phoenix report {} --format html -o report.html)",
-            end.run_dir.join("report.json").display(),
-            end.run_id
+            "report: {}/report.json (HTML: phoenix report {} --format html -o report.html)",
+            end.location, end.run_id
         );
         match end.result {
             RunResult::Succeeded => {}

@@ -1,4 +1,4 @@
-//! `phoenix unlock --force`: remove a lock left by a run that is gone.
+//! `phoenix unlock --force [LOCK_ID]`: remove a lock left by a run that is gone.
 
 use clap::Args;
 
@@ -10,6 +10,9 @@ pub struct UnlockArgs {
     /// Required: removing a lock is a deliberate act.
     #[arg(long)]
     pub force: bool,
+    /// A remote lease's lock id (shown by `status` and in "locked" errors):
+    /// removes that lease even before it expires, for a holder known to be gone.
+    pub lock_id: Option<String>,
 }
 
 pub fn run(global: &GlobalArgs, args: UnlockArgs) -> CliResult {
@@ -18,7 +21,7 @@ pub fn run(global: &GlobalArgs, args: UnlockArgs) -> CliResult {
     }
     let state = existing_state(global)?;
     match state
-        .force_unlock()
+        .force_unlock(args.lock_id.as_deref())
         .map_err(crate::session::SessionError::from)?
     {
         Some(info) => eprintln!("removed the lock of {}", info.describe()),

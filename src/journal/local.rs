@@ -171,7 +171,8 @@ impl StateStore for LocalState {
         Ok(Box::new(FileLock::acquire(&self.root.join("lock"), info)?))
     }
 
-    fn force_unlock(&self) -> Result<Option<LockInfo>, LockError> {
+    fn force_unlock(&self, _lock_id: Option<&str>) -> Result<Option<LockInfo>, LockError> {
+        // Here the kernel knows whether the holder lives: no id overrides that.
         FileLock::force_remove(&self.root.join("lock"))
     }
 

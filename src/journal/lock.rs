@@ -21,12 +21,25 @@ pub struct LockInfo {
     pub host: String,
     pub run_id: String,
     pub since: DateTime<Utc>,
+    /// A remote lease's id, for `phoenix unlock --force LOCK_ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_id: Option<String>,
+    /// When a remote lease ends unless renewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<DateTime<Utc>>,
 }
 
 impl LockInfo {
     pub fn describe(&self) -> String {
+        let lease = match (&self.lock_id, &self.expires) {
+            (Some(id), Some(expires)) => format!(
+                ", lease until {}, lock id {id}",
+                expires.format("%Y-%m-%d %H:%M:%SZ")
+            ),
+            _ => String::new(),
+        };
         format!(
-            "run `{}` (pid {} on {}, since {})",
+            "run `{}` (pid {} on {}, since {}{lease})",
             self.run_id,
             self.pid,
             self.host,
@@ -41,6 +54,18 @@ pub enum LockError {
     Held(LockInfo),
     #[error("the state is locked by a live process that left no details")]
     HeldUnknown,
+    #[error(
+        "the lease of {} is live; if that process is truly gone, `phoenix unlock --force {}`",
+        .0.describe(),
+        .0.lock_id.as_deref().unwrap_or("LOCK_ID")
+    )]
+    LiveLease(LockInfo),
+    #[error("this run lost its lock on the state and stopped: {0}")]
+    Lost(String),
+    #[error("cannot use the lock `{url}`: {message}")]
+    Remote { url: String, message: String },
+    #[error("`{url}` ignores conditional writes ({what}), so a lock there would not keep a second run out; use a store that honours them (AWS S3, MinIO, moto)")]
+    Unsupported { url: String, what: &'static str },
     #[error("cannot use the lock file `{path}`")]
     Io {
         path: PathBuf,

@@ -19,6 +19,7 @@ pub mod local;
 pub mod lock;
 pub mod reader;
 pub mod record;
+pub mod s3;
 pub mod writer;
 
 pub use lock::{LockError, LockInfo};
@@ -56,10 +57,24 @@ pub trait StateStore: Send + Sync {
     fn run_ids(&self) -> Result<Vec<String>, StateError>;
     /// The local directory of a run: logs and scratch space.
     fn run_dir(&self, run_id: &str) -> PathBuf;
+    /// Where a run is kept, for messages: its directory or URL.
+    fn location(&self, run_id: &str) -> String {
+        self.run_dir(run_id).display().to_string()
+    }
+    /// The local directory holding a run's logs, as complete as the state
+    /// allows (a remote state fetches their tails).
+    fn logs_dir(&self, run_id: &str) -> PathBuf {
+        self.run_dir(run_id).join("logs")
+    }
+    /// Makes the run's logs safe in the state (a remote state copies them up).
+    fn sync_logs(&self, _run_id: &str) -> Result<(), StateError> {
+        Ok(())
+    }
     /// Takes the lock, or says who holds it.
     fn lock(&self, info: &LockInfo) -> Result<Box<dyn StateLock>, LockError>;
-    /// Removes a lock whose run is gone; refuses a live one.
-    fn force_unlock(&self) -> Result<Option<LockInfo>, LockError>;
+    /// Removes a lock whose run is gone; refuses a live one unless its lock id
+    /// is given (a remote lease, whose holder's life cannot be seen from here).
+    fn force_unlock(&self, lock_id: Option<&str>) -> Result<Option<LockInfo>, LockError>;
     /// The current lock holder, if any.
     fn lock_holder(&self) -> Option<LockInfo>;
 }
@@ -68,6 +83,13 @@ pub trait StateStore: Send + Sync {
 pub trait StateLock: Send {
     /// A lock taken over from a run that was gone: said once as a warning.
     fn took_over(&self) -> Option<&LockInfo>;
+    /// Calls `callback` once if the lock is lost while held: a lease that could
+    /// not be renewed, or was taken over. A local lock is never lost.
+    fn on_lost(&self, _callback: Box<dyn FnOnce(String) + Send>) {}
+    /// Why the lock was lost, if it was.
+    fn lost(&self) -> Option<String> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,8 +105,10 @@ pub enum StateError {
     NoRun(String),
     #[error("no state at `{0}`: no run has used it yet (see --state and PHOENIX_STATE)")]
     NoState(String),
-    #[error("`{0}`: remote state is not supported yet; use a local directory")]
+    #[error("`{0}`: not a state location; use a directory or s3://BUCKET/PREFIX")]
     Unsupported(String),
+    #[error("state `{url}`: {message}")]
+    Remote { url: String, message: String },
     #[error("a run `{0}` exists already; choose another --run-id")]
     RunExists(String),
 }
@@ -102,8 +126,12 @@ impl StateError {
     }
 }
 
-/// Opens the state named by `--state`, creating a local one when `create`.
+/// Opens the state named by `--state`: a directory (created when `create`) or
+/// `s3://BUCKET/PREFIX`.
 pub fn open(location: &str, create: bool) -> Result<Box<dyn StateStore>, StateError> {
+    if location.starts_with("s3://") {
+        return Ok(Box::new(s3::S3State::open(location, create)?));
+    }
     if location.contains("://") {
         return Err(StateError::Unsupported(location.to_string()));
     }

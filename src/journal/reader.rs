@@ -164,7 +164,7 @@ impl RunLog {
                     view.changed
                         .extend(resumed.changed.iter().map(|c| c.step.clone()));
                 }
-                Record::Interrupted { .. } => view.interruptions += 1,
+                Record::Interrupted { .. } | Record::Fenced { .. } => view.interruptions += 1,
                 Record::Paused { step, .. } => {
                     // A gate waiting for a person is not in doubt: it has not acted.
                     view.step(step).state = StepState::Pending;

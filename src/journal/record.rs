@@ -56,6 +56,12 @@ pub enum Record {
         at: DateTime<Utc>,
         signal: String,
     },
+    /// Another process took this run's remote lease over (or it was removed
+    /// by `unlock --force`): whatever the old holder writes after this is refused.
+    Fenced {
+        at: DateTime<Utc>,
+        by: String,
+    },
     /// The run stopped at an approval gate.
     Paused {
         step: String,

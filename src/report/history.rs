@@ -39,7 +39,7 @@ pub fn collect(state: &dyn StateStore) -> Vec<HistoryEntry> {
                 &view,
                 live,
                 plan.as_ref(),
-                &state.run_dir(&id).join("logs"),
+                &state.logs_dir(&id),
             );
             Some(HistoryEntry {
                 run_id: id,

@@ -32,7 +32,7 @@ pub fn for_run(
         &view,
         live,
         plan,
-        &state.run_dir(run_id).join("logs"),
+        &state.logs_dir(run_id),
     ))
 }
 
@@ -44,13 +44,7 @@ pub fn write_json(
     plan: &crate::plan::Plan,
 ) -> Result<std::path::PathBuf, crate::session::SessionError> {
     let (header, view, _) = crate::session::view(state, run_id)?;
-    let report = model::build(
-        &header,
-        &view,
-        false,
-        Some(plan),
-        &state.run_dir(run_id).join("logs"),
-    );
+    let report = model::build(&header, &view, false, Some(plan), &state.logs_dir(run_id));
     let text = serde_json::to_string_pretty(&report).unwrap_or_default();
     Ok(state.write_file(run_id, "report.json", text.as_bytes())?)
 }

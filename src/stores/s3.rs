@@ -69,7 +69,7 @@ fn to_chrono(time: Option<&aws_sdk_s3::primitives::DateTime>) -> DateTime<Utc> {
 }
 
 /// Whether an SDK error is worth another try, and what to say about it.
-fn classify<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
+pub(crate) fn classify<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
     error: &SdkError<E, R>,
     status: Option<u16>,
 ) -> (bool, String) {
