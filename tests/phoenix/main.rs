@@ -8,6 +8,7 @@ mod crash;
 mod drill;
 mod graph_and_plan;
 mod interrupt;
+mod remote;
 mod restore;
 mod run;
 mod s3;

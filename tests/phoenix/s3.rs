@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::common::{state_of, wait_for, Workspace};
 use crate::restore::sha256;
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -90,7 +90,7 @@ impl LeaseState {
             if inner.lost.is_some() {
                 return;
             }
-            tracing::error!("lost the lock on the state: {why}");
+            tracing::debug!("lost the lock on the state: {why}");
             inner.lost = Some(why.clone());
             std::mem::take(&mut inner.on_lost)
         };
