@@ -405,3 +405,20 @@ impl LogSync {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_url;
+
+    #[test]
+    fn state_urls() {
+        let parsed = |url: &str| parse_url(url).map(|(b, p)| format!("{b}|{p}"));
+        assert_eq!(parsed("s3://bucket").as_deref(), Some("bucket|"));
+        assert_eq!(parsed("s3://bucket/").as_deref(), Some("bucket|"));
+        assert_eq!(parsed("s3://bucket/a/b/").as_deref(), Some("bucket|a/b/"));
+        assert_eq!(parsed("s3://bucket//a").as_deref(), Some("bucket|a/"));
+        assert_eq!(parsed("s3:///a"), None);
+        assert_eq!(parsed("s3://bucket/a/../b"), None);
+        assert_eq!(parsed("gs://bucket"), None);
+    }
+}
