@@ -236,6 +236,7 @@ pub fn run(
         chaos,
         approvals,
         None,
+        None,
     );
     let result = unless_lost(lock.as_ref(), result)?;
     drop(lock);
@@ -470,6 +471,7 @@ pub fn resume(
         chaos,
         approvals,
         Some(needs_check),
+        Some((log.header.clone(), log.fold())),
     );
     let result = unless_lost(lock.as_ref(), result)?;
     drop(lock);
@@ -603,6 +605,7 @@ impl Session<'_> {
         chaos: Option<Chaos>,
         approvals: Approvals,
         checks: Option<Vec<usize>>,
+        folded: crate::journal::writer::Folded,
     ) -> Result<SessionEnd, SessionError> {
         let run_dir = self.state.run_dir(&self.run_id);
         let info = RunInfo {
@@ -617,7 +620,7 @@ impl Session<'_> {
         }
         let masker = Arc::new(Masker::default());
         let backend = self.state.journal(&self.run_id)?;
-        let (writer, thread) = JournalWriter::start(backend, Arc::clone(&masker));
+        let (writer, thread) = JournalWriter::start(backend, Arc::clone(&masker), folded);
         let runtime = runtime()?;
         let shared = Arc::new(Shared::new(
             Arc::clone(&self.plan),
@@ -713,13 +716,20 @@ impl Session<'_> {
         });
         drop(shared);
         runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-        thread.join();
+        let folded = thread.join();
+        tracing::debug!(elapsed = ?started.elapsed(), "run: executed, journal closed");
         if let Err(error) = self.state.sync_logs(&self.run_id) {
             self.events.emit(Event::Warning(format!(
                 "cannot copy the run's logs to the state: {error}"
             )));
         }
-        let report = crate::report::write_json(self.state, &self.run_id, &self.plan);
+        let report = match folded {
+            Some((header, view)) => {
+                crate::report::write_json_from(self.state, &header, &view, &self.plan)
+            }
+            None => crate::report::write_json(self.state, &self.run_id, &self.plan),
+        };
+        tracing::debug!(elapsed = ?started.elapsed(), "run: report written");
         if let Err(error) = &report {
             self.events.emit(Event::Warning(format!(
                 "cannot write the run's report: {error}"

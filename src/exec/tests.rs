@@ -118,7 +118,8 @@ async fn run(plan_text: String, concurrency: usize, keep_going: bool) -> Harness
         crate::journal::local::LocalState::new(dir.path().join("state").to_str().unwrap()).unwrap();
     state.create_run("r", &plan.source.text).unwrap();
     let masker = Arc::new(Masker::default());
-    let (writer, thread) = JournalWriter::start(state.journal("r").unwrap(), Arc::clone(&masker));
+    let (writer, thread) =
+        JournalWriter::start(state.journal("r").unwrap(), Arc::clone(&masker), None);
     let recorder = Arc::new(Recorder::default());
     let run_dir = state.run_dir("r");
     let info = RunInfo {

@@ -91,10 +91,21 @@ impl RunLog {
 
     /// Where the run and each step stand, from the records alone.
     pub fn fold(&self) -> RunView {
-        let mut view = RunView {
-            fingerprints: self.header.fingerprints.clone(),
-            plan_hash: self.header.plan_hash.clone(),
-            started_at: self.header.started_at,
+        let mut view = RunView::new(&self.header);
+        for record in &self.records {
+            view.apply(record);
+        }
+        view
+    }
+}
+
+impl RunView {
+    /// A run that has its header and nothing else yet.
+    pub fn new(header: &Header) -> RunView {
+        RunView {
+            fingerprints: header.fingerprints.clone(),
+            plan_hash: header.plan_hash.clone(),
+            started_at: header.started_at,
             finished_at: None,
             result: None,
             resumes: 0,
@@ -104,90 +115,90 @@ impl RunLog {
             chaos: Vec::new(),
             interruptions: 0,
             changed: Vec::new(),
-        };
-        for record in &self.records {
-            match record {
-                Record::Header(_) => {}
-                Record::Started { step, attempt, at } => {
-                    let s = view.step(step);
-                    s.state = StepState::InDoubt;
-                    s.attempts = s.attempts.max(*attempt);
-                    s.started_at.get_or_insert(*at);
-                    s.last_started_at = Some(*at);
-                    s.finished_at = None;
-                }
-                Record::Finished {
-                    step,
-                    attempt,
-                    at,
-                    outcome,
-                    outputs,
-                    error,
-                    duration_seconds,
-                } => {
-                    let s = view.step(step);
-                    s.attempts = s.attempts.max(*attempt);
-                    s.state = match outcome {
-                        Outcome::Succeeded => StepState::Succeeded,
-                        Outcome::Failed => StepState::Failed,
-                    };
-                    s.outputs = outputs.clone();
-                    s.error = error.clone();
-                    s.finished_at = Some(*at);
-                    s.duration_seconds = Some(*duration_seconds);
-                    if s.started_at.is_none() {
-                        s.started_at = Some(
-                            *at - chrono::Duration::milliseconds(
-                                (*duration_seconds * 1000.0) as i64,
-                            ),
-                        );
-                    }
-                }
-                Record::Frozen { step, values } => view.step(step).frozen.extend(values.clone()),
-                Record::Skipped { step, at, reason } => {
-                    let s = view.step(step);
-                    s.state = StepState::Skipped;
-                    s.skip = Some(reason.clone());
-                    s.finished_at = Some(*at);
-                }
-                Record::Resumed(resumed) => {
-                    view.resumes += 1;
-                    view.result = None;
-                    view.finished_at = None;
-                    view.paused_at = None;
-                    if let Some(fingerprints) = &resumed.fingerprints {
-                        view.fingerprints = fingerprints.clone();
-                    }
-                    if let Some(hash) = &resumed.plan_hash {
-                        view.plan_hash = hash.clone();
-                    }
-                    view.changed
-                        .extend(resumed.changed.iter().map(|c| c.step.clone()));
-                }
-                Record::Interrupted { .. } | Record::Fenced { .. } => view.interruptions += 1,
-                Record::Paused { step, .. } => {
-                    // A gate waiting for a person is not in doubt: it has not acted.
-                    view.step(step).state = StepState::Pending;
-                    view.paused_at = Some(step.clone());
-                }
-                Record::Approved { step, at, by, host } => view.approvals.push(Approval {
-                    step: step.clone(),
-                    at: *at,
-                    by: by.clone(),
-                    host: host.clone(),
-                }),
-                Record::Chaos { step, at, event } => view.chaos.push(ChaosEvent {
-                    step: step.clone(),
-                    at: *at,
-                    event: event.clone(),
-                }),
-                Record::Ended { at, result } => {
-                    view.result = Some(*result);
-                    view.finished_at = Some(*at);
+        }
+    }
+
+    /// Folds one more record in: what reading it back from the journal would do.
+    pub fn apply(&mut self, record: &Record) {
+        let view = self;
+        match record {
+            Record::Header(_) => {}
+            Record::Started { step, attempt, at } => {
+                let s = view.step(step);
+                s.state = StepState::InDoubt;
+                s.attempts = s.attempts.max(*attempt);
+                s.started_at.get_or_insert(*at);
+                s.last_started_at = Some(*at);
+                s.finished_at = None;
+            }
+            Record::Finished {
+                step,
+                attempt,
+                at,
+                outcome,
+                outputs,
+                error,
+                duration_seconds,
+            } => {
+                let s = view.step(step);
+                s.attempts = s.attempts.max(*attempt);
+                s.state = match outcome {
+                    Outcome::Succeeded => StepState::Succeeded,
+                    Outcome::Failed => StepState::Failed,
+                };
+                s.outputs = outputs.clone();
+                s.error = error.clone();
+                s.finished_at = Some(*at);
+                s.duration_seconds = Some(*duration_seconds);
+                if s.started_at.is_none() {
+                    s.started_at = Some(
+                        *at - chrono::Duration::milliseconds((*duration_seconds * 1000.0) as i64),
+                    );
                 }
             }
+            Record::Frozen { step, values } => view.step(step).frozen.extend(values.clone()),
+            Record::Skipped { step, at, reason } => {
+                let s = view.step(step);
+                s.state = StepState::Skipped;
+                s.skip = Some(reason.clone());
+                s.finished_at = Some(*at);
+            }
+            Record::Resumed(resumed) => {
+                view.resumes += 1;
+                view.result = None;
+                view.finished_at = None;
+                view.paused_at = None;
+                if let Some(fingerprints) = &resumed.fingerprints {
+                    view.fingerprints = fingerprints.clone();
+                }
+                if let Some(hash) = &resumed.plan_hash {
+                    view.plan_hash = hash.clone();
+                }
+                view.changed
+                    .extend(resumed.changed.iter().map(|c| c.step.clone()));
+            }
+            Record::Interrupted { .. } | Record::Fenced { .. } => view.interruptions += 1,
+            Record::Paused { step, .. } => {
+                // A gate waiting for a person is not in doubt: it has not acted.
+                view.step(step).state = StepState::Pending;
+                view.paused_at = Some(step.clone());
+            }
+            Record::Approved { step, at, by, host } => view.approvals.push(Approval {
+                step: step.clone(),
+                at: *at,
+                by: by.clone(),
+                host: host.clone(),
+            }),
+            Record::Chaos { step, at, event } => view.chaos.push(ChaosEvent {
+                step: step.clone(),
+                at: *at,
+                event: event.clone(),
+            }),
+            Record::Ended { at, result } => {
+                view.result = Some(*result);
+                view.finished_at = Some(*at);
+            }
         }
-        view
     }
 }
 

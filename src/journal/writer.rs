@@ -4,14 +4,21 @@
 //! takes everything that has queued up, writes it as one batch, syncs once, and
 //! then wakes every caller that asked to wait. Steps that finish together share
 //! one fsync, so durability costs one sync per batch, not per step.
+//!
+//! The thread also folds every record it wrote into a [`RunView`], so the report
+//! at the end of a run is built from memory instead of reading the journal back.
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
-use super::record::Record;
+use super::reader::RunView;
+use super::record::{Header, Record};
 use super::JournalBackend;
+
+/// A run as its journal stands: the header and every record folded in.
+pub type Folded = Option<(Header, RunView)>;
 
 enum Message {
     Append(Box<Record>, Option<oneshot::Sender<Result<(), String>>>),
@@ -28,7 +35,7 @@ pub struct JournalWriter {
 
 /// Owns the writer thread; joining it closes the journal.
 pub struct WriterThread {
-    handle: Option<JoinHandle<()>>,
+    handle: Option<JoinHandle<Folded>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,9 +43,11 @@ pub struct WriterThread {
 pub struct JournalWriteError(pub String);
 
 impl JournalWriter {
+    /// Starts the writer thread. `folded` is the journal so far, for a resume.
     pub fn start(
         mut backend: Box<dyn JournalBackend>,
         masker: std::sync::Arc<crate::exec::secrets::Masker>,
+        mut folded: Folded,
     ) -> (JournalWriter, WriterThread) {
         let (sender, receiver) = mpsc::channel::<Message>();
         let thread_masker = std::sync::Arc::clone(&masker);
@@ -47,6 +56,7 @@ impl JournalWriter {
             .spawn(move || {
                 let mut buffer = Vec::with_capacity(64 * 1024);
                 let mut waiters = Vec::new();
+                let mut batch: Vec<Box<Record>> = Vec::new();
                 while let Ok(first) = receiver.recv() {
                     let mut next = Some(first);
                     // Take everything already queued: one write and one sync for all.
@@ -54,9 +64,17 @@ impl JournalWriter {
                         match message {
                             Message::Append(record, waiter) => {
                                 let line = serde_json::to_string(&record).unwrap_or_default();
-                                buffer.extend_from_slice(thread_masker.mask(&line).as_bytes());
+                                let masked = thread_masker.mask(&line);
+                                buffer.extend_from_slice(masked.as_bytes());
                                 buffer.push(b'\n');
                                 waiters.extend(waiter);
+                                // Fold what the journal holds: the masked record.
+                                batch.push(match masked {
+                                    std::borrow::Cow::Borrowed(_) => record,
+                                    std::borrow::Cow::Owned(text) => {
+                                        serde_json::from_str(&text).map(Box::new).unwrap_or(record)
+                                    }
+                                });
                             }
                             Message::Flush(waiter) => waiters.push(waiter),
                         }
@@ -79,10 +97,24 @@ impl JournalWriter {
                         backend.append(&buffer).map_err(|e| e.to_string())
                     };
                     buffer.clear();
+                    for record in batch.drain(..) {
+                        if result.is_err() {
+                            continue; // not in the journal: not in the view either
+                        }
+                        match (&mut folded, *record) {
+                            (None, Record::Header(header)) => {
+                                let view = RunView::new(&header);
+                                folded = Some((header, view));
+                            }
+                            (Some((_, view)), record) => view.apply(&record),
+                            (None, _) => {}
+                        }
+                    }
                     for waiter in waiters.drain(..) {
                         let _ = waiter.send(result.clone());
                     }
                 }
+                folded
             })
             .expect("spawn the journal thread");
         (
@@ -126,11 +158,12 @@ impl JournalWriter {
 }
 
 impl WriterThread {
-    /// Waits for the thread to write what it was sent. Every `JournalWriter`
-    /// handle must be dropped first.
-    pub fn join(mut self) {
-        if let Some(handle) = self.handle.take() {
-            let _ = handle.join();
-        }
+    /// Waits for the thread to write what it was sent, and returns the run as
+    /// the journal now holds it. Every `JournalWriter` handle must be dropped first.
+    pub fn join(mut self) -> Folded {
+        self.handle
+            .take()
+            .and_then(|handle| handle.join().ok())
+            .flatten()
     }
 }

@@ -94,7 +94,9 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<Loaded, LoadError> {
 /// overrides already read (as a resume does from the journal).
 pub fn load_source(source: Arc<SourceFile>, dir: PathBuf, overrides: Overrides) -> Loaded {
     let mut diags = Diagnostics::default();
+    let t0 = std::time::Instant::now();
     let (root, syntax_errors) = DeTable::parse_recoverable(&source.text);
+    tracing::debug!(elapsed = ?t0.elapsed(), "plan: TOML parsed");
     if !syntax_errors.is_empty() {
         for err in syntax_errors {
             let span = err.span().map(Span::from).unwrap_or_default();
@@ -113,6 +115,7 @@ pub fn load_source(source: Arc<SourceFile>, dir: PathBuf, overrides: Overrides) 
     }
     let fields = Fields::new(&source, root.get_ref(), Span::new(0, 0), "the plan file");
     let mut plan = read_plan(&fields, dir, &mut diags);
+    tracing::debug!(elapsed = ?t0.elapsed(), "plan: steps read");
     // The parsed document is the largest thing in memory: let it go before the
     // graph is built.
     drop(root);
@@ -123,6 +126,7 @@ pub fn load_source(source: Arc<SourceFile>, dir: PathBuf, overrides: Overrides) 
     if let Some(plan) = &mut plan {
         super::validate::check(plan, &mut diags);
     }
+    tracing::debug!(elapsed = ?t0.elapsed(), "plan: checked");
     Loaded {
         plan: if diags.has_errors() { None } else { plan },
         diagnostics: diags,

@@ -44,7 +44,19 @@ pub fn write_json(
     plan: &crate::plan::Plan,
 ) -> Result<std::path::PathBuf, crate::session::SessionError> {
     let (header, view, _) = crate::session::view(state, run_id)?;
-    let report = model::build(&header, &view, false, Some(plan), &state.logs_dir(run_id));
+    write_json_from(state, &header, &view, plan)
+}
+
+/// Writes `report.json` from the run as the session folded it while writing
+/// its journal: the same report, without reading the journal back.
+pub fn write_json_from(
+    state: &dyn StateStore,
+    header: &crate::journal::record::Header,
+    view: &crate::journal::reader::RunView,
+    plan: &crate::plan::Plan,
+) -> Result<std::path::PathBuf, crate::session::SessionError> {
+    let run_id = &header.run_id;
+    let report = model::build(header, view, false, Some(plan), &state.logs_dir(run_id));
     let text = serde_json::to_string_pretty(&report).unwrap_or_default();
     Ok(state.write_file(run_id, "report.json", text.as_bytes())?)
 }

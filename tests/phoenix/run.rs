@@ -326,3 +326,50 @@ fn state_works_from_any_directory() {
         assert_eq!(mode, 0o600, "{file}");
     }
 }
+
+/// `report.json` is written at the end from what the session folded while
+/// writing the journal: it must be exactly what reading the journal back gives.
+#[test]
+fn the_report_written_at_the_end_matches_the_journal_read_back() {
+    let ws = Workspace::new();
+    ws.write("flag", "");
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}\n[secrets]\ntoken = {{ env = \"REPORT_TOKEN\" }}\n{}{}{}{}",
+            shell_step(
+                "out",
+                "provision",
+                "echo key={{ secrets.token }} >> \"$PHOENIX_OUTPUT\"; echo plain=v >> \"$PHOENIX_OUTPUT\"",
+                ""
+            ),
+            shell_step("flaky", "configure", "test -f flag && rm flag && exit 1; true", "retries = 1\nbackoff = \"10ms\"\nneeds = [\"out\"]"),
+            shell_step("gate", "configure", "test -f go", "needs = [\"flaky\"]"),
+            shell_step("after", "restore", "echo {{ steps.out.outputs.plain }}", "needs = [\"gate\"]"),
+        ),
+    );
+    let same = |ws: &Workspace| {
+        let written = std::fs::read_to_string(ws.run_dir().join("report.json")).unwrap();
+        let read = ws
+            .phoenix()
+            .args(["report", "--format", "json"])
+            .run()
+            .expect_code(0)
+            .stdout();
+        assert_eq!(written.trim_end(), read.trim_end());
+        assert!(!written.contains("s3cr3t-value"), "{written}");
+    };
+    ws.phoenix()
+        .env("REPORT_TOKEN", "s3cr3t-value")
+        .args(["run", "plan.toml"])
+        .run()
+        .expect_code(1);
+    same(&ws);
+    ws.write("go", "");
+    ws.phoenix()
+        .env("REPORT_TOKEN", "s3cr3t-value")
+        .args(["resume"])
+        .run()
+        .expect_code(0);
+    same(&ws);
+}
