@@ -70,7 +70,9 @@ impl StepGraph {
     /// where `a` needs `b`, `b` needs `c` and `c` needs `a`.
     pub fn cycles(&self) -> Vec<Vec<usize>> {
         let mut cycles = Vec::new();
-        for component in petgraph::algo::tarjan_scc(&self.graph) {
+        // Kosaraju's walk is iterative; petgraph's Tarjan recurses once per step
+        // on a chain and overflows the stack on plans with long ones.
+        for component in petgraph::algo::kosaraju_scc(&self.graph) {
             let self_loop =
                 component.len() == 1 && self.graph.contains_edge(component[0], component[0]);
             if component.len() < 2 && !self_loop {

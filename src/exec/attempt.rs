@@ -247,6 +247,10 @@ async fn run_attempt(
             return Err(ActionError::Chaos);
         }
     }
+    // Nothing to render, nothing to run.
+    if matches!(step.action.value, crate::actions::Action::Noop) {
+        return Ok(Outputs::new());
+    }
     let cancel = shared.interrupt.child_token();
     let ctx = StepContext {
         shared,
@@ -256,11 +260,13 @@ async fn run_attempt(
         log_path: log_path.to_path_buf(),
         context: context::build(shared, step)?,
     };
-    let action = step.action.value.run(&ctx);
+    // Boxed: the actions' futures are large (restore, http, git), and a step's
+    // task would otherwise carry (and copy on spawn) the largest of them all.
+    let action = Box::pin(step.action.value.run(&ctx));
     let result = match step.timeout {
         None => action.await,
         Some(limit) => {
-            tokio::pin!(action);
+            let mut action = action;
             tokio::select! {
                 result = &mut action => result,
                 _ = tokio::time::sleep(limit) => {

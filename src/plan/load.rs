@@ -18,6 +18,8 @@ use super::model::*;
 use super::source::{SourceFile, Span, Spanned};
 use crate::actions::{self, Action};
 
+mod large;
+
 /// What the command line adds to a plan.
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
@@ -93,8 +95,18 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<Loaded, LoadError> {
 /// Checks plan text whose relative paths resolve against `dir`, with var
 /// overrides already read (as a resume does from the journal).
 pub fn load_source(source: Arc<SourceFile>, dir: PathBuf, overrides: Overrides) -> Loaded {
-    let mut diags = Diagnostics::default();
     let t0 = std::time::Instant::now();
+    if let Some(loaded) = large::load(&source, &dir, &overrides) {
+        tracing::debug!(elapsed = ?t0.elapsed(), "plan: read in groups of steps and checked");
+        return loaded;
+    }
+    load_whole(source, dir, overrides)
+}
+
+/// Parses the whole file at once: every plan but the largest.
+fn load_whole(source: Arc<SourceFile>, dir: PathBuf, overrides: Overrides) -> Loaded {
+    let t0 = std::time::Instant::now();
+    let mut diags = Diagnostics::default();
     let (root, syntax_errors) = DeTable::parse_recoverable(&source.text);
     tracing::debug!(elapsed = ?t0.elapsed(), "plan: TOML parsed");
     if !syntax_errors.is_empty() {
@@ -114,11 +126,18 @@ pub fn load_source(source: Arc<SourceFile>, dir: PathBuf, overrides: Overrides) 
         };
     }
     let fields = Fields::new(&source, root.get_ref(), Span::new(0, 0), "the plan file");
-    let mut plan = read_plan(&fields, dir, &mut diags);
+    let plan = read_plan(&fields, dir, None, &mut diags);
     tracing::debug!(elapsed = ?t0.elapsed(), "plan: steps read");
     // The parsed document is the largest thing in memory: let it go before the
     // graph is built.
     drop(root);
+    let loaded = finish(plan, diags, overrides);
+    tracing::debug!(elapsed = ?t0.elapsed(), "plan: checked");
+    loaded
+}
+
+/// Var overrides and the checks across steps, once the steps are read.
+fn finish(mut plan: Option<Plan>, mut diags: Diagnostics, overrides: Overrides) -> Loaded {
     let applied = plan
         .as_mut()
         .map(|plan| apply_overrides(plan, overrides, &mut diags))
@@ -126,7 +145,6 @@ pub fn load_source(source: Arc<SourceFile>, dir: PathBuf, overrides: Overrides) 
     if let Some(plan) = &mut plan {
         super::validate::check(plan, &mut diags);
     }
-    tracing::debug!(elapsed = ?t0.elapsed(), "plan: checked");
     Loaded {
         plan: if diags.has_errors() { None } else { plan },
         diagnostics: diags,
@@ -134,7 +152,13 @@ pub fn load_source(source: Arc<SourceFile>, dir: PathBuf, overrides: Overrides) 
     }
 }
 
-fn read_plan(root: &Fields<'_, '_>, dir: PathBuf, diags: &mut Diagnostics) -> Option<Plan> {
+/// The plan from its root table; `steps` when they were read already (in groups).
+fn read_plan(
+    root: &Fields<'_, '_>,
+    dir: PathBuf,
+    steps: Option<Vec<Step>>,
+    diags: &mut Diagnostics,
+) -> Option<Plan> {
     let source = root.source;
     root.check_keys(TOP_KEYS, diags, |_| None);
     match root.get("version") {
@@ -228,7 +252,7 @@ fn read_plan(root: &Fields<'_, '_>, dir: PathBuf, diags: &mut Diagnostics) -> Op
             collect_strings(table, &mut store_texts);
         }
     }
-    let steps = read_steps(root, diags);
+    let steps = steps.unwrap_or_else(|| read_steps(root, diags));
     Some(Plan {
         source: Arc::clone(source),
         dir,
@@ -642,7 +666,7 @@ fn read_step(
             );
         }
     }
-    let fingerprint = super::validate::hex(&sha2::Sha256::digest(canonical_json(table).as_bytes()));
+    let fingerprint = fingerprint(table);
     Some(Step {
         id: id?,
         phase: phase?,
@@ -706,13 +730,61 @@ pub fn to_json(value: &DeValue<'_>) -> serde_json::Value {
     }
 }
 
-/// The step's table as canonical JSON: the base of its fingerprint.
-fn canonical_json(table: &DeTable<'_>) -> String {
-    let object: serde_json::Map<String, serde_json::Value> = table
-        .iter()
-        .map(|(k, v)| (k.get_ref().to_string(), to_json(v.get_ref())))
-        .collect();
-    serde_json::Value::Object(object).to_string()
+/// A step's fingerprint: SHA-256 of its table as canonical JSON (sorted keys),
+/// the JSON streamed into the hash rather than built first. The bytes are
+/// those of `to_json(table).to_string()`: journals keep these fingerprints.
+fn fingerprint(table: &DeTable<'_>) -> String {
+    struct Hash(sha2::Sha256);
+    impl std::io::Write for Hash {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            sha2::Digest::update(&mut self.0, bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut hash = Hash(sha2::Sha256::new());
+    let _ = serde_json::to_writer(&mut hash, &Canonical::Table(table));
+    super::validate::hex(&hash.0.finalize())
+}
+
+/// A TOML value serialized as [`to_json`] would make it, without building it.
+enum Canonical<'a, 'i> {
+    Value(&'a DeValue<'i>),
+    Table(&'a DeTable<'i>),
+}
+
+impl serde::Serialize for Canonical<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        let value = match self {
+            Canonical::Table(table) => {
+                let mut entries: Vec<_> = table.iter().map(|(k, v)| (k.get_ref(), v)).collect();
+                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                let mut map = serializer.serialize_map(Some(entries.len()))?;
+                for (key, value) in entries {
+                    map.serialize_entry(key.as_ref(), &Canonical::Value(value.get_ref()))?;
+                }
+                return map.end();
+            }
+            Canonical::Value(value) => value,
+        };
+        match value {
+            DeValue::Table(table) => Canonical::Table(table).serialize(serializer),
+            DeValue::Array(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for item in items.iter() {
+                    seq.serialize_element(&Canonical::Value(item.get_ref()))?;
+                }
+                seq.end()
+            }
+            DeValue::String(s) => serializer.serialize_str(s),
+            DeValue::Boolean(b) => serializer.serialize_bool(*b),
+            DeValue::Datetime(d) => serializer.collect_str(d),
+            DeValue::Integer(_) | DeValue::Float(_) => to_json(value).serialize(serializer),
+        }
+    }
 }
 
 /// Var values from `--vars` files and `--var`, each with where it came from.
@@ -872,4 +944,116 @@ fn apply_overrides(
         applied.insert(o.name, value);
     }
     applied
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The streamed fingerprint is byte for byte the hash of the canonical JSON
+    /// that journals were written with.
+    #[test]
+    fn fingerprints_hash_the_canonical_json() {
+        let text = r#"
+zeta = "z"
+id = "a"
+n = 0x1F
+f = 1_000.5
+inf = inf
+when = 1979-05-27T07:32:00Z
+flag = true
+list = ["b", 2, [3.0, "x\"y"], { k = 1, a = "é" }]
+[env]
+B = "{{ vars.x }}"
+A = "1"
+"#;
+        let table = DeTable::parse(text).unwrap();
+        let old = super::super::validate::hex(&sha2::Sha256::digest(
+            to_json(&DeValue::Table(table.get_ref().clone()))
+                .to_string()
+                .as_bytes(),
+        ));
+        assert_eq!(fingerprint(table.get_ref()), old);
+    }
+
+    /// `steps` chained command steps, with `extra` after step `at`.
+    fn big_plan(steps: usize, at: usize, extra: &str) -> String {
+        let mut text = String::from(
+            "version = 1\n[plan]\nname = \"big\"\nrto = \"1h\"\n\n[vars]\nx = \"1\"\n",
+        );
+        for i in 0..steps {
+            let needs = if i == 0 {
+                String::new()
+            } else {
+                format!("\"s{}\"", i - 1)
+            };
+            text += &format!(
+                "\n[[step]]\nid = \"s{i}\"\nphase = \"provision\"\naction = \"command\"\nrun = [\"echo\", \"{{{{ vars.x }}}}\"]\ntimeout = \"1m\"\nneeds = [{needs}]\n"
+            );
+            if i == at {
+                text += extra;
+            }
+        }
+        text
+    }
+
+    fn both(text: &str) -> (Loaded, Loaded) {
+        let source = SourceFile::new(PathBuf::from("big.toml"), text.to_string());
+        let grouped = load_source(Arc::clone(&source), PathBuf::from("."), Vec::new());
+        let whole = load_whole(source, PathBuf::from("."), Vec::new());
+        (grouped, whole)
+    }
+
+    fn rendered(loaded: Loaded) -> Vec<String> {
+        loaded
+            .diagnostics
+            .sorted()
+            .iter()
+            .map(|d| d.render(false, false))
+            .collect()
+    }
+
+    /// Read in groups or whole, a large plan gives the same steps and the same
+    /// diagnostics, at the same places.
+    #[test]
+    fn large_plans_read_in_groups_read_as_whole_ones() {
+        let (grouped, whole) = both(&big_plan(12_000, 0, ""));
+        let (g, w) = (grouped.plan.unwrap(), whole.plan.unwrap());
+        assert_eq!(g.steps.len(), 12_000);
+        for (a, b) in g.steps.iter().zip(&w.steps) {
+            assert_eq!(
+                (&a.id, &a.needs, &a.fingerprint, a.span),
+                (&b.id, &b.needs, &b.fingerprint, b.span)
+            );
+            assert_eq!(a.texts.len(), b.texts.len());
+        }
+        let bad = "timeout2 = \"1m\"\nretries = \"x\"\n\n[[step]]\nid = \"s1\"\nphase = \"nope\"\naction = \"noop\"\nneeds = [\"ghost\"]\n";
+        let (grouped, whole) = both(&big_plan(12_000, 7_000, bad));
+        assert!(grouped.plan.is_none());
+        let (g, w) = (rendered(grouped), rendered(whole));
+        assert!(g.len() >= 4, "{g:?}");
+        assert_eq!(g, w);
+    }
+
+    /// Where a cut at `[[step]]` lines could be wrong, or a group does not
+    /// parse, the file is read whole: the results cannot differ.
+    #[test]
+    fn large_plans_fall_back_to_a_whole_read_when_a_cut_could_be_wrong() {
+        for (at, extra) in [
+            (3_000, "[step.env]\nA = \"1\"\n"),
+            // A `[[step]]` line inside a string, just where a group would start.
+            (4_999, "description = \"\"\"\n[[step]]\nid = \"\"\"\n"),
+            (3_000, "description = \"unterminated\n"),
+        ] {
+            let text = big_plan(6_000, at, extra);
+            assert!(large::load(
+                &SourceFile::new(PathBuf::from("big.toml"), text.clone()),
+                Path::new("."),
+                &Vec::new()
+            )
+            .is_none());
+            let (grouped, whole) = both(&text);
+            assert_eq!(rendered(grouped), rendered(whole));
+        }
+    }
 }
