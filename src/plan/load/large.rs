@@ -30,6 +30,9 @@ use crate::plan::diagnostic::Diagnostics;
 use crate::plan::fields::{span_of, Fields};
 use crate::plan::source::{SourceFile, Span};
 
+/// One group's steps and what reading them found.
+type Group = (Vec<Step>, Diagnostics);
+
 /// Below this many steps one parse is fast enough.
 const FROM_STEPS: usize = 5_000;
 /// Steps per group: small enough that a few groups' trees are a fraction of
@@ -55,8 +58,7 @@ pub(super) fn load(source: &Arc<SourceFile>, dir: &Path, overrides: &Overrides) 
             (chunk[0], end, g * GROUP_STEPS)
         })
         .collect();
-    let results: Vec<Mutex<Option<(Vec<Step>, Diagnostics)>>> =
-        groups.iter().map(|_| Mutex::new(None)).collect();
+    let results: Vec<Mutex<Option<Group>>> = groups.iter().map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
     let whole = AtomicBool::new(false);
     let threads = std::thread::available_parallelism()
@@ -120,7 +122,7 @@ fn read_group(
     start: usize,
     end: usize,
     first_index: usize,
-) -> Option<(Vec<Step>, Diagnostics)> {
+) -> Option<Group> {
     let mut padded = String::with_capacity(end);
     padded.extend(std::iter::repeat_n(' ', start));
     padded.push_str(&source.text[start..end]);
