@@ -205,25 +205,32 @@ pub fn build(
 /// The chain of non-teardown steps that decided when the rebuild ended: from
 /// the step that finished last, back through the need that finished last.
 fn measured_critical_path(plan: &Plan, view: &RunView, drill: bool) -> Vec<String> {
-    let graph = crate::graph::StepGraph::new(plan);
-    let finished = |i: usize| {
-        view.steps
-            .get(plan.steps[i].id.as_str())
-            .and_then(|s| s.finished_at)
-    };
-    let candidates = (0..plan.steps.len())
-        .filter(|&i| plan.steps[i].applies(drill) && plan.steps[i].phase.value != Phase::Teardown);
-    let Some(mut at) = candidates
-        .filter(|&i| finished(i).is_some())
-        .max_by_key(|&i| finished(i))
+    // One lookup per step, then plain indexing: plans can have 100,000 steps.
+    let finished: Vec<_> = plan
+        .steps
+        .iter()
+        .map(|s| view.steps.get(s.id.as_str()).and_then(|v| v.finished_at))
+        .collect();
+    let Some(mut at) = (0..plan.steps.len())
+        .filter(|&i| plan.steps[i].applies(drill) && plan.steps[i].phase.value != Phase::Teardown)
+        .filter(|&i| finished[i].is_some())
+        .max_by_key(|&i| finished[i])
     else {
         return Vec::new();
     };
+    let index: std::collections::HashMap<&str, usize> = plan
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.as_str(), i))
+        .collect();
     let mut path = vec![plan.steps[at].id.value.clone()];
-    while let Some(previous) = graph
-        .dependencies(at)
-        .filter(|&d| finished(d).is_some())
-        .max_by_key(|&d| finished(d))
+    while let Some(previous) = plan.steps[at]
+        .needs
+        .iter()
+        .filter_map(|n| index.get(n.as_str()).copied())
+        .filter(|&d| finished[d].is_some())
+        .max_by_key(|&d| finished[d])
     {
         path.push(plan.steps[previous].id.value.clone());
         at = previous;

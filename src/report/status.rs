@@ -48,8 +48,9 @@ pub fn build(header: &Header, view: &RunView, live: bool, plan: Option<&Plan>) -
             None => "interrupted",
         }
     };
+    let none = StepView::default();
     let step_status = |id: &str, phase: &str, step: Option<&StepView>| {
-        let step = step.cloned().unwrap_or_default();
+        let step = step.unwrap_or(&none);
         let state = match step.state {
             StepState::InDoubt if live => StepState::Running,
             other => other,
@@ -62,8 +63,8 @@ pub fn build(header: &Header, view: &RunView, live: bool, plan: Option<&Plan>) -
             started_at: step.started_at,
             finished_at: step.finished_at,
             duration_seconds: step.duration_seconds,
-            outputs: step.outputs,
-            error: step.error,
+            outputs: step.outputs.clone(),
+            error: step.error.clone(),
         }
     };
     let steps = match plan {
