@@ -154,7 +154,12 @@ fn unless_lost(
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, SessionError> {
+    // The executor itself needs little CPU: the steps' processes and the
+    // blocking threads (hashing, unpacking) do the work. Half the cores, so
+    // that spawning and reaping children does not contend with itself.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads((cores / 2).max(1))
         .enable_all()
         .build()
         .map_err(SessionError::Runtime)
