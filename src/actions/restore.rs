@@ -29,7 +29,7 @@ pub const FIELDS: &[&str] = &[
 /// Ranged GETs of 8 MiB, 4 at a time: enough to keep a link to S3 busy, and
 /// memory stays near (parallelism + 2) x part size whatever the object's size.
 pub const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
-pub const DEFAULT_PARALLELISM: usize = 4;
+pub const DEFAULT_PARALLELISM: usize = 6;
 
 /// Which object under a prefix is the backup to restore.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -475,31 +475,34 @@ async fn transfer(
         path: path.to_path_buf(),
         source,
     })?;
-    let (sender, receiver) = std::sync::mpsc::sync_channel::<bytes::Bytes>(2);
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<bytes::Bytes>>(2);
     let writer_path = path.to_path_buf();
     let writer = tokio::task::spawn_blocking(move || -> Result<String, ActionError> {
         use sha2::Digest;
-        use std::io::Write;
-        let mut file = std::io::BufWriter::with_capacity(1024 * 1024, file);
+        let mut file = file;
         let mut hasher = sha2::Sha256::new();
-        for chunk in receiver {
-            hasher.update(&chunk);
-            file.write_all(&chunk).map_err(|source| ActionError::Io {
-                action: "write",
-                path: writer_path.clone(),
+        let io = |action: &'static str| {
+            let path = writer_path.clone();
+            move |source| ActionError::Io {
+                action,
+                path,
                 source,
-            })?;
+            }
+        };
+        // A second handle syncs what is written so far in the background, so
+        // the disk writes while the rest downloads and the last sync is short.
+        let flusher = Flusher::start(file.try_clone().map_err(io("open"))?);
+        for part in receiver {
+            // Hashed as the chunks lie, written with vectored writes: the bytes
+            // are copied once, by the kernel, into the page cache.
+            for chunk in &part {
+                hasher.update(chunk);
+            }
+            write_chunks(&mut file, &part).map_err(io("write"))?;
+            flusher.wrote(part.iter().map(|c| c.len() as u64).sum());
         }
-        let file = file.into_inner().map_err(|e| ActionError::Io {
-            action: "write",
-            path: writer_path.clone(),
-            source: e.into_error(),
-        })?;
-        file.sync_all().map_err(|source| ActionError::Io {
-            action: "sync",
-            path: writer_path.clone(),
-            source,
-        })?;
+        flusher.finish().map_err(io("sync"))?;
+        file.sync_all().map_err(io("sync"))?;
         Ok(crate::plan::validate::hex(&hasher.finalize()))
     });
     let started = tokio::time::Instant::now();
@@ -514,9 +517,9 @@ async fn transfer(
     let mut failure = None;
     while let Some(part) = fetches.next().await {
         match part {
-            Ok(bytes) => {
-                done += bytes.len() as u64;
-                if sender.send(bytes).is_err() {
+            Ok(chunks) => {
+                done += chunks.iter().map(|c| c.len() as u64).sum::<u64>();
+                if sender.send(chunks).is_err() {
                     break;
                 }
                 ctx.shared.events.emit(crate::exec::Event::Progress {
@@ -543,6 +546,81 @@ async fn transfer(
     }
 }
 
+/// Syncs a file being written from a thread of its own, once every
+/// [`Flusher::EVERY`] bytes written: the page cache never holds much unsynced
+/// data, and the final sync of a large restore has little left to do.
+struct Flusher {
+    sender: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    unsynced: std::cell::Cell<u64>,
+}
+
+impl Flusher {
+    const EVERY: u64 = 64 * 1024 * 1024;
+
+    fn start(file: std::fs::File) -> Flusher {
+        // Capacity 1: requests made while a sync runs fold into the next one.
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("restore-sync".into())
+            .spawn(move || {
+                for () in receiver {
+                    file.sync_data()?;
+                }
+                Ok(())
+            })
+            .ok();
+        Flusher {
+            sender: Some(sender),
+            thread,
+            unsynced: std::cell::Cell::new(0),
+        }
+    }
+
+    fn wrote(&self, bytes: u64) {
+        let unsynced = self.unsynced.get() + bytes;
+        if unsynced < Self::EVERY {
+            self.unsynced.set(unsynced);
+            return;
+        }
+        self.unsynced.set(0);
+        if let Some(sender) = &self.sender {
+            let _ = sender.try_send(());
+        }
+    }
+
+    /// Waits for the sync in progress; an error from any sync is returned.
+    fn finish(mut self) -> std::io::Result<()> {
+        drop(self.sender.take());
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(std::io::Error::other("the sync thread panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Writes every chunk, in order, with as few `writev` calls as it takes.
+fn write_chunks(file: &mut std::fs::File, chunks: &[bytes::Bytes]) -> std::io::Result<()> {
+    use std::io::{IoSlice, Write};
+    let mut slices: Vec<IoSlice<'_>> = chunks
+        .iter()
+        .filter(|c| !c.is_empty())
+        .map(|c| IoSlice::new(c))
+        .collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        // The kernel takes at most IOV_MAX (1024) slices a call.
+        let batch = rest.len().min(1024);
+        let written = file.write_vectored(&rest[..batch])?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, written);
+    }
+    Ok(())
+}
+
 /// How long one part may take before it counts as stalled and is tried again:
 /// `PHOENIX_PART_TIMEOUT` (a duration), else 60s.
 fn part_timeout() -> Duration {
@@ -560,7 +638,7 @@ async fn fetch_part(
     start: u64,
     end: u64,
     cancel: &tokio_util::sync::CancellationToken,
-) -> Result<bytes::Bytes, ActionError> {
+) -> Result<Vec<bytes::Bytes>, ActionError> {
     let mut attempt = 0;
     let limit = part_timeout();
     loop {

@@ -137,27 +137,29 @@ impl Store {
         }
     }
 
-    /// Bytes `start..end` of the object `info` describes; fails if the object is
-    /// no longer that one.
+    /// Bytes `start..end` of the object `info` describes, in the chunks they
+    /// arrived in (an HTTP body's frames are not copied into one buffer);
+    /// fails if the object is no longer that one.
     pub async fn read_range(
         &self,
         info: &ObjectInfo,
         start: u64,
         end: u64,
-    ) -> Result<Bytes, StoreError> {
-        let bytes = match self {
-            Store::Fs(store) => store.read_range(info, start, end).await?,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        let chunks = match self {
+            Store::Fs(store) => vec![store.read_range(info, start, end).await?],
             Store::S3(store) => store.read_range(info, start, end).await?,
         };
-        if bytes.len() as u64 != end - start {
+        let got: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        if got != end - start {
             return Err(StoreError::ShortRead {
                 key: info.key.clone(),
                 offset: start,
                 expected: end - start,
-                got: bytes.len() as u64,
+                got,
             });
         }
-        Ok(bytes)
+        Ok(chunks)
     }
 
     /// A small object whole (a `.sha256` sidecar); `None` when there is none.
@@ -168,6 +170,7 @@ impl Store {
         if info.size > 64 * 1024 {
             return Ok(None);
         }
-        self.read_range(&info, 0, info.size).await.map(Some)
+        let chunks = self.read_range(&info, 0, info.size).await?;
+        Ok(Some(Bytes::from(chunks.concat())))
     }
 }

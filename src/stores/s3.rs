@@ -187,9 +187,9 @@ impl S3Store {
         info: &ObjectInfo,
         start: u64,
         end: u64,
-    ) -> Result<Bytes, StoreError> {
+    ) -> Result<Vec<Bytes>, StoreError> {
         if start == end {
-            return Ok(Bytes::new());
+            return Ok(Vec::new());
         }
         let mut request = self
             .client
@@ -212,6 +212,7 @@ impl S3Store {
             message: format!("the body was cut short: {e}"),
             transient: true,
         })?;
-        Ok(body.into_bytes())
+        // The frames as they came off the connection: no copy into one buffer.
+        Ok(body.into_segments().collect())
     }
 }
