@@ -275,7 +275,11 @@ pub struct RunView {
 
 impl RunView {
     fn step(&mut self, id: &str) -> &mut StepView {
-        self.steps.entry(id.to_string()).or_default()
+        // Most records are about a step seen before: no key to allocate then.
+        if !self.steps.contains_key(id) {
+            self.steps.insert(id.to_string(), StepView::default());
+        }
+        self.steps.get_mut(id).expect("inserted above")
     }
 }
 
