@@ -476,7 +476,7 @@ pub fn resume(
         chaos,
         approvals,
         Some(needs_check),
-        Some((log.header.clone(), log.fold())),
+        Some((log.header.clone(), view)),
     );
     let result = unless_lost(lock.as_ref(), result)?;
     drop(lock);
@@ -543,9 +543,27 @@ fn load_for_resume(
 /// The newest run that did not succeed. A run whose journal is damaged counts
 /// as unfinished, so that resuming it reports the damage.
 pub fn newest_unfinished(state: &dyn StateStore) -> Result<Option<String>, SessionError> {
-    newest_where(state, |log| {
-        !matches!(log.map(|l| l.fold().result), Ok(Some(RunResult::Succeeded)))
-    })
+    newest_where(state, |bytes| !ended_successfully(bytes))
+}
+
+/// Whether a journal's last complete record ends the run successfully:
+/// nothing follows a success (a succeeded run is not resumed), so the last
+/// line says it without reading the whole journal.
+fn ended_successfully(bytes: &[u8]) -> bool {
+    bytes
+        .split(|b| *b == b'\n')
+        .rev()
+        .filter(|line| !line.is_empty())
+        .find_map(|line| serde_json::from_slice::<Record>(line).ok())
+        .is_some_and(|record| {
+            matches!(
+                record,
+                Record::Ended {
+                    result: RunResult::Succeeded,
+                    ..
+                }
+            )
+        })
 }
 
 /// The newest run in the state, finished or not.
@@ -555,7 +573,7 @@ pub fn newest(state: &dyn StateStore) -> Result<Option<String>, SessionError> {
 
 fn newest_where(
     state: &dyn StateStore,
-    keep: impl Fn(Result<&RunLog, &JournalError>) -> bool,
+    keep: impl Fn(&[u8]) -> bool,
 ) -> Result<Option<String>, SessionError> {
     let mut best: Option<(chrono::DateTime<Utc>, String)> = None;
     for id in state.run_ids()? {
@@ -565,7 +583,7 @@ fn newest_where(
         let Some(header) = first_header(&bytes) else {
             continue;
         };
-        if !keep(RunLog::parse(&id, &bytes).as_ref()) {
+        if !keep(&bytes) {
             continue;
         }
         if best.as_ref().is_none_or(|(at, _)| header.started_at > *at) {
