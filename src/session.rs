@@ -335,6 +335,31 @@ pub fn resume(
             });
         }
     }
+    // A run directory that is not there any more (a resume from another
+    // machine with a remote state, or a cache that was lost) no longer holds
+    // what earlier sessions put in it: the steps whose destination is in it
+    // make it again. Only those: they replace their destination as a whole and
+    // touch nothing else, so running them again is always safe.
+    if !state.run_dir(&run_id).join("work").is_dir() {
+        for step in &plan.steps {
+            let done = view
+                .steps
+                .get(step.id.as_str())
+                .is_some_and(|s| s.is_done());
+            let in_run_dir = step
+                .action
+                .value
+                .dest()
+                .is_some_and(|dest| crate::plan::interpolate::reads_run_dir(dest));
+            if done && in_run_dir && !changed.iter().any(|c| c.step == step.id.value) {
+                changed.push(ChangedStep {
+                    step: step.id.value.clone(),
+                    reason: "its result was in `{{ run.dir }}`, which this machine does not have"
+                        .into(),
+                });
+            }
+        }
+    }
     let rerun_changed: BTreeSet<String> = changed.iter().map(|c| c.step.clone()).collect();
     for c in &changed {
         if view

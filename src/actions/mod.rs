@@ -6,6 +6,7 @@
 
 use crate::plan::diagnostic::Diagnostics;
 use crate::plan::fields::Fields;
+use crate::plan::source::Spanned;
 
 pub mod approval;
 pub mod command;
@@ -75,6 +76,18 @@ impl Action {
             "noop" => Action::Noop,
             _ => return None,
         })
+    }
+
+    /// Where the action puts its result, for the actions that replace a
+    /// destination as a whole (and so can always make it again): git,
+    /// template, restore.
+    pub fn dest(&self) -> Option<&Spanned<String>> {
+        match self {
+            Action::Git(spec) => Some(&spec.dest),
+            Action::Template(spec) => Some(&spec.dest),
+            Action::Restore(spec) => Some(&spec.dest),
+            _ => None,
+        }
     }
 
     /// Whether a step of this kind can run unattended for long enough that a

@@ -82,6 +82,16 @@ pub fn expressions(text: &str) -> Result<Vec<Expression>, SyntaxError> {
 }
 
 /// The dotted names an expression reads: `vars.region`, `steps.db.outputs.host`.
+/// Whether a plan string names `{{ run.dir }}` (the run's local directory).
+pub fn reads_run_dir(text: &str) -> bool {
+    has_expressions(text)
+        && expressions(text).unwrap_or_default().iter().any(|e| {
+            references(e)
+                .iter()
+                .any(|name| name == "run.dir" || name == "run")
+        })
+}
+
 pub fn references(expression: &Expression) -> BTreeSet<String> {
     match environment().compile_expression(&expression.source) {
         Ok(compiled) => compiled.undeclared_variables(true).into_iter().collect(),

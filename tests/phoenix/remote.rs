@@ -493,3 +493,55 @@ fn rename(bytes: &mut [u8], from: &[u8], to: &[u8]) {
         }
     }
 }
+
+/// A resume on a machine without the run's directory makes again what the
+/// earlier sessions' git, template and restore steps put in `{{ run.dir }}`;
+/// a resume where the directory is still there does not.
+#[test]
+fn a_new_machine_remakes_what_was_in_the_run_directory() {
+    let moto = Moto::start();
+    make_bucket(&moto, "rundir");
+    let url = "s3://rundir/x";
+    let ws = Workspace::new();
+    ws.write("app.conf.j2", "port = {{ vars.port }}\n");
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}\n[vars]\nport = 5432\n{}{}",
+            "\n[[step]]\nid = \"conf\"\nphase = \"configure\"\naction = \"template\"\nsource = \"app.conf.j2\"\ndest = \"{{ run.dir }}/app.conf\"\ntimeout = \"1m\"\n",
+            shell_step(
+                "use",
+                "configure",
+                "grep -q 'port = 5432' '{{ run.dir }}/app.conf' && test -f go",
+                "needs = [\"conf\"]"
+            ),
+        ),
+    );
+    let a = machine(&ws, "a", &moto.endpoint(), "10s");
+    a.phoenix()
+        .args(["run", "plan.toml", "--state", url])
+        .run()
+        .expect_code(1);
+    // Same machine: the file is there, `conf` is not run again.
+    let same = a
+        .phoenix()
+        .args(["resume", "--state", url])
+        .run()
+        .expect_code(1);
+    assert!(!same.stderr().contains("start conf"), "{}", same.stderr());
+    // Another machine: `conf` makes the file again before `use` runs.
+    ws.write("go", "");
+    let b = machine(&ws, "b", &moto.endpoint(), "10s");
+    let other = b
+        .phoenix()
+        .args(["resume", "--state", url])
+        .run()
+        .expect_code(0);
+    assert!(
+        other
+            .stderr()
+            .contains("step `conf` runs again: its result was in `{{ run.dir }}`"),
+        "{}",
+        other.stderr()
+    );
+}
