@@ -8,7 +8,7 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -378,12 +378,70 @@ fn the_store_going_away_mid_run_is_survived_or_stopped_cleanly() {
     assert_ledger(&ledger(ws.path()), 8, &at_stop[at_stop.len() - 1..]);
 }
 
+#[test]
+fn the_store_restarted_mid_run_keeps_its_objects_and_the_run_goes_on() {
+    // moto keeps objects in memory: a restart is a new process that replays
+    // every request the old one recorded. The proxy keeps clients out until
+    // the replay is done, as a real server's port would be closed meanwhile.
+    let ws = Workspace::new();
+    let recording = ws.path().join("moto-recording");
+    let enable = ws.path().join("yes");
+    let mut first = Moto::start_with(&[
+        ("MOTO_ENABLE_RECORDING", enable.as_path()),
+        ("MOTO_RECORDER_FILEPATH", recording.as_path()),
+    ]);
+    make_bucket(&first, "restart");
+    let proxy = Gate::start(first.port, false);
+    ws.write("plan.toml", &chain(8, "0.4"));
+    let a = machine(&ws, "a", &proxy.endpoint(), "20s");
+    let child = a
+        .phoenix()
+        .args(["run", "plan.toml", "--state", "s3://restart/x"])
+        .spawn();
+    assert!(wait_for(Duration::from_secs(30), || ledger(ws.path())
+        .len()
+        >= 3));
+    proxy.set_up(false);
+    first.kill();
+    let second = Moto::start_with(&[("MOTO_RECORDER_FILEPATH", recording.as_path())]);
+    let replay = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, urllib.request; urllib.request.urlopen(urllib.request.Request(sys.argv[1], method='POST'), timeout=60)",
+            &format!("{}/moto-api/recorder/replay-recording", second.endpoint()),
+        ])
+        .status()
+        .unwrap();
+    assert!(replay.success(), "moto replays its recording");
+    proxy.set_upstream(second.port);
+    proxy.set_up(true);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("the run across the restart exited {:?}", out.status.code());
+    match out.status.code() {
+        // Survived: every journal write waited for the store and went on.
+        Some(0) => assert_ledger(&ledger(ws.path()), 8, &[]),
+        // Or stopped cleanly (a renewal in flight at the crash was applied by
+        // the replay but never answered), and resumes.
+        Some(4) => {
+            assert!(stderr.contains("lost its lock"), "{stderr}");
+            let at_stop = ledger(ws.path());
+            resume_until_done(&a, "s3://restart/x").expect_code(0);
+            assert_ledger(&ledger(ws.path()), 8, &at_stop[at_stop.len() - 1..]);
+        }
+        other => panic!("exit {other:?}: {stderr}"),
+    }
+    let status = status_json(&a, "s3://restart/x");
+    assert_eq!(status["state"], "succeeded", "{status}");
+}
+
 /// A loopback TCP proxy to moto that can go down (listener closed, open
 /// connections cut: what clients see of a server restart) and come back on
 /// the same port, and can hide the conditional headers from the server, as a
 /// store that ignores them would.
 struct Gate {
     port: u16,
+    upstream: Arc<AtomicU16>,
     up: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -392,6 +450,8 @@ struct Gate {
 impl Gate {
     fn start(upstream: u16, strip_conditions: bool) -> Gate {
         let port = free_port();
+        let upstream = Arc::new(AtomicU16::new(upstream));
+        let to = Arc::clone(&upstream);
         let up = Arc::new(AtomicBool::new(true));
         let stop = Arc::new(AtomicBool::new(false));
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
@@ -420,7 +480,8 @@ impl Gate {
                     continue;
                 };
                 client.set_nonblocking(false).unwrap();
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", to.load(Ordering::SeqCst)))
+                else {
                     continue;
                 };
                 let mut guard = open.lock().unwrap();
@@ -438,6 +499,7 @@ impl Gate {
         });
         Gate {
             port,
+            upstream,
             up,
             stop,
             thread: Some(thread),
@@ -450,6 +512,10 @@ impl Gate {
 
     fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::SeqCst);
+    }
+
+    fn set_upstream(&self, port: u16) {
+        self.upstream.store(port, Ordering::SeqCst);
     }
 }
 
