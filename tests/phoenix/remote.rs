@@ -46,6 +46,21 @@ fn machine<'a>(ws: &'a Workspace, name: &str, endpoint: &str, lease: &'static st
     }
 }
 
+/// Starts `phoenix run plan.toml` on machine `m` against `url` and returns
+/// once `steps` steps have written to the ledger.
+fn run_until(m: &Machine, url: &str, steps: usize) -> std::process::Child {
+    let child = m
+        .phoenix()
+        .args(["run", "plan.toml", "--state", url])
+        .spawn();
+    assert!(
+        wait_for(Duration::from_secs(30), || ledger(m.ws.path()).len()
+            >= steps),
+        "the run did not get {steps} steps done"
+    );
+    child
+}
+
 fn make_bucket(moto: &Moto, bucket: &str) {
     let status = std::process::Command::new("python3")
         .args([
@@ -130,13 +145,7 @@ fn killed_on_one_machine_resumed_on_another_with_only_the_url() {
     let ws = Workspace::new();
     ws.write("plan.toml", &chain(12, "0.2"));
     let a = machine(&ws, "a", &moto.endpoint(), "2s");
-    let mut child = a
-        .phoenix()
-        .args(["run", "plan.toml", "--state", url])
-        .spawn();
-    assert!(wait_for(Duration::from_secs(30), || ledger(ws.path())
-        .len()
-        >= 5));
+    let mut child = run_until(&a, url, 5);
     child.kill().unwrap();
     child.wait().unwrap();
     let at_kill = ledger(ws.path());
@@ -228,13 +237,7 @@ fn a_holder_paused_past_its_lease_is_stopped_and_the_taker_finishes() {
     let ws = Workspace::new();
     ws.write("plan.toml", &chain(6, "0.5"));
     let a = machine(&ws, "a", &moto.endpoint(), "2s");
-    let child = a
-        .phoenix()
-        .args(["run", "plan.toml", "--state", url])
-        .spawn();
-    assert!(wait_for(Duration::from_secs(30), || ledger(ws.path())
-        .len()
-        >= 2));
+    let child = run_until(&a, url, 2);
     signal(child.id(), "STOP");
     let at_pause = ledger(ws.path());
     let b = machine(&ws, "b", &moto.endpoint(), "2s");
@@ -260,13 +263,7 @@ fn unlock_force_by_lock_id_fences_a_live_holder_out() {
     ws.write("plan.toml", &chain(10, "0.3"));
     // A long lease: the holder learns it was fenced from its journal write.
     let a = machine(&ws, "a", &moto.endpoint(), "60s");
-    let child = a
-        .phoenix()
-        .args(["run", "plan.toml", "--state", url])
-        .spawn();
-    assert!(wait_for(Duration::from_secs(30), || ledger(ws.path())
-        .len()
-        >= 2));
+    let child = run_until(&a, url, 2);
     let b = machine(&ws, "b", &moto.endpoint(), "60s");
     let refused = b
         .phoenix()
@@ -338,13 +335,7 @@ fn the_store_going_away_mid_run_is_survived_or_stopped_cleanly() {
 
     // Down for less than the lease: the journal waits and the run goes on.
     let a = machine(&ws, "a", &proxy.endpoint(), "20s");
-    let child = a
-        .phoenix()
-        .args(["run", "plan.toml", "--state", "s3://outage/short"])
-        .spawn();
-    assert!(wait_for(Duration::from_secs(30), || ledger(ws.path())
-        .len()
-        >= 2));
+    let child = run_until(&a, "s3://outage/short", 2);
     proxy.set_up(false);
     std::thread::sleep(Duration::from_secs(3));
     proxy.set_up(true);
@@ -360,13 +351,7 @@ fn the_store_going_away_mid_run_is_survived_or_stopped_cleanly() {
     // Down for longer than the lease: the run stops, then resumes.
     std::fs::remove_file(ws.path().join("ledger")).unwrap();
     let b = machine(&ws, "b", &proxy.endpoint(), "2s");
-    let child = b
-        .phoenix()
-        .args(["run", "plan.toml", "--state", "s3://outage/long"])
-        .spawn();
-    assert!(wait_for(Duration::from_secs(30), || ledger(ws.path())
-        .len()
-        >= 2));
+    let child = run_until(&b, "s3://outage/long", 2);
     proxy.set_up(false);
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -394,13 +379,7 @@ fn the_store_restarted_mid_run_keeps_its_objects_and_the_run_goes_on() {
     let proxy = Gate::start(first.port, false);
     ws.write("plan.toml", &chain(8, "0.4"));
     let a = machine(&ws, "a", &proxy.endpoint(), "20s");
-    let child = a
-        .phoenix()
-        .args(["run", "plan.toml", "--state", "s3://restart/x"])
-        .spawn();
-    assert!(wait_for(Duration::from_secs(30), || ledger(ws.path())
-        .len()
-        >= 3));
+    let child = run_until(&a, "s3://restart/x", 3);
     proxy.set_up(false);
     first.kill();
     let second = Moto::start_with(&[("MOTO_RECORDER_FILEPATH", recording.as_path())]);

@@ -222,7 +222,10 @@ async fn take(
         let sent = Instant::now();
         info.expires = Some(Utc::now() + lease);
         match remote.put(LOCK, body(info), PutIf::Absent).await {
-            Ok(etag) => return Ok((etag, sent, None)),
+            Ok(etag) => {
+                let etag = settled(remote, info, etag).await?;
+                return Ok((etag, sent, None));
+            }
             Err(RemoteError::Precondition) => {}
             Err(error) => return Err(remote_error(remote)(error)),
         }
@@ -242,6 +245,7 @@ async fn take(
             .await
         {
             Ok(etag) => {
+                let etag = settled(remote, info, etag).await?;
                 fence_run(remote, &held, &format!("taken over by {}", info.describe())).await;
                 return Ok((etag, sent, Some(held)));
             }
@@ -253,6 +257,35 @@ async fn take(
         url: remote.url(LOCK),
         message: "the lock kept changing while phoenix tried to take it".into(),
     })
+}
+
+/// How long a new holder waits before reading its lock back.
+const SETTLE: Duration = Duration::from_millis(250);
+
+/// Reads the lock back a moment after writing it, and keeps it only if it is
+/// still ours. Some servers check a condition and then write, without holding
+/// anything between the two (s3s-fs always; moto, rarely, under load): two
+/// writers racing for the lock can then both be told they won, and the one
+/// written last is the one stored. Once every racing write has landed, the
+/// stored lock names exactly one of them.
+async fn settled(remote: &Remote, info: &LockInfo, etag: String) -> Result<String, LockError> {
+    tokio::time::sleep(SETTLE).await;
+    let current = remote.get(LOCK).await.map_err(remote_error(remote))?;
+    match current {
+        Some(current) => match serde_json::from_slice::<LockInfo>(&current.bytes) {
+            Ok(stored) if stored.lock_id == info.lock_id => Ok(if current.etag.is_empty() {
+                etag
+            } else {
+                current.etag
+            }),
+            Ok(stored) => Err(LockError::Held(stored)),
+            Err(_) => Err(LockError::HeldUnknown),
+        },
+        None => Err(LockError::Remote {
+            url: remote.url(LOCK),
+            message: "the lock vanished right after it was taken; try again".into(),
+        }),
+    }
 }
 
 /// Closes the journal of the run that held a lease to its old holder.
