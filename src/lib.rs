@@ -10,6 +10,36 @@
 //! - [`cli`]: the `phoenix` command line; `main.rs` only maps its result to an
 //!   exit code ([`exit_codes`]).
 
+/// `eprintln!` that shrugs off a closed stderr (`phoenix run … 2>&1 | head`):
+/// `eprintln!` panics there, and a message nobody can read is not worth
+/// stopping a rebuild for.
+#[macro_export]
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `println!` for a command's data, shrugging off a closed stdout
+/// (`phoenix history | head -1`) instead of panicking.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// [`out!`] without the newline.
+#[macro_export]
+macro_rules! out_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub mod actions;
 pub mod cli;
 pub mod exec;

@@ -26,7 +26,7 @@ fn main() {
                 message.push_str(&format!("\n  Caused by: {cause}"));
                 source = cause.source();
             }
-            eprintln!("{message}");
+            phoenix::note!("{message}");
             err.exit_code()
         }
     };

@@ -36,7 +36,8 @@ pub async fn run(spec: &ApprovalSpec, ctx: &StepContext<'_>) -> Result<Outputs, 
         let answer = tokio::task::spawn_blocking(move || {
             events.suspend(&mut || {
                 use std::io::Write;
-                eprint!("{question}");
+                // Not `eprint!`: it panics when stderr is a closed pipe.
+                let _ = write!(std::io::stderr(), "{question}");
                 let _ = std::io::stderr().flush();
                 let _ = std::io::stdin().read_line(&mut answer);
             });

@@ -146,13 +146,13 @@ pub fn run(_global: &GlobalArgs, args: BackupsArgs) -> CliResult {
     });
     let failed = checks.iter().any(|c| !c.ok);
     match args.format {
-        TextOrJson::Json => println!(
+        TextOrJson::Json => crate::out!(
             "{}",
             serde_json::to_string_pretty(&checks).unwrap_or_default()
         ),
         TextOrJson::Text => {
             if checks.is_empty() {
-                println!("plan `{}` has no restore steps", plan.name.value);
+                crate::out!("plan `{}` has no restore steps", plan.name.value);
             }
             for c in &checks {
                 let verdict = if c.ok { "ok" } else { "FAIL" };
@@ -173,9 +173,10 @@ pub fn run(_global: &GlobalArgs, args: BackupsArgs) -> CliResult {
                     .or(c.deferred.as_ref())
                     .map(|p| format!(": {p}"))
                     .unwrap_or_default();
-                println!(
+                crate::out!(
                     "{verdict:>4} {} from store `{}` {what}{problem}",
-                    c.step, c.store
+                    c.step,
+                    c.store
                 );
             }
         }

@@ -36,7 +36,7 @@ pub fn run(_global: &GlobalArgs, args: GraphArgs) -> CliResult {
         GraphFormat::Dot => dot(&plan),
         GraphFormat::Mermaid => mermaid(&plan),
     };
-    print!("{text}");
+    crate::out_raw!("{text}");
     Ok(exit_codes::SUCCESS)
 }
 

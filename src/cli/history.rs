@@ -16,11 +16,11 @@ pub fn run(global: &GlobalArgs, args: HistoryArgs) -> CliResult {
     let state = existing_state(global)?;
     let entries = history::collect(state.as_ref());
     match args.format {
-        TextOrJson::Json => println!(
+        TextOrJson::Json => crate::out!(
             "{}",
             serde_json::to_string_pretty(&entries).unwrap_or_default()
         ),
-        TextOrJson::Text => print!("{}", history::render_text(&entries)),
+        TextOrJson::Text => crate::out_raw!("{}", history::render_text(&entries)),
     }
     Ok(exit_codes::SUCCESS)
 }

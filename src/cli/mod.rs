@@ -188,7 +188,7 @@ pub fn print_diagnostics(diags: Diagnostics, quiet: bool) {
         if quiet && diag.severity == crate::plan::diagnostic::Severity::Warning {
             continue;
         }
-        eprintln!("{}", diag.render(snippet, color));
+        crate::note!("{}", diag.render(snippet, color));
     }
 }
 
@@ -201,7 +201,7 @@ pub fn load_valid(path: &std::path::Path, vars: &VarArgs) -> Result<Option<Loade
     // Warnings are `validate`'s business; other commands show only errors.
     if failed {
         print_diagnostics(diagnostics, true);
-        eprintln!(
+        crate::note!(
             "error: `{}` is not a valid plan; run `phoenix validate` for details",
             path.display()
         );
@@ -243,15 +243,16 @@ pub fn terminal(global: &GlobalArgs) -> std::sync::Arc<dyn crate::exec::EventSin
 pub fn exit_code_of(end: &crate::session::SessionEnd, global: &GlobalArgs) -> i32 {
     use crate::journal::record::RunResult;
     if !global.quiet || end.result != RunResult::Succeeded {
-        eprintln!("state: {}", end.location);
-        eprintln!(
+        crate::note!("state: {}", end.location);
+        crate::note!(
             "report: {}/report.json (HTML: phoenix report {} --format html -o report.html)",
-            end.location, end.run_id
+            end.location,
+            end.run_id
         );
         match end.result {
             RunResult::Succeeded => {}
             RunResult::Paused | RunResult::Interrupted | RunResult::Failed => {
-                eprintln!("continue with: phoenix resume {}", end.run_id)
+                crate::note!("continue with: phoenix resume {}", end.run_id)
             }
         }
     }
@@ -290,9 +291,13 @@ pub fn init_logging(global: &GlobalArgs) {
         (LogFormat::Text, false, _) => "debug,phoenix::events=off",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // A closed stderr (`phoenix run … 2>&1 | head`) must not stop a rebuild:
+    // the subscriber's own report of a failed write goes through `eprintln!`,
+    // which panics on a broken pipe, in whichever task logged.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     let _ = match global.log_format {
         LogFormat::Json => builder
             .json()

@@ -188,11 +188,11 @@ pub fn run(global: &GlobalArgs, args: PlanArgs) -> CliResult {
     view.measured_in = measured_in;
     view.git = git_now(&plan, args.drill);
     match args.format {
-        TextOrJson::Json => println!(
+        TextOrJson::Json => crate::out!(
             "{}",
             serde_json::to_string_pretty(&view).unwrap_or_default()
         ),
-        TextOrJson::Text => print!("{}", render_text(&plan, &view)),
+        TextOrJson::Text => crate::out_raw!("{}", render_text(&plan, &view)),
     }
     Ok(exit_codes::SUCCESS)
 }

@@ -45,10 +45,10 @@ pub fn run(global: &GlobalArgs, args: ReportArgs) -> CliResult {
         Some(path) => {
             std::fs::write(&path, text)?;
             if !global.quiet {
-                eprintln!("wrote {}", path.display());
+                crate::note!("wrote {}", path.display());
             }
         }
-        None => print!("{text}"),
+        None => crate::out_raw!("{text}"),
     }
     Ok(exit_codes::SUCCESS)
 }

@@ -23,11 +23,11 @@ pub fn run(global: &GlobalArgs, args: StatusArgs) -> CliResult {
     let plan = super::run_plan(state.as_ref(), &header);
     let status = status::build(&header, &view, live, plan.as_ref());
     match args.format {
-        TextOrJson::Json => println!(
+        TextOrJson::Json => crate::out!(
             "{}",
             serde_json::to_string_pretty(&status).unwrap_or_default()
         ),
-        TextOrJson::Text => print!("{}", status::render_text(&status)),
+        TextOrJson::Text => crate::out_raw!("{}", status::render_text(&status)),
     }
     Ok(exit_codes::SUCCESS)
 }

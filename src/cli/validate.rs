@@ -46,14 +46,14 @@ pub fn run(global: &GlobalArgs, args: ValidateArgs) -> CliResult {
                     } else {
                         String::new()
                     };
-                    eprintln!("{summary}{warned}");
+                    crate::note!("{summary}{warned}");
                 }
             }
         }
     }
     if args.format == TextOrJson::Json {
         let json: Vec<_> = all.iter().map(|d| d.to_json()).collect();
-        println!(
+        crate::out!(
             "{}",
             serde_json::to_string_pretty(&json).unwrap_or_else(|_| "[]".into())
         );

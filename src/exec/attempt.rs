@@ -1,6 +1,7 @@
 //! One step, from its first attempt to its last: per-attempt timeout, retries
 //! with exponential backoff and jitter, chaos, and the durable finish record.
 
+use futures_util::FutureExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,8 +44,23 @@ pub async fn run_step(
     first_attempt: u32,
     tx: mpsc::UnboundedSender<Message>,
 ) {
-    let outcome = attempts(&shared, index, first_attempt, &tx).await;
+    // Whatever happens in here, the walker hears that the step ended: a step
+    // that vanished without a word would leave the run waiting for ever.
+    let outcome = std::panic::AssertUnwindSafe(attempts(&shared, index, first_attempt, &tx))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| StepOutcome::Failed {
+            error: format!("phoenix failed inside this step: {}", panic_message(&panic)),
+        });
     let _ = tx.send(Message::Done(index, outcome));
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic".into())
 }
 
 async fn attempts(

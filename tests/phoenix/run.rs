@@ -374,3 +374,54 @@ fn the_report_written_at_the_end_matches_the_journal_read_back() {
         .expect_code(0);
     same(&ws);
 }
+
+/// Whoever reads phoenix's output may stop reading (`phoenix run … 2>&1 |
+/// head -1`): the rebuild goes on to the end, and the exit code is the run's.
+#[test]
+fn a_closed_output_pipe_does_not_stop_the_run() {
+    use std::io::BufRead;
+    let ws = Workspace::new();
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}{}{}",
+            shell_step("first", "provision", "echo first >> ledger; sleep 0.3", ""),
+            shell_step(
+                "second",
+                "provision",
+                "echo second >> ledger",
+                "needs = [\"first\"]"
+            ),
+        ),
+    );
+    for format in ["json", "text"] {
+        std::fs::remove_file(ws.path().join("ledger")).ok();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_phoenix"))
+            .current_dir(ws.path())
+            .env_remove("PHOENIX_STATE")
+            .args(["run", "plan.toml", "--log-format", format])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(child.stderr.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        drop(child.stdout.take()); // both pipes closed now
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > std::time::Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!("phoenix ({format}) hung after its output pipe closed");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(0), "{format}: first line {first:?}");
+        let ledger = std::fs::read_to_string(ws.path().join("ledger")).unwrap();
+        assert_eq!(ledger, "first\nsecond\n");
+    }
+}
