@@ -105,11 +105,7 @@ fn http_requests_expectations_polling_and_outputs() {
         http_step("missing", &format!("url = \"{base}/nothing\"")),
     );
     ws.write("plan.toml", &plan);
-    let run = ws
-        .phoenix()
-        .args(["run", "plan.toml", "--keep-going"])
-        .run()
-        .expect_code(1);
+    let run = ws.expect(["run", "plan.toml", "--keep-going"], 1);
     assert!(
         run.stderr().contains("answered 404, expected [200]"),
         "{}",
@@ -181,11 +177,7 @@ until = \"10s\"
 "
     );
     ws.write("plan.toml", &plan);
-    let run = ws
-        .phoenix()
-        .args(["run", "plan.toml", "--keep-going"])
-        .run()
-        .expect_code(1);
+    let run = ws.expect(["run", "plan.toml", "--keep-going"], 1);
     assert!(
         run.stderr()
             .contains(&format!("`127.0.0.1:{closed}` was not ready after 1s")),

@@ -112,17 +112,28 @@ impl Workspace {
         Phoenix::new(self.path())
     }
 
+    /// `phoenix ARGS…` here, which must exit with `code`.
+    #[track_caller]
+    pub fn expect<I, S>(&self, args: I, code: i32) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.phoenix().args(args).run().expect_code(code)
+    }
+
+    /// The outputs of `step` in the newest run, from `phoenix status`.
+    pub fn outputs(&self, step: &str) -> serde_json::Value {
+        step_of(&self.status(), step)["outputs"].clone()
+    }
+
     pub fn state(&self) -> PathBuf {
         self.path().join(".phoenix")
     }
 
     /// `phoenix status --format json` of the newest run.
     pub fn status(&self) -> serde_json::Value {
-        let run = self
-            .phoenix()
-            .args(["status", "--format", "json"])
-            .run()
-            .expect_code(0);
+        let run = self.expect(["status", "--format", "json"], 0);
         serde_json::from_str(&run.stdout()).expect("status json")
     }
 
@@ -167,14 +178,18 @@ pub fn shell_step(id: &str, phase: &str, script: &str, extra: &str) -> String {
     )
 }
 
-pub fn state_of(status: &serde_json::Value, step: &str) -> String {
+/// A step's entry in `phoenix status --format json`.
+pub fn step_of<'a>(status: &'a serde_json::Value, step: &str) -> &'a serde_json::Value {
     status["steps"]
         .as_array()
         .unwrap()
         .iter()
         .find(|s| s["id"] == step)
-        .map(|s| s["state"].as_str().unwrap().to_string())
         .unwrap_or_else(|| panic!("no step {step} in {status}"))
+}
+
+pub fn state_of(status: &serde_json::Value, step: &str) -> String {
+    step_of(status, step)["state"].as_str().unwrap().to_string()
 }
 
 /// Waits until `check` holds, for at most `limit`.

@@ -49,17 +49,6 @@ fn git_step(id: &str, repo: &str, reference: &str, dest: &str, extra: &str) -> S
     format!("\n[[step]]\nid = \"{id}\"\nphase = \"configure\"\naction = \"git\"\nrepo = \"{repo}\"\nref = \"{reference}\"\ndest = \"{dest}\"\ntimeout = \"1m\"\n{extra}\n")
 }
 
-fn outputs(ws: &Workspace, step: &str) -> serde_json::Value {
-    let status = ws.status();
-    status["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == step)
-        .unwrap()["outputs"]
-        .clone()
-}
-
 #[test]
 fn tags_branches_commits_bundles_and_paths() {
     let ws = Workspace::new();
@@ -82,28 +71,23 @@ fn tags_branches_commits_bundles_and_paths() {
         git_step("from_bundle", "config.bundle", "v2", "out/bundle", ""),
     );
     ws.write("plan.toml", &plan);
-    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(0);
+    ws.expect(["run", "plan.toml"], 0);
     let read =
         |d: &str| std::fs::read_to_string(ws.path().join("out").join(d).join("file")).unwrap();
     assert_eq!(read("tag"), "v1\n");
     assert_eq!(read("branch"), "v2\n");
     assert_eq!(read("commit"), "v1\n");
     assert_eq!(read("bundle"), "v2\n");
-    assert_eq!(outputs(&ws, "by_tag")["commit"], one.as_str());
-    assert_eq!(outputs(&ws, "from_bundle")["commit"], two.as_str());
-    let report = ws.phoenix().args(["report"]).run().expect_code(0).stdout();
+    assert_eq!(ws.outputs("by_tag")["commit"], one.as_str());
+    assert_eq!(ws.outputs("from_bundle")["commit"], two.as_str());
+    let report = ws.expect(["report"], 0).stdout();
     assert!(
         report.contains(&format!("| `by_tag` | repo | v1 | `{one}` |")),
         "{report}"
     );
 
     // `plan` says what the refs resolve to now, and whether pins still hold.
-    let text = ws
-        .phoenix()
-        .args(["plan", "plan.toml"])
-        .run()
-        .expect_code(0)
-        .stdout();
+    let text = ws.expect(["plan", "plan.toml"], 0).stdout();
     assert!(
         text.contains(&format!(
             "git step `by_tag`: `v1` resolves to {one} now, as pinned"
@@ -131,19 +115,14 @@ fn a_moved_tag_fails_against_its_pin() {
             git_step("cfg", "repo", "v1", "out", &format!("commit = \"{one}\""))
         ),
     );
-    let run = ws.phoenix().args(["run", "plan.toml"]).run().expect_code(1);
+    let run = ws.expect(["run", "plan.toml"], 1);
     let stderr = run.stderr();
     assert!(
         stderr.contains(&format!("`v1` resolves to {two}, but the plan pins {one}")),
         "{stderr}"
     );
     assert!(!ws.path().join("out").exists());
-    let text = ws
-        .phoenix()
-        .args(["plan", "plan.toml"])
-        .run()
-        .expect_code(0)
-        .stdout();
+    let text = ws.expect(["plan", "plan.toml"], 0).stdout();
     assert!(text.contains("but the plan pins"), "{text}");
 }
 
@@ -180,7 +159,7 @@ fn submodules_are_checked_out_at_their_pinned_tags() {
             git_step("env", "env", "prod-1", "deployed", "")
         ),
     );
-    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(0);
+    ws.expect(["run", "plan.toml"], 0);
     assert_eq!(
         std::fs::read_to_string(ws.path().join("deployed/a/file")).unwrap(),
         "v1\n"
@@ -209,19 +188,19 @@ fn a_resumed_run_keeps_the_frozen_commit_after_the_tag_moved() {
         git_step("cfg", "repo", "v1", "out", "")
     );
     ws.write("plan.toml", &plan);
-    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(1);
+    ws.expect(["run", "plan.toml"], 1);
     // The tag moves, and the checkout is lost (the step is made in doubt, as a
     // crash right after its checkout would leave it): the resume checks out again.
     git(&repo, &["tag", "-f", "-a", "v1", "-m", "moved", &two]);
     ws.make_in_doubt("cfg");
     std::fs::remove_dir_all(ws.path().join("out")).unwrap();
     ws.write("go", "");
-    ws.phoenix().args(["resume"]).run().expect_code(0);
+    ws.expect(["resume"], 0);
     assert_eq!(
         std::fs::read_to_string(ws.path().join("out/file")).unwrap(),
         "v1\n"
     );
-    assert_eq!(outputs(&ws, "cfg")["commit"], one.as_str());
+    assert_eq!(ws.outputs("cfg")["commit"], one.as_str());
 }
 
 #[test]
@@ -235,7 +214,7 @@ fn a_failed_checkout_leaves_dest_as_it_was() {
         "plan.toml",
         &format!("{HEADER}{}", git_step("cfg", "repo", missing, "out", "")),
     );
-    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(1);
+    ws.expect(["run", "plan.toml"], 1);
     assert_eq!(
         std::fs::read_to_string(ws.path().join("out/keep.txt")).unwrap(),
         "precious"
@@ -251,7 +230,7 @@ fn a_failed_checkout_leaves_dest_as_it_was() {
         "plan.toml",
         &format!("{HEADER}{}", git_step("cfg", "repo", "v2", "out", "")),
     );
-    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(0);
+    ws.expect(["run", "plan.toml"], 0);
     assert!(!ws.path().join("out/keep.txt").exists());
     assert_eq!(
         std::fs::read_to_string(ws.path().join("out/file")).unwrap(),
@@ -325,7 +304,7 @@ timeout = \"1m\"
             & 0o777,
         0o640
     );
-    let out = outputs(&ws, "tree");
+    let out = ws.outputs("tree");
     assert_eq!(out["files"], "2");
     assert_eq!(out["sha256"].as_str().unwrap().len(), 64);
     // The rendered secret is in the rendered file only.
@@ -369,7 +348,7 @@ fn an_undefined_name_in_a_template_fails_with_file_and_line() {
         "plan.toml",
         &format!("{HEADER}\n[[step]]\nid = \"t\"\nphase = \"configure\"\naction = \"template\"\nsource = \"tpl\"\ndest = \"out\"\ntimeout = \"1m\"\n"),
     );
-    let run = ws.phoenix().args(["run", "plan.toml"]).run().expect_code(1);
+    let run = ws.expect(["run", "plan.toml"], 1);
     assert!(
         run.stderr().contains("template `app.conf` line 2: "),
         "{}",

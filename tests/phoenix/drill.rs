@@ -41,7 +41,7 @@ fn teardown_runs_last_after_success_and_only_in_drills() {
         "plan.toml",
         &drill_plan("echo middle >> ledger", "echo down >> ledger"),
     );
-    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(0);
+    ws.expect(["run", "plan.toml"], 0);
     assert_eq!(
         ledger(&ws),
         ["up", "middle"],
@@ -105,7 +105,7 @@ fn teardown_waits_for_a_crashed_run_to_be_resumed() {
         drill_plan("echo middle >> ledger", "echo down >> ledger"),
     )
     .unwrap();
-    ws.phoenix().args(["resume"]).run().expect_code(0);
+    ws.expect(["resume"], 0);
     assert_eq!(
         ledger(&ws),
         ["up", "middle", "middle", "only_drill", "down"]
@@ -116,11 +116,7 @@ fn teardown_waits_for_a_crashed_run_to_be_resumed() {
 fn chaos_is_refused_without_drill_and_journaled_with_it() {
     let ws = Workspace::new();
     ws.write("plan.toml", &drill_plan("true", "true"));
-    let run = ws
-        .phoenix()
-        .args(["run", "plan.toml", "--chaos", "fail=1"])
-        .run()
-        .expect_code(2);
+    let run = ws.expect(["run", "plan.toml", "--chaos", "fail=1"], 2);
     assert!(
         run.stderr().contains("`--chaos` is for drills only"),
         "{}",
@@ -171,11 +167,7 @@ fn chaos_kill_drills_converge_to_the_clean_result() {
     );
     let clean = Workspace::new();
     clean.write("plan.toml", &plan);
-    clean
-        .phoenix()
-        .args(["run", "plan.toml", "--drill"])
-        .run()
-        .expect_code(0);
+    clean.expect(["run", "plan.toml", "--drill"], 0);
     let expected: BTreeSet<String> = ledger(&clean).into_iter().collect();
 
     let chaotic = Workspace::new();
@@ -221,7 +213,7 @@ fn approval_gates_pause_resume_and_yes() {
     );
     let ws = Workspace::new();
     ws.write("plan.toml", &plan);
-    let paused = ws.phoenix().args(["run", "plan.toml"]).run().expect_code(3);
+    let paused = ws.expect(["run", "plan.toml"], 3);
     assert!(
         paused.stderr().contains("phoenix resume --approve gate"),
         "{}",
@@ -231,7 +223,7 @@ fn approval_gates_pause_resume_and_yes() {
     assert_eq!(status["state"], "paused");
     assert_eq!(ledger(&ws), ["up"]);
     // Resuming without approval pauses again.
-    ws.phoenix().args(["resume"]).run().expect_code(3);
+    ws.expect(["resume"], 3);
     ws.phoenix()
         .args(["resume", "--approve", "gate"])
         .env("USER", "alice")
@@ -297,25 +289,14 @@ fn reports_in_every_format() {
     settings.add_filter(r#"time="[0-9.]+""#, "time=\"[SECONDS]\"");
     settings.add_filter(r#"timestamp="[^"]*""#, "timestamp=\"[TIME]\"");
     settings.bind(|| {
-        let md = ws
-            .phoenix()
-            .args(["report", "snap"])
-            .run()
-            .expect_code(0)
-            .stdout();
+        let md = ws.expect(["report", "snap"], 0).stdout();
         insta::assert_snapshot!("report_md", md);
         let json = ws
-            .phoenix()
-            .args(["report", "snap", "--format", "json"])
-            .run()
-            .expect_code(0)
+            .expect(["report", "snap", "--format", "json"], 0)
             .stdout();
         insta::assert_snapshot!("report_json", json);
         let junit = ws
-            .phoenix()
-            .args(["report", "snap", "--format", "junit"])
-            .run()
-            .expect_code(0)
+            .expect(["report", "snap", "--format", "junit"], 0)
             .stdout();
         insta::assert_snapshot!("report_junit", junit);
     });
@@ -445,7 +426,7 @@ fn rto_and_rpo_match_known_timings() {
         shell_step("side", "configure", "sleep 0.1", ""),
     );
     ws.write("plan.toml", &plan);
-    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(0);
+    ws.expect(["run", "plan.toml"], 0);
     let report: serde_json::Value = serde_json::from_str(
         &ws.phoenix()
             .args(["report", "--format", "json"])
@@ -489,12 +470,7 @@ fn rto_and_rpo_match_known_timings() {
     }
 
     // `plan` now predicts from the measured run.
-    let text = ws
-        .phoenix()
-        .args(["plan", "plan.toml"])
-        .run()
-        .expect_code(0)
-        .stdout();
+    let text = ws.expect(["plan", "plan.toml"], 0).stdout();
     assert!(
         text.contains("critical path (from durations measured in run `"),
         "{text}"

@@ -63,7 +63,7 @@ fn sigint_stops_children_flushes_and_exits_130() {
         plan.replace("sleep 30 & wait", "true"),
     )
     .unwrap();
-    ws.phoenix().args(["resume"]).run().expect_code(0);
+    ws.expect(["resume"], 0);
 }
 
 #[test]
@@ -125,11 +125,7 @@ fn two_runs_at_once_exactly_one_proceeds() {
         .path()
         .join("started")
         .exists()));
-    let second = ws
-        .phoenix()
-        .args(["run", "plan.toml", "--run-id", "second"])
-        .run()
-        .expect_code(4);
+    let second = ws.expect(["run", "plan.toml", "--run-id", "second"], 4);
     let stderr = second.stderr();
     assert!(
         stderr.contains("the state is locked by run `first` (pid "),
@@ -179,7 +175,7 @@ fn a_lock_left_by_a_dead_run_is_taken_over() {
         r#"{"pid":999999,"host":"gone","run_id":"old","since":"2026-01-01T00:00:00Z"}"#,
     )
     .unwrap();
-    let run = ws.phoenix().args(["run", "plan.toml"]).run().expect_code(0);
+    let run = ws.expect(["run", "plan.toml"], 0);
     assert!(
         run.stderr().contains("took over the lock of run `old`"),
         "{}",
@@ -191,18 +187,14 @@ fn a_lock_left_by_a_dead_run_is_taken_over() {
         r#"{"pid":999999,"host":"gone","run_id":"old2","since":"2026-01-01T00:00:00Z"}"#,
     )
     .unwrap();
-    let unlock = ws
-        .phoenix()
-        .args(["unlock", "--force"])
-        .run()
-        .expect_code(0);
+    let unlock = ws.expect(["unlock", "--force"], 0);
     assert!(
         unlock.stderr().contains("removed the lock of run `old2`"),
         "{}",
         unlock.stderr()
     );
     assert!(!ws.state().join("lock").exists());
-    ws.phoenix().args(["unlock"]).run().expect_code(2);
+    ws.expect(["unlock"], 2);
 }
 
 #[test]
@@ -226,11 +218,7 @@ fn unlock_refuses_a_live_lock() {
     let status = ws.status();
     assert_eq!(status["state"], "running");
     assert_eq!(state_of(&status, "hold"), "running");
-    let unlock = ws
-        .phoenix()
-        .args(["unlock", "--force"])
-        .run()
-        .expect_code(4);
+    let unlock = ws.expect(["unlock", "--force"], 4);
     assert!(
         unlock.stderr().contains("run `live`"),
         "{}",
@@ -248,7 +236,7 @@ fn a_torn_last_line_is_set_aside_and_damage_is_reported() {
         shell_step("b", "configure", "test -e go", "needs = [\"a\"]"),
     );
     ws.write("plan.toml", &plan);
-    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(1);
+    ws.expect(["run", "plan.toml"], 1);
     let journal_path = ws.run_dir().join("journal.jsonl");
     let intact = std::fs::read_to_string(&journal_path).unwrap();
     std::fs::write(
@@ -257,7 +245,7 @@ fn a_torn_last_line_is_set_aside_and_damage_is_reported() {
     )
     .unwrap();
     ws.write("go", "");
-    let run = ws.phoenix().args(["resume"]).run().expect_code(0);
+    let run = ws.expect(["resume"], 0);
     assert!(
         run.stderr()
             .contains("was torn by a crash mid-write; set aside in"),
@@ -282,7 +270,7 @@ fn a_torn_last_line_is_set_aside_and_damage_is_reported() {
     // Damage before the last line stops resume with the line number.
     let ws = Workspace::new();
     ws.write("plan.toml", &plan);
-    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(1);
+    ws.expect(["run", "plan.toml"], 1);
     let journal_path = ws.run_dir().join("journal.jsonl");
     let mut lines: Vec<String> = std::fs::read_to_string(&journal_path)
         .unwrap()
@@ -291,7 +279,7 @@ fn a_torn_last_line_is_set_aside_and_damage_is_reported() {
         .collect();
     lines[2] = "{not json".into();
     std::fs::write(&journal_path, lines.join("\n") + "\n").unwrap();
-    let run = ws.phoenix().args(["resume"]).run().expect_code(1);
+    let run = ws.expect(["resume"], 1);
     assert!(
         run.stderr().contains("journal line 3 is damaged"),
         "{}",

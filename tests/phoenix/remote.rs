@@ -35,6 +35,12 @@ impl Machine<'_> {
             .env("PHOENIX_CACHE_DIR", &self.cache)
             .env("PHOENIX_LEASE", self.lease)
     }
+
+    /// `phoenix ARGS…` on this machine, which must exit with `code`.
+    #[track_caller]
+    fn expect<const N: usize>(&self, args: [&str; N], code: i32) -> crate::common::Run {
+        self.phoenix().args(args).run().expect_code(code)
+    }
 }
 
 fn machine<'a>(ws: &'a Workspace, name: &str, endpoint: &str, lease: &'static str) -> Machine<'a> {
@@ -129,11 +135,7 @@ fn resume_until_done(m: &Machine, url: &str) -> crate::common::Run {
 }
 
 fn status_json(m: &Machine, url: &str) -> serde_json::Value {
-    let run = m
-        .phoenix()
-        .args(["status", "--format", "json", "--state", url])
-        .run()
-        .expect_code(0);
+    let run = m.expect(["status", "--format", "json", "--state", url], 0);
     serde_json::from_str(&run.stdout()).unwrap()
 }
 
@@ -166,19 +168,11 @@ fn killed_on_one_machine_resumed_on_another_with_only_the_url() {
     let c = machine(&ws, "c", &moto.endpoint(), "2s");
     let status = status_json(&c, url);
     assert_eq!(status["state"], "succeeded", "{status}");
-    let history = c
-        .phoenix()
-        .args(["history", "--format", "json", "--state", url])
-        .run()
-        .expect_code(0);
+    let history = c.expect(["history", "--format", "json", "--state", url], 0);
     let history: serde_json::Value = serde_json::from_str(&history.stdout()).unwrap();
     assert_eq!(history.as_array().unwrap().len(), 1, "{history}");
     assert_eq!(history[0]["result"], "succeeded");
-    let report = c
-        .phoenix()
-        .args(["report", "--format", "json", "--state", url])
-        .run()
-        .expect_code(0);
+    let report = c.expect(["report", "--format", "json", "--state", url], 0);
     assert!(
         report.stdout().contains("\"result\": \"succeeded\""),
         "{}",
@@ -265,11 +259,7 @@ fn unlock_force_by_lock_id_fences_a_live_holder_out() {
     let a = machine(&ws, "a", &moto.endpoint(), "60s");
     let child = run_until(&a, url, 2);
     let b = machine(&ws, "b", &moto.endpoint(), "60s");
-    let refused = b
-        .phoenix()
-        .args(["resume", "--state", url])
-        .run()
-        .expect_code(4);
+    let refused = b.expect(["resume", "--state", url], 4);
     let lock_id = refused
         .stderr()
         .split("lock id ")
@@ -278,11 +268,7 @@ fn unlock_force_by_lock_id_fences_a_live_holder_out() {
         .expect("the error names the lock id")
         .to_string();
     // Without the id a live lease is not removed.
-    let kept = b
-        .phoenix()
-        .args(["unlock", "--force", "--state", url])
-        .run()
-        .expect_code(4);
+    let kept = b.expect(["unlock", "--force", "--state", url], 4);
     assert!(kept.stderr().contains("is live"), "{}", kept.stderr());
     b.phoenix()
         .args(["unlock", "--force", &lock_id, "--state", url])
@@ -311,11 +297,7 @@ fn a_store_that_ignores_conditional_writes_is_refused() {
         &(HEADER.to_string() + &shell_step("a", "provision", "echo ran >> ledger", "")),
     );
     let m = machine(&ws, "a", &proxy.endpoint(), "10s");
-    let run = m
-        .phoenix()
-        .args(["run", "plan.toml", "--state", "s3://lax/x"])
-        .run()
-        .expect_code(1);
+    let run = m.expect(["run", "plan.toml", "--state", "s3://lax/x"], 1);
     assert!(
         run.stderr()
             .contains("ignores conditional writes (If-None-Match)"),
@@ -568,20 +550,12 @@ fn a_new_machine_remakes_what_was_in_the_run_directory() {
         .run()
         .expect_code(1);
     // Same machine: the file is there, `conf` is not run again.
-    let same = a
-        .phoenix()
-        .args(["resume", "--state", url])
-        .run()
-        .expect_code(1);
+    let same = a.expect(["resume", "--state", url], 1);
     assert!(!same.stderr().contains("start conf"), "{}", same.stderr());
     // Another machine: `conf` makes the file again before `use` runs.
     ws.write("go", "");
     let b = machine(&ws, "b", &moto.endpoint(), "10s");
-    let other = b
-        .phoenix()
-        .args(["resume", "--state", url])
-        .run()
-        .expect_code(0);
+    let other = b.expect(["resume", "--state", url], 0);
     assert!(
         other
             .stderr()

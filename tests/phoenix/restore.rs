@@ -43,16 +43,6 @@ fn restore_step(id: &str, fields: &str) -> String {
     format!("\n[[step]]\nid = \"{id}\"\nphase = \"restore\"\naction = \"restore\"\nstore = \"local\"\ntimeout = \"1m\"\n{fields}\n")
 }
 
-fn outputs(ws: &Workspace, step: &str) -> serde_json::Value {
-    ws.status()["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == step)
-        .unwrap()["outputs"]
-        .clone()
-}
-
 #[test]
 fn selection_latest_before_and_match() {
     let ws = Workspace::new();
@@ -70,7 +60,7 @@ fn selection_latest_before_and_match() {
         restore_step("any", "prefix = \"pg/db-4\"\ndest = \"out/any\"\nunpack = \"none\""),
     );
     ws.write("plan.toml", &plan);
-    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(0);
+    ws.expect(["run", "plan.toml"], 0);
     let read = |f: &str| std::fs::read_to_string(ws.path().join("out").join(f)).unwrap();
     assert_eq!(read("latest.dump"), "four");
     assert_eq!(read("before.dump"), "two");
@@ -80,7 +70,7 @@ fn selection_latest_before_and_match() {
         "four",
         "the sidecar is newer but never a backup"
     );
-    let out = outputs(&ws, "latest");
+    let out = ws.outputs("latest");
     assert_eq!(out["key"], "pg/db-4.dump");
     assert_eq!(out["size"], "4");
     assert_eq!(out["sha256"], sha256(b"four"));
@@ -125,11 +115,7 @@ fn a_wrong_or_missing_digest_fails_and_leaves_dest_alone() {
         ),
     );
     ws.write("plan.toml", &plan);
-    let run = ws
-        .phoenix()
-        .args(["run", "plan.toml", "--keep-going"])
-        .run()
-        .expect_code(1);
+    let run = ws.expect(["run", "plan.toml", "--keep-going"], 1);
     let stderr = run.stderr();
     assert!(
         stderr.contains(&format!(
@@ -169,7 +155,7 @@ fn a_wrong_or_missing_digest_fails_and_leaves_dest_alone() {
             )
         ),
     );
-    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(0);
+    ws.expect(["run", "plan.toml"], 0);
 }
 
 #[test]
@@ -185,11 +171,7 @@ fn a_backup_older_than_max_age_or_rpo_fails() {
         ),
     );
     ws.write("plan.toml", &plan);
-    let run = ws
-        .phoenix()
-        .args(["run", "plan.toml", "--keep-going"])
-        .run()
-        .expect_code(1);
+    let run = ws.expect(["run", "plan.toml", "--keep-going"], 1);
     assert!(
         run.stderr()
             .contains("`old.dump` is 2h old, older than the 1h allowed"),
@@ -210,19 +192,19 @@ fn a_resumed_restore_uses_the_backup_it_chose_first() {
         restore_step("data", "prefix = \"pg/\"\ndest = \"out/db.dump\""),
     );
     ws.write("plan.toml", &plan);
-    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(1);
+    ws.expect(["run", "plan.toml"], 1);
     // A newer backup appears; the restore step is made in doubt (as a crash
     // right after it would leave it) and its file is lost.
     backup(&ws, "pg/db-2.dump", b"second", true, 1);
     ws.make_in_doubt("data");
     std::fs::remove_file(ws.path().join("out/db.dump")).unwrap();
     ws.write("go", "");
-    ws.phoenix().args(["resume"]).run().expect_code(0);
+    ws.expect(["resume"], 0);
     assert_eq!(
         std::fs::read_to_string(ws.path().join("out/db.dump")).unwrap(),
         "first"
     );
-    assert_eq!(outputs(&ws, "data")["key"], "pg/db-1.dump");
+    assert_eq!(ws.outputs("data")["key"], "pg/db-1.dump");
 }
 
 #[test]
@@ -253,7 +235,7 @@ fn archives_are_unpacked_into_dest_and_replace_it_whole() {
             restore_step("files", "prefix = \"files/\"\ndest = \"restored\"")
         ),
     );
-    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(0);
+    ws.expect(["run", "plan.toml"], 0);
     assert_eq!(
         std::fs::read_to_string(ws.path().join("restored/conf/app.conf")).unwrap(),
         "x = 1\n"
@@ -270,12 +252,7 @@ fn backups_preflight_reports_and_fails_on_problems() {
         restore_step("data", "prefix = \"pg/\"\ndest = \"out/db.dump\"")
     );
     ws.write("plan.toml", &plan);
-    let ok = ws
-        .phoenix()
-        .args(["backups", "plan.toml"])
-        .run()
-        .expect_code(0)
-        .stdout();
+    let ok = ws.expect(["backups", "plan.toml"], 0).stdout();
     assert!(
         ok.contains("ok data from store `local` `pg/db-1.dump` (2 bytes"),
         "{ok}"
@@ -300,24 +277,14 @@ fn backups_preflight_reports_and_fails_on_problems() {
         .unwrap()
         .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7300))
         .unwrap();
-    let old = ws
-        .phoenix()
-        .args(["backups", "plan.toml"])
-        .run()
-        .expect_code(1)
-        .stdout();
+    let old = ws.expect(["backups", "plan.toml"], 1).stdout();
     assert!(
         old.contains("FAIL data") && old.contains("older than 1h allowed"),
         "{old}"
     );
     // No digest.
     backup(&ws, "pg/db-2.dump", b"new", false, 1);
-    let nodigest = ws
-        .phoenix()
-        .args(["backups", "plan.toml"])
-        .run()
-        .expect_code(1)
-        .stdout();
+    let nodigest = ws.expect(["backups", "plan.toml"], 1).stdout();
     assert!(nodigest.contains("no digest"), "{nodigest}");
     // Missing entirely.
     ws.write(
@@ -327,11 +294,6 @@ fn backups_preflight_reports_and_fails_on_problems() {
             restore_step("data", "prefix = \"nothing/\"\ndest = \"out/db.dump\"")
         ),
     );
-    let missing = ws
-        .phoenix()
-        .args(["backups", "plan.toml"])
-        .run()
-        .expect_code(1)
-        .stdout();
+    let missing = ws.expect(["backups", "plan.toml"], 1).stdout();
     assert!(missing.contains("no backup under `nothing/`"), "{missing}");
 }

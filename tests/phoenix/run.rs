@@ -21,7 +21,7 @@ fn outputs_flow_to_dependents_and_status_reports_them() {
         ),
     );
     ws.write("plan.toml", &plan);
-    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(0);
+    ws.expect(["run", "plan.toml"], 0);
     assert_eq!(
         std::fs::read_to_string(ws.path().join("used.txt")).unwrap(),
         "vpc-42\n"
@@ -63,7 +63,7 @@ fn a_failed_run_resumes_where_it_stopped() {
         )
     };
     ws.write("plan.toml", &plan("fixed"));
-    let run = ws.phoenix().args(["run", "plan.toml"]).run().expect_code(1);
+    let run = ws.expect(["run", "plan.toml"], 1);
     assert!(
         run.stderr().contains("continue with: phoenix resume"),
         "{}",
@@ -75,7 +75,7 @@ fn a_failed_run_resumes_where_it_stopped() {
     assert_eq!(state_of(&status, "last"), "pending");
 
     ws.write("fixed", "");
-    ws.phoenix().args(["resume"]).run().expect_code(0);
+    ws.expect(["resume"], 0);
     let ledger = std::fs::read_to_string(ws.path().join("ledger")).unwrap();
     // `first` is not run again; its output comes back from the journal.
     assert_eq!(ledger, "first\nflaky\nflaky\nlast 1\n");
@@ -84,7 +84,7 @@ fn a_failed_run_resumes_where_it_stopped() {
     assert_eq!(status["resumes"], 1);
     // Resuming a finished run is refused.
     let run_id = status["run_id"].as_str().unwrap().to_string();
-    let again = ws.phoenix().args(["resume", &run_id]).run().expect_code(1);
+    let again = ws.expect(["resume", &run_id], 1);
     assert!(
         again.stderr().contains("already succeeded"),
         "{}",
@@ -115,10 +115,10 @@ fn a_changed_step_and_its_descendants_run_again() {
         )
     };
     ws.write("plan.toml", &plan("v1"));
-    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(1);
+    ws.expect(["run", "plan.toml"], 1);
     ws.write("plan.toml", &plan("v2"));
     ws.write("open", "");
-    let run = ws.phoenix().args(["resume"]).run().expect_code(0);
+    let run = ws.expect(["resume"], 0);
     let stderr = run.stderr();
     assert!(
         stderr.contains("step `edited` runs again: its definition changed"),
@@ -146,12 +146,8 @@ fn skip_accepts_a_failed_step_as_done() {
         ),
     );
     ws.write("plan.toml", &plan);
-    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(1);
-    let bad = ws
-        .phoenix()
-        .args(["resume", "--skip", "brokn"])
-        .run()
-        .expect_code(2);
+    ws.expect(["run", "plan.toml"], 1);
+    let bad = ws.expect(["resume", "--skip", "brokn"], 2);
     assert!(
         bad.stderr().contains("did you mean `broken`?"),
         "{}",
@@ -179,11 +175,7 @@ fn keep_going_runs_what_it_can_and_reports_skips() {
         shell_step("free", "configure", "echo free > free.txt", ""),
     );
     ws.write("plan.toml", &plan);
-    let run = ws
-        .phoenix()
-        .args(["run", "plan.toml", "--keep-going"])
-        .run()
-        .expect_code(1);
+    let run = ws.expect(["run", "plan.toml", "--keep-going"], 1);
     let stderr = run.stderr();
     assert!(stderr.contains("FAIL broken"), "{stderr}");
     assert!(stderr.contains("exited with status 7"), "{stderr}");
@@ -219,13 +211,13 @@ fn in_doubt_steps_follow_check_and_idempotent() {
         shell_step("stop", "configure", "exit 1", "needs = [\"once\"]"),
     );
     ws.write("plan.toml", &plan);
-    ws.phoenix().args(["run", "plan.toml"]).run().expect_code(1);
+    ws.expect(["run", "plan.toml"], 1);
     ws.cut_journal(|l| l.contains("\"type\":\"finished\"") || l.contains("\"type\":\"ended\""));
     let status = ws.status();
     assert_eq!(state_of(&status, "once"), "in_doubt");
     assert_eq!(status["state"], "interrupted");
 
-    let refused = ws.phoenix().args(["resume"]).run().expect_code(1);
+    let refused = ws.expect(["resume"], 1);
     assert!(refused.stderr().contains("`once`"), "{}", refused.stderr());
     assert!(
         refused.stderr().contains("--rerun STEP` or `--skip STEP"),
@@ -233,11 +225,7 @@ fn in_doubt_steps_follow_check_and_idempotent() {
         refused.stderr()
     );
 
-    let run = ws
-        .phoenix()
-        .args(["resume", "--skip", "once"])
-        .run()
-        .expect_code(1);
+    let run = ws.expect(["resume", "--skip", "once"], 1);
     assert!(
         run.stderr()
             .contains("step `checked` was in doubt; its check passed"),
@@ -255,24 +243,19 @@ fn status_text_and_a_missing_run() {
         "plan.toml",
         &format!("{HEADER}{}", shell_step("only", "provision", "true", "")),
     );
-    let none = ws.phoenix().args(["status"]).run().expect_code(2);
+    let none = ws.expect(["status"], 2);
     assert!(none.stderr().contains("no state at"), "{}", none.stderr());
     ws.phoenix()
         .args(["run", "plan.toml", "--run-id", "first-run"])
         .run()
         .expect_code(0);
-    let text = ws
-        .phoenix()
-        .args(["status", "first-run"])
-        .run()
-        .expect_code(0)
-        .stdout();
+    let text = ws.expect(["status", "first-run"], 0).stdout();
     assert!(
         text.starts_with("run `first-run` of plan `t` (recovery): succeeded"),
         "{text}"
     );
     assert!(text.contains("provision  only  succeeded"), "{text}");
-    ws.phoenix().args(["status", "nope"]).run().expect_code(2);
+    ws.expect(["status", "nope"], 2);
     // A run id is never reused.
     ws.phoenix()
         .args(["run", "plan.toml", "--run-id", "first-run"])
@@ -350,12 +333,7 @@ fn the_report_written_at_the_end_matches_the_journal_read_back() {
     );
     let same = |ws: &Workspace| {
         let written = std::fs::read_to_string(ws.run_dir().join("report.json")).unwrap();
-        let read = ws
-            .phoenix()
-            .args(["report", "--format", "json"])
-            .run()
-            .expect_code(0)
-            .stdout();
+        let read = ws.expect(["report", "--format", "json"], 0).stdout();
         let parse = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap();
         assert_eq!(parse(&written), parse(&read));
         assert!(!written.contains("s3cr3t-value"), "{written}");

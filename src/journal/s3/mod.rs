@@ -102,8 +102,7 @@ impl S3State {
         // here, once, not by the first journal write.
         let top = {
             let remote = remote.clone();
-            block_on(runtime.handle(), async move { remote.list_dirs("").await })
-                .ok_or_else(|| remote_error("the state's runtime has stopped".into()))?
+            object::run(runtime.handle(), async move { remote.list_dirs("").await })
                 .map_err(|e| remote_error(e.to_string()))?
         };
         if !create && !top.iter().any(|d| d == "runs") {
@@ -133,17 +132,14 @@ impl S3State {
         F: std::future::Future<Output = Result<T, RemoteError>> + Send + 'static,
         T: Send + 'static,
     {
-        block_on(self.handle(), future)
-            .unwrap_or_else(|| {
-                Err(RemoteError::Failed {
-                    message: "the state's runtime has stopped".into(),
-                    transient: false,
-                })
-            })
-            .map_err(|e| StateError::Remote {
-                url: self.url.clone(),
-                message: e.to_string(),
-            })
+        object::run(self.handle(), future).map_err(|e| self.error(e))
+    }
+
+    fn error(&self, error: RemoteError) -> StateError {
+        StateError::Remote {
+            url: self.url.clone(),
+            message: error.to_string(),
+        }
     }
 
     fn journal_bytes(&self, run_id: &str) -> Result<Vec<Bytes>, StateError> {
@@ -160,20 +156,12 @@ impl StateStore for S3State {
     fn create_run(&self, run_id: &str, plan_text: &str) -> Result<(), StateError> {
         let (remote, key) = (self.remote.clone(), format!("runs/{run_id}/plan.toml"));
         let body = Bytes::from(plan_text.to_string());
-        let created = block_on(self.handle(), async move {
+        match object::run(self.handle(), async move {
             remote.put(&key, body, PutIf::Absent).await
-        });
-        match created {
-            Some(Ok(_)) => Ok(()),
-            Some(Err(RemoteError::Precondition)) => Err(StateError::RunExists(run_id.to_string())),
-            Some(Err(e)) => Err(StateError::Remote {
-                url: self.url.clone(),
-                message: e.to_string(),
-            }),
-            None => Err(StateError::Remote {
-                url: self.url.clone(),
-                message: "the state's runtime has stopped".into(),
-            }),
+        }) {
+            Ok(_) => Ok(()),
+            Err(RemoteError::Precondition) => Err(StateError::RunExists(run_id.to_string())),
+            Err(e) => Err(self.error(e)),
         }
     }
 

@@ -256,6 +256,21 @@ where
     rx.recv().ok()
 }
 
+/// [`block_on`] for a call to the store: a runtime that has shut down is one
+/// more way for the call to fail.
+pub fn run<T, F>(handle: &tokio::runtime::Handle, future: F) -> Result<T, RemoteError>
+where
+    F: Future<Output = Result<T, RemoteError>> + Send + 'static,
+    T: Send + 'static,
+{
+    block_on(handle, future).unwrap_or_else(|| {
+        Err(RemoteError::Failed {
+            message: "the state's runtime has stopped".into(),
+            transient: false,
+        })
+    })
+}
+
 /// Retries a call while its errors are transient, with backoff, for as long
 /// as `keep_trying` allows.
 pub async fn with_retries<T, F, Fut>(
