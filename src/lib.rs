@@ -50,4 +50,5 @@ pub mod plan;
 pub mod report;
 pub mod session;
 pub mod stores;
+pub mod timestamp;
 pub mod unpack;

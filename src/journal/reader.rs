@@ -245,6 +245,7 @@ impl StepView {
 #[derive(Clone, Debug, Serialize)]
 pub struct Approval {
     pub step: String,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub at: DateTime<Utc>,
     pub by: String,
     pub host: String,
@@ -253,6 +254,7 @@ pub struct Approval {
 #[derive(Clone, Debug, Serialize)]
 pub struct ChaosEvent {
     pub step: String,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub at: DateTime<Utc>,
     pub event: String,
 }

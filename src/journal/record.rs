@@ -23,12 +23,14 @@ pub enum Record {
     Started {
         step: String,
         attempt: u32,
+        #[serde(serialize_with = "crate::timestamp::serialize")]
         at: DateTime<Utc>,
     },
     /// An attempt ended; durable before the step counts as done.
     Finished {
         step: String,
         attempt: u32,
+        #[serde(serialize_with = "crate::timestamp::serialize")]
         at: DateTime<Utc>,
         outcome: Outcome,
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -46,6 +48,7 @@ pub enum Record {
     /// A step not run: by the operator's `--skip`, or because a step it needs failed.
     Skipped {
         step: String,
+        #[serde(serialize_with = "crate::timestamp::serialize")]
         at: DateTime<Utc>,
         reason: SkipReason,
     },
@@ -53,24 +56,28 @@ pub enum Record {
     Resumed(Resumed),
     /// A run (or a resume of it) stopped on SIGINT or SIGTERM.
     Interrupted {
+        #[serde(serialize_with = "crate::timestamp::serialize")]
         at: DateTime<Utc>,
         signal: String,
     },
     /// Another process took this run's remote lease over (or it was removed
     /// by `unlock --force`): whatever the old holder writes after this is refused.
     Fenced {
+        #[serde(serialize_with = "crate::timestamp::serialize")]
         at: DateTime<Utc>,
         by: String,
     },
     /// The run stopped at an approval gate.
     Paused {
         step: String,
+        #[serde(serialize_with = "crate::timestamp::serialize")]
         at: DateTime<Utc>,
         prompt: String,
     },
     /// A person (or `--yes`) approved a gate.
     Approved {
         step: String,
+        #[serde(serialize_with = "crate::timestamp::serialize")]
         at: DateTime<Utc>,
         by: String,
         host: String,
@@ -78,11 +85,13 @@ pub enum Record {
     /// An event injected by `--chaos`.
     Chaos {
         step: String,
+        #[serde(serialize_with = "crate::timestamp::serialize")]
         at: DateTime<Utc>,
         event: String,
     },
     /// The run (or this resume of it) ended.
     Ended {
+        #[serde(serialize_with = "crate::timestamp::serialize")]
         at: DateTime<Utc>,
         result: RunResult,
     },
@@ -99,6 +108,7 @@ pub struct Header {
     pub plan_path: String,
     pub plan_dir: String,
     pub drill: bool,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub started_at: DateTime<Utc>,
     /// Vars overridden by `--vars` and `--var`: a resume resolves the plan the same way.
     #[serde(default)]
@@ -117,6 +127,7 @@ pub struct Header {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Resumed {
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub at: DateTime<Utc>,
     pub host: String,
     pub pid: u32,

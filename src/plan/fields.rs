@@ -16,8 +16,33 @@ use super::source::{SourceFile, Span, Spanned};
 
 pub type TomlSpanned<T> = toml::Spanned<T>;
 
+/// Where a parsed value is in the plan file. Every span of the plan goes
+/// through here, so that text parsed on its own (a group of steps, see
+/// `load/large.rs`) can still point into the whole file: see [`SpanBase`].
 pub fn span_of<T>(spanned: &TomlSpanned<T>) -> Span {
-    spanned.span().into()
+    let range = spanned.span();
+    let base = SPAN_BASE.get();
+    Span::new(base + range.start, base + range.end)
+}
+
+thread_local! {
+    static SPAN_BASE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// While alive, spans from [`span_of`] on this thread are shifted by `base`:
+/// the offset in the plan file of the text that was parsed.
+pub struct SpanBase(usize);
+
+impl SpanBase {
+    pub fn set(base: usize) -> Self {
+        SpanBase(SPAN_BASE.replace(base))
+    }
+}
+
+impl Drop for SpanBase {
+    fn drop(&mut self) {
+        SPAN_BASE.set(self.0);
+    }
 }
 
 /// The TOML type of a value, as messages name it.

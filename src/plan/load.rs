@@ -224,7 +224,7 @@ fn read_plan(
         if concurrency == Some(0) {
             diags.error(
                 source,
-                header.get("concurrency")?.1.span().into(),
+                span_of(header.get("concurrency")?.1),
                 "range",
                 "`concurrency` must be at least 1",
             );
@@ -626,7 +626,7 @@ fn read_step(
     if timeout == Some(std::time::Duration::ZERO) {
         diags.error(
             source,
-            fields.get("timeout")?.1.span().into(),
+            span_of(fields.get("timeout")?.1),
             "range",
             format!("{}: `timeout` must be longer than zero", fields.what),
         );

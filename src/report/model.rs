@@ -60,7 +60,9 @@ impl Target {
 #[derive(Serialize)]
 pub struct PhaseSpan {
     pub name: &'static str,
+    #[serde(serialize_with = "crate::timestamp::option::serialize")]
     pub started_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::timestamp::option::serialize")]
     pub finished_at: Option<DateTime<Utc>>,
 }
 

@@ -15,7 +15,9 @@ pub struct Status {
     pub plan: String,
     pub drill: bool,
     pub state: &'static str,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub started_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::timestamp::option::serialize")]
     pub finished_at: Option<DateTime<Utc>>,
     pub resumes: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -29,7 +31,9 @@ pub struct StepStatus {
     pub phase: String,
     pub state: StepState,
     pub attempts: u32,
+    #[serde(serialize_with = "crate::timestamp::option::serialize")]
     pub started_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::timestamp::option::serialize")]
     pub finished_at: Option<DateTime<Utc>>,
     pub duration_seconds: Option<f64>,
     pub outputs: Outputs,

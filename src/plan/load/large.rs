@@ -9,9 +9,9 @@
 //! the groups of steps are parsed and turned into [`Step`]s by a few threads,
 //! each tree dropped as soon as its steps are read.
 //!
-//! Each group is parsed from a copy of its text behind as many spaces as it
-//! has bytes before it, so every span is where it is in the file and messages
-//! point at the right line. The cut is only trusted when it cannot be wrong:
+//! Each group is parsed from its own slice of the text, with spans shifted by
+//! where the slice starts ([`SpanBase`]), so messages point at the right line
+//! of the file. The cut is only trusted when it cannot be wrong:
 //! no other line after the first `[[step]]` may start with `[` (a sub-table
 //! such as `[step.env]`, another table, an array continued on a new line), and
 //! every part must parse without error (a `[[step]]` line inside a multi-line
@@ -27,7 +27,7 @@ use toml::de::{DeTable, DeValue};
 
 use super::{finish, read_plan, read_step, Loaded, Overrides, Step};
 use crate::plan::diagnostic::Diagnostics;
-use crate::plan::fields::{span_of, Fields};
+use crate::plan::fields::{span_of, Fields, SpanBase};
 use crate::plan::source::{SourceFile, Span};
 
 /// One group's steps and what reading them found.
@@ -123,16 +123,14 @@ fn read_group(
     end: usize,
     first_index: usize,
 ) -> Option<Group> {
-    let mut padded = String::with_capacity(end);
-    padded.extend(std::iter::repeat_n(' ', start));
-    padded.push_str(&source.text[start..end]);
-    let (root, errors) = DeTable::parse_recoverable(&padded);
+    let (root, errors) = DeTable::parse_recoverable(&source.text[start..end]);
     if !errors.is_empty() || root.get_ref().len() != 1 {
         return None;
     }
     let DeValue::Array(tables) = root.get_ref().get("step")?.get_ref() else {
         return None;
     };
+    let _base = SpanBase::set(start);
     let mut diags = Diagnostics::default();
     let mut steps = Vec::with_capacity(tables.len());
     for (i, table) in tables.iter().enumerate() {
