@@ -3,6 +3,11 @@ use clap::Parser;
 use phoenix::cli::{self, Cli};
 use phoenix::exit_codes;
 
+/// See Cargo.toml: frees on another thread than the allocation's are common
+/// here (records, step results) and cheap with mimalloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

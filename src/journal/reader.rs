@@ -1,7 +1,7 @@
 //! Reading a journal back: parsing with line numbers, the torn-tail rule, and
 //! folding records into where each step stands.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -109,7 +109,7 @@ impl RunView {
             finished_at: None,
             result: None,
             resumes: 0,
-            steps: BTreeMap::new(),
+            steps: HashMap::new(),
             paused_at: None,
             approvals: Vec::new(),
             chaos: Vec::new(),
@@ -267,7 +267,9 @@ pub struct RunView {
     /// How the latest run or resume ended; `None` when it is live or crashed.
     pub result: Option<RunResult>,
     pub resumes: usize,
-    pub steps: BTreeMap<String, StepView>,
+    /// By step id. A hash map: a 100,000-step run looks every step up as its
+    /// journal is folded and again for its report.
+    pub steps: HashMap<String, StepView>,
     pub paused_at: Option<String>,
     pub approvals: Vec<Approval>,
     pub chaos: Vec<ChaosEvent>,

@@ -112,6 +112,9 @@ pub fn build(
     let mut deployed = Vec::new();
     if let Some(plan) = plan {
         for step in plan.applicable(header.drill) {
+            if !matches!(step.action.value, Action::Restore(_) | Action::Git(_)) {
+                continue;
+            }
             let id = step.id.as_str();
             let Some(view_step) = view.steps.get(id) else {
                 continue;

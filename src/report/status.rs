@@ -28,7 +28,7 @@ pub struct Status {
 #[derive(Serialize)]
 pub struct StepStatus {
     pub id: String,
-    pub phase: String,
+    pub phase: &'static str,
     pub state: StepState,
     pub attempts: u32,
     #[serde(serialize_with = "crate::timestamp::option::serialize")]
@@ -53,7 +53,7 @@ pub fn build(header: &Header, view: &RunView, live: bool, plan: Option<&Plan>) -
         }
     };
     let none = StepView::default();
-    let step_status = |id: &str, phase: &str, step: Option<&StepView>| {
+    let step_status = |id: &str, phase: &'static str, step: Option<&StepView>| {
         let step = step.unwrap_or(&none);
         let state = match step.state {
             StepState::InDoubt if live => StepState::Running,
@@ -61,7 +61,7 @@ pub fn build(header: &Header, view: &RunView, live: bool, plan: Option<&Plan>) -
         };
         StepStatus {
             id: id.to_string(),
-            phase: phase.to_string(),
+            phase,
             state,
             attempts: step.attempts,
             started_at: step.started_at,
@@ -82,11 +82,13 @@ pub fn build(header: &Header, view: &RunView, live: bool, plan: Option<&Plan>) -
                 )
             })
             .collect(),
-        None => view
-            .steps
-            .iter()
-            .map(|(id, s)| step_status(id, "", Some(s)))
-            .collect(),
+        None => {
+            let mut ids: Vec<&String> = view.steps.keys().collect();
+            ids.sort();
+            ids.into_iter()
+                .map(|id| step_status(id, "", view.steps.get(id)))
+                .collect()
+        }
     };
     Status {
         run_id: header.run_id.clone(),
