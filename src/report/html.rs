@@ -104,12 +104,12 @@ fn gantt(report: &Report) -> String {
             escape(&step.id),
             if critical { " critical" } else { "" },
             escape(&step.id),
-            escape(&step.phase),
+            escape(step.phase),
             x(start),
             row - 6.0,
-            color(&step.phase),
+            color(step.phase),
             escape(&step.id),
-            escape(&step.phase),
+            escape(step.phase),
             duration(finish - start),
         );
     }
@@ -233,7 +233,7 @@ pub fn render(report: &Report, history: &[HistoryEntry]) -> String {
             html,
             "<tr><td><code>{}</code></td><td>{}</td><td>{state}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&step.id),
-            escape(&step.phase),
+            escape(step.phase),
             step.attempts,
             step.duration_seconds.map(duration).unwrap_or_else(|| "—".into()),
             outputs.join(" ")
