@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use super::{context, ActionError, Event, Shared, StepContext};
 use crate::journal::record::{Outcome, Outputs, Record};
+use crate::journal::writer::Durability;
 use crate::plan::model::MAX_BACKOFF;
 
 /// How a step's turn ended.
@@ -32,9 +33,14 @@ pub enum StepOutcome {
 }
 
 /// Sent to the scheduler when the step no longer holds a concurrency slot (its
-/// action is over) and when its outcome is durable.
+/// action is over), when it succeeded and its finish record waits for a sync,
+/// and when its outcome is durable.
 pub enum Message {
     Released(usize),
+    /// The step's action succeeded and gave back its slot; its finish record is
+    /// written and becomes durable with the next sync, which the walker asks
+    /// for when it has nothing else to start.
+    Finished(usize),
     Done(usize, StepOutcome),
 }
 
@@ -107,7 +113,6 @@ async fn attempts(
         let duration = started.elapsed();
         let error = match result {
             Ok(outputs) => {
-                release();
                 let outputs: Outputs = outputs
                     .into_iter()
                     .map(|(k, v)| (k, shared.masker.mask(&v).into_owned()))
@@ -120,7 +125,19 @@ async fn attempts(
                     None,
                     duration,
                 );
-                if let Err(e) = shared.journal.append_durable(record).await {
+                // The walker syncs the journal when it needs this step done.
+                // A step that must not run twice is made durable at once: the
+                // window in which a lost machine would leave it in doubt stays
+                // as short as it can be.
+                let durable = if step.idempotent {
+                    let durable = shared.journal.append_waiting(record, Durability::OnDemand);
+                    let _ = tx.send(Message::Finished(index));
+                    durable
+                } else {
+                    release();
+                    shared.journal.append_waiting(record, Durability::Now)
+                };
+                if let Err(e) = durable.await {
                     return StepOutcome::Failed {
                         error: e.to_string(),
                     };

@@ -5,7 +5,9 @@
 //! One loop owns all scheduling state; steps run as tasks and report back by
 //! message, so no lock guards the graph. A step gives back its concurrency slot
 //! as soon as its action is over, but its dependents start only once its finish
-//! record is durable.
+//! record is durable. The walker asks the journal for that sync only when it
+//! has a free slot and nothing to start: while other work is ready, finishes
+//! wait for a later sync and share it.
 
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
@@ -60,6 +62,11 @@ struct Walker {
     ready: BinaryHeap<(u64, std::cmp::Reverse<usize>)>,
     pools: HashMap<String, (usize, usize)>,
     in_flight: usize,
+    /// Steps that succeeded and whose finish record waits for a sync.
+    awaiting_sync: usize,
+    finished: Vec<bool>,
+    /// A sync was asked for and no step has been confirmed durable since.
+    sync_asked: bool,
     running: usize,
     running_main: usize,
     fail_stop: bool,
@@ -105,6 +112,9 @@ pub async fn execute(shared: Arc<Shared>, starts: Vec<Start>) -> RunResult {
             .map(|(name, size)| (name.clone(), (size.value, 0)))
             .collect(),
         in_flight: 0,
+        awaiting_sync: 0,
+        finished: vec![false; n],
+        sync_asked: false,
         running: 0,
         running_main: 0,
         fail_stop: false,
@@ -161,6 +171,7 @@ impl Walker {
         let interrupt = self.shared.interrupt.clone();
         loop {
             self.start_ready(&tx);
+            self.sync_if_idle();
             if self.running == 0 {
                 if self.release_teardown() {
                     continue;
@@ -224,6 +235,18 @@ impl Walker {
         self.ready.extend(deferred);
     }
 
+    /// Asks the journal to sync when a slot would otherwise stay empty (or the
+    /// run is stopping) while finished steps wait for durability.
+    fn sync_if_idle(&mut self) {
+        if self.awaiting_sync > 0
+            && !self.sync_asked
+            && (self.halted() || self.fail_stop || self.in_flight < self.shared.concurrency)
+        {
+            self.shared.journal.sync();
+            self.sync_asked = true;
+        }
+    }
+
     /// In a drill, once the rest of the run has settled, the teardown steps
     /// become ready. Returns whether any did.
     fn release_teardown(&mut self) -> bool {
@@ -263,9 +286,18 @@ impl Walker {
                     }
                 }
             }
+            Message::Finished(i) => {
+                self.handle(Message::Released(i));
+                self.finished[i] = true;
+                self.awaiting_sync += 1;
+            }
             Message::Done(i, outcome) => {
                 // A step that ended without giving back its slot gives it back now.
                 self.handle(Message::Released(i));
+                if std::mem::replace(&mut self.finished[i], false) {
+                    self.awaiting_sync -= 1;
+                    self.sync_asked = false;
+                }
                 self.running -= 1;
                 if !self.teardown[i] {
                     self.running_main -= 1;

@@ -5,11 +5,19 @@
 //! then wakes every caller that asked to wait. Steps that finish together share
 //! one fsync, so durability costs one sync per batch, not per step.
 //!
+//! A caller may also wait "on demand": its record is written at once but synced
+//! only when somebody needs it to be ([`JournalWriter::sync`], or a record that
+//! must be durable now), or [`MAX_SYNC_DELAY`] later. The walker uses this for
+//! finished steps: while other steps are ready to fill every slot, nothing
+//! waits for a finish to be durable, and a run of thousands of short steps on
+//! two slots needs a few syncs a second instead of one per step.
+//!
 //! The thread also folds every record it wrote into a [`RunView`], so the report
 //! at the end of a run is built from memory instead of reading the journal back.
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -20,10 +28,28 @@ use super::JournalBackend;
 /// A run as its journal stands: the header and every record folded in.
 pub type Folded = Option<(Header, RunView)>;
 
+/// A finished step's record is durable at the latest this long after it was
+/// written, when no step waits for it before then.
+pub const MAX_SYNC_DELAY: Duration = Duration::from_millis(100);
+
+/// When a waiting caller's record must be on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// With the batch it arrives in: the caller waits for it now.
+    Now,
+    /// With the next sync anybody asks for ([`JournalWriter::sync`] or a
+    /// `Now` record), or after [`MAX_SYNC_DELAY`].
+    OnDemand,
+}
+
+type Waiter = oneshot::Sender<Result<(), String>>;
+
 enum Message {
-    Append(Box<Record>, Option<oneshot::Sender<Result<(), String>>>),
+    Append(Box<Record>, Option<(Waiter, Durability)>),
     /// Sync everything sent so far, then answer.
-    Flush(oneshot::Sender<Result<(), String>>),
+    Flush(Waiter),
+    /// Sync everything sent so far.
+    Sync,
 }
 
 /// A cheap handle to the writer thread.
@@ -55,10 +81,31 @@ impl JournalWriter {
             .name("journal".into())
             .spawn(move || {
                 let mut buffer = Vec::with_capacity(64 * 1024);
-                let mut waiters = Vec::new();
                 let mut batch: Vec<Box<Record>> = Vec::new();
-                while let Ok(first) = receiver.recv() {
-                    let mut next = Some(first);
+                // Callers waiting for the next sync, and whether anything
+                // written is not synced yet.
+                let mut waiters: Vec<Waiter> = Vec::new();
+                let mut unsynced = false;
+                let mut deadline: Option<Instant> = None;
+                loop {
+                    let first = match deadline {
+                        None => match receiver.recv() {
+                            Ok(message) => Some(message),
+                            Err(_) => break,
+                        },
+                        Some(at) => {
+                            match receiver
+                                .recv_timeout(at.saturating_duration_since(Instant::now()))
+                            {
+                                Ok(message) => Some(message),
+                                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                            }
+                        }
+                    };
+                    // A deadline that passed syncs what waits.
+                    let mut sync = first.is_none();
+                    let mut next = first;
                     // Take everything already queued: one write and one sync for all.
                     while let Some(message) = next {
                         match message {
@@ -67,7 +114,10 @@ impl JournalWriter {
                                 let masked = thread_masker.mask(&line);
                                 buffer.extend_from_slice(masked.as_bytes());
                                 buffer.push(b'\n');
-                                waiters.extend(waiter);
+                                if let Some((waiter, durability)) = waiter {
+                                    sync |= durability == Durability::Now;
+                                    waiters.push(waiter);
+                                }
                                 // Fold what the journal holds: the masked record.
                                 batch.push(match masked {
                                     std::borrow::Cow::Borrowed(_) => record,
@@ -76,26 +126,34 @@ impl JournalWriter {
                                     }
                                 });
                             }
-                            Message::Flush(waiter) => waiters.push(waiter),
+                            Message::Flush(waiter) => {
+                                sync = true;
+                                waiters.push(waiter);
+                            }
+                            Message::Sync => sync = true,
                         }
                         next = receiver.try_recv().ok();
                     }
-                    // Records nobody waits for (a step's start) are written but not
-                    // synced on their own: the next record somebody waits for
-                    // syncs them too. Losing one in a crash only makes its step
-                    // look not started instead of in doubt: it runs again either way.
+                    // Records nobody waits for yet (a step's start, a finish
+                    // that no step needs yet) are written but not synced on
+                    // their own: the next sync takes them too. A process killed
+                    // before it loses none of them; a machine that goes down
+                    // loses at most the steps that nothing had waited for, which
+                    // run again on resume.
                     tracing::trace!(
                         bytes = buffer.len(),
                         waiters = waiters.len(),
+                        sync,
                         "journal batch"
                     );
-                    let result = if buffer.is_empty() {
-                        Ok(())
-                    } else if waiters.is_empty() {
+                    let result = if sync && (unsynced || !buffer.is_empty()) {
+                        backend.append(&buffer).map_err(|e| e.to_string())
+                    } else if !buffer.is_empty() {
                         backend.write(&buffer).map_err(|e| e.to_string())
                     } else {
-                        backend.append(&buffer).map_err(|e| e.to_string())
+                        Ok(())
                     };
+                    unsynced = !sync && (unsynced || !buffer.is_empty());
                     buffer.clear();
                     for record in batch.drain(..) {
                         if result.is_err() {
@@ -110,9 +168,19 @@ impl JournalWriter {
                             (None, _) => {}
                         }
                     }
-                    for waiter in waiters.drain(..) {
-                        let _ = waiter.send(result.clone());
+                    if sync || result.is_err() {
+                        for waiter in waiters.drain(..) {
+                            let _ = waiter.send(result.clone());
+                        }
+                        deadline = None;
+                    } else if !waiters.is_empty() && deadline.is_none() {
+                        deadline = Some(Instant::now() + MAX_SYNC_DELAY);
                     }
+                }
+                // Every handle is gone: whatever was written and never asked
+                // for is made durable before the journal closes.
+                if unsynced {
+                    let _ = backend.append(&[]);
                 }
                 folded
             })
@@ -132,13 +200,31 @@ impl JournalWriter {
 
     /// Appends a record and returns once it is durable.
     pub async fn append_durable(&self, record: Record) -> Result<(), JournalWriteError> {
+        self.append_waiting(record, Durability::Now).await
+    }
+
+    /// Queues a record at once; the future it returns ends when the record is
+    /// durable, which for [`Durability::OnDemand`] is at the next sync.
+    pub fn append_waiting(
+        &self,
+        record: Record,
+        durability: Durability,
+    ) -> impl std::future::Future<Output = Result<(), JournalWriteError>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
-        self.sender
-            .send(Message::Append(Box::new(record), Some(tx)))
-            .map_err(|_| JournalWriteError("the journal is closed".into()))?;
-        rx.await
-            .map_err(|_| JournalWriteError("the journal is closed".into()))?
-            .map_err(JournalWriteError)
+        let sent = self
+            .sender
+            .send(Message::Append(Box::new(record), Some((tx, durability))));
+        async move {
+            sent.map_err(|_| JournalWriteError("the journal is closed".into()))?;
+            rx.await
+                .map_err(|_| JournalWriteError("the journal is closed".into()))?
+                .map_err(JournalWriteError)
+        }
+    }
+
+    /// Asks for a sync of everything sent so far, without waiting for it.
+    pub fn sync(&self) {
+        let _ = self.sender.send(Message::Sync);
     }
 
     /// Returns once every record sent so far is durable.
@@ -165,5 +251,121 @@ impl WriterThread {
             .take()
             .and_then(|handle| handle.join().ok())
             .flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use chrono::Utc;
+
+    use super::{Durability, JournalWriter, MAX_SYNC_DELAY};
+    use crate::journal::record::Record;
+    use crate::journal::JournalBackend;
+
+    /// A backend that notes each call: how many lines, and whether it synced.
+    #[derive(Clone, Default)]
+    struct Calls(Arc<Mutex<Vec<(&'static str, usize)>>>);
+
+    impl Calls {
+        fn take(&self) -> Vec<(&'static str, usize)> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    impl JournalBackend for Calls {
+        fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+            let lines = bytes.iter().filter(|b| **b == b'\n').count();
+            self.0.lock().unwrap().push(("sync", lines));
+            Ok(())
+        }
+
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+            let lines = bytes.iter().filter(|b| **b == b'\n').count();
+            self.0.lock().unwrap().push(("write", lines));
+            Ok(())
+        }
+    }
+
+    fn record(step: &str) -> Record {
+        Record::Skipped {
+            step: step.into(),
+            at: Utc::now(),
+            reason: crate::journal::record::SkipReason::Check,
+        }
+    }
+
+    fn start() -> (JournalWriter, super::WriterThread, Calls) {
+        let calls = Calls::default();
+        let (writer, thread) = JournalWriter::start(Box::new(calls.clone()), Arc::default(), None);
+        (writer, thread, calls)
+    }
+
+    #[tokio::test]
+    async fn on_demand_records_are_written_at_once_and_synced_when_asked() {
+        let (writer, thread, calls) = start();
+        let a = writer.append_waiting(record("a"), Durability::OnDemand);
+        let b = writer.append_waiting(record("b"), Durability::OnDemand);
+        let a = tokio::spawn(a);
+        let b = tokio::spawn(b);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !a.is_finished() && !b.is_finished(),
+            "acknowledged before any sync"
+        );
+        let written = calls.take();
+        assert!(
+            written.iter().all(|(call, _)| *call == "write"),
+            "{written:?}"
+        );
+        assert_eq!(written.iter().map(|(_, n)| n).sum::<usize>(), 2);
+        writer.sync();
+        a.await.unwrap().unwrap();
+        b.await.unwrap().unwrap();
+        // One sync for both, with nothing left to write.
+        assert_eq!(calls.take(), [("sync", 0)]);
+        // Nothing unsynced: a second request costs no sync.
+        writer.sync();
+        writer.flush().await.unwrap();
+        assert_eq!(calls.take(), []);
+        drop(writer);
+        thread.join();
+    }
+
+    #[tokio::test]
+    async fn a_record_needed_now_syncs_the_waiting_ones_with_it() {
+        let (writer, thread, calls) = start();
+        let lazy = tokio::spawn(writer.append_waiting(record("a"), Durability::OnDemand));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        writer.append_durable(record("b")).await.unwrap();
+        lazy.await.unwrap().unwrap();
+        assert_eq!(calls.take(), [("write", 1), ("sync", 1)]);
+        drop(writer);
+        thread.join();
+    }
+
+    #[tokio::test]
+    async fn nobody_asking_still_syncs_within_the_delay() {
+        let (writer, thread, calls) = start();
+        let started = Instant::now();
+        writer
+            .append_waiting(record("a"), Durability::OnDemand)
+            .await
+            .unwrap();
+        assert!(started.elapsed() >= MAX_SYNC_DELAY);
+        assert_eq!(calls.take(), [("write", 1), ("sync", 0)]);
+        drop(writer);
+        thread.join();
+    }
+
+    #[tokio::test]
+    async fn closing_syncs_what_was_only_written() {
+        let (writer, thread, calls) = start();
+        writer.append(record("a"));
+        drop(writer);
+        thread.join();
+        assert_eq!(calls.take(), [("write", 1), ("sync", 0)]);
     }
 }
