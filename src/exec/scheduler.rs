@@ -209,6 +209,12 @@ impl Walker {
                 // Not started: a resume runs it.
                 continue;
             }
+            if self.teardown[i] {
+                if let Some(missing) = self.outputs_missing(i) {
+                    self.skip_teardown(i, &missing);
+                    continue;
+                }
+            }
             let step = &self.shared.plan.steps[i];
             if let Some(pool) = &step.pool {
                 let (size, used) = self.pools.get_mut(pool.as_str()).expect("validated pool");
@@ -345,6 +351,48 @@ impl Walker {
                 self.ready.push((self.priority[d], std::cmp::Reverse(d)));
             }
         }
+    }
+
+    /// A step whose outputs step `i` reads but which has none: it did not
+    /// succeed (or was skipped by the operator). Teardown steps run after
+    /// failures too, so this is where a drill that failed early meets them.
+    fn outputs_missing(&self, i: usize) -> Option<String> {
+        let outputs = self
+            .shared
+            .outputs
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        self.shared.plan.steps[i]
+            .texts
+            .iter()
+            .flat_map(|text| crate::plan::interpolate::outputs_read(text))
+            .find(|id| !outputs.contains_key(id))
+    }
+
+    /// A teardown step that reads the outputs of a step that never produced
+    /// them has nothing it could name to tear down: it is skipped, saying why,
+    /// instead of failing on an undefined value, and the teardown steps that
+    /// need it go on. A resume runs it again once that step has succeeded. (Teardown steps that read no such outputs run
+    /// regardless, as the spec says: `terraform destroy` cleans up a half-made
+    /// resource as well.)
+    fn skip_teardown(&mut self, i: usize, missing: &str) {
+        self.state[i] = State::Skipped;
+        let step = &self.shared.plan.steps[i];
+        self.shared.journal.append(Record::Skipped {
+            step: step.id.value.clone(),
+            at: Utc::now(),
+            reason: SkipReason::Upstream {
+                failed: missing.to_string(),
+            },
+        });
+        self.shared.events.emit(Event::StepSkipped {
+            step: step.id.value.clone(),
+            phase: step.phase.value,
+            reason: format!("it reads the outputs of `{missing}`, which did not succeed"),
+        });
+        // The teardown steps after it still run: tearing down what was made
+        // before this step's resource matters all the more.
+        self.unblock_dependents(i);
     }
 
     /// Marks every step downstream of a failed one as skipped (of its own part

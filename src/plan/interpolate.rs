@@ -81,7 +81,6 @@ pub fn expressions(text: &str) -> Result<Vec<Expression>, SyntaxError> {
     Ok(found)
 }
 
-/// The dotted names an expression reads: `vars.region`, `steps.db.outputs.host`.
 /// Whether a plan string names `{{ run.dir }}` (the run's local directory).
 pub fn reads_run_dir(text: &str) -> bool {
     has_expressions(text)
@@ -92,6 +91,25 @@ pub fn reads_run_dir(text: &str) -> bool {
         })
 }
 
+/// The steps whose outputs a plan string reads (`{{ steps.db.outputs.host }}`).
+pub fn outputs_read(text: &str) -> BTreeSet<String> {
+    if !has_expressions(text) {
+        return BTreeSet::new();
+    }
+    expressions(text)
+        .unwrap_or_default()
+        .iter()
+        .flat_map(references)
+        .filter_map(|name| {
+            let mut parts = name.split('.');
+            (parts.next() == Some("steps"))
+                .then(|| parts.next().map(str::to_string))
+                .flatten()
+        })
+        .collect()
+}
+
+/// The dotted names an expression reads: `vars.region`, `steps.db.outputs.host`.
 pub fn references(expression: &Expression) -> BTreeSet<String> {
     match environment().compile_expression(&expression.source) {
         Ok(compiled) => compiled.undeclared_variables(true).into_iter().collect(),

@@ -83,6 +83,69 @@ fn teardown_runs_after_a_failure_and_a_failing_teardown_fails_the_drill() {
 }
 
 #[test]
+fn teardown_of_a_step_that_never_succeeded_is_skipped_and_the_rest_tears_down() {
+    let ws = Workspace::new();
+    let plan = |vm_exit: u8| {
+        format!(
+            "{DRILL_HEADER}{}{}{}{}{}",
+            shell_step(
+                "vm",
+                "provision",
+                &format!("echo id=vm-1 >> \"$PHOENIX_OUTPUT\"; exit {vm_exit}"),
+                ""
+            ),
+            shell_step(
+                "net",
+                "provision",
+                "echo id=net-1 >> \"$PHOENIX_OUTPUT\"",
+                ""
+            ),
+            shell_step(
+                "destroy_vm",
+                "teardown",
+                "echo destroy {{ steps.vm.outputs.id }} >> ledger",
+                "needs = [\"vm\"]"
+            ),
+            // Needs no outputs: runs whatever became of `vm`.
+            shell_step(
+                "sweep",
+                "teardown",
+                "echo sweep >> ledger",
+                "needs = [\"vm\"]"
+            ),
+            shell_step(
+                "destroy_net",
+                "teardown",
+                "echo destroy {{ steps.net.outputs.id }} >> ledger",
+                "needs = [\"net\", \"destroy_vm\"]"
+            ),
+        )
+    };
+    ws.write("plan.toml", &plan(1));
+    let run = ws.expect(["run", "plan.toml", "--drill", "--run-id", "d"], 1);
+    assert!(
+        run.stderr()
+            .contains("skip destroy_vm: it reads the outputs of `vm`, which did not succeed"),
+        "{}",
+        run.stderr()
+    );
+    let torn_down: BTreeSet<String> = ledger(&ws).into_iter().collect();
+    assert_eq!(
+        torn_down,
+        BTreeSet::from(["sweep".to_string(), "destroy net-1".to_string()])
+    );
+    let status = ws.status();
+    assert_eq!(status["state"], "failed");
+    assert_eq!(state_of(&status, "destroy_vm"), "skipped");
+    assert_eq!(state_of(&status, "destroy_net"), "succeeded");
+
+    // Once `vm` succeeds, a resume tears it down too.
+    ws.write("plan.toml", &plan(0));
+    ws.expect(["resume", "d"], 0);
+    assert!(ledger(&ws).contains(&"destroy vm-1".to_string()));
+}
+
+#[test]
 fn teardown_waits_for_a_crashed_run_to_be_resumed() {
     let ws = Workspace::new();
     ws.write(
