@@ -372,9 +372,9 @@ impl Walker {
     /// A teardown step that reads the outputs of a step that never produced
     /// them has nothing it could name to tear down: it is skipped, saying why,
     /// instead of failing on an undefined value, and the teardown steps that
-    /// need it go on. A resume runs it again once that step has succeeded. (Teardown steps that read no such outputs run
-    /// regardless, as the spec says: `terraform destroy` cleans up a half-made
-    /// resource as well.)
+    /// need it go on. A resume runs it again once that step has succeeded.
+    /// (Teardown steps that read no such outputs run regardless, as the spec
+    /// says: a `terraform destroy` cleans up a half-made resource as well.)
     fn skip_teardown(&mut self, i: usize, missing: &str) {
         self.state[i] = State::Skipped;
         let step = &self.shared.plan.steps[i];
@@ -390,8 +390,8 @@ impl Walker {
             phase: step.phase.value,
             reason: format!("it reads the outputs of `{missing}`, which did not succeed"),
         });
-        // The teardown steps after it still run: tearing down what was made
-        // before this step's resource matters all the more.
+        // The teardown steps that need it still run: what they tear down
+        // may well exist.
         self.unblock_dependents(i);
     }
 
