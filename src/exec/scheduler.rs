@@ -376,20 +376,11 @@ impl Walker {
     /// (Teardown steps that read no such outputs run regardless, as the spec
     /// says: a `terraform destroy` cleans up a half-made resource as well.)
     fn skip_teardown(&mut self, i: usize, missing: &str) {
-        self.state[i] = State::Skipped;
-        let step = &self.shared.plan.steps[i];
-        self.shared.journal.append(Record::Skipped {
-            step: step.id.value.clone(),
-            at: Utc::now(),
-            reason: SkipReason::Upstream {
-                failed: missing.to_string(),
-            },
-        });
-        self.shared.events.emit(Event::StepSkipped {
-            step: step.id.value.clone(),
-            phase: step.phase.value,
-            reason: format!("it reads the outputs of `{missing}`, which did not succeed"),
-        });
+        self.skip(
+            i,
+            missing,
+            format!("it reads the outputs of `{missing}`, which did not succeed"),
+        );
         // The teardown steps that need it still run: what they tear down
         // may well exist.
         self.unblock_dependents(i);
@@ -407,21 +398,27 @@ impl Walker {
             {
                 continue;
             }
-            self.state[d] = State::Skipped;
-            let step = &self.shared.plan.steps[d];
-            self.shared.journal.append(Record::Skipped {
-                step: step.id.value.clone(),
-                at: Utc::now(),
-                reason: SkipReason::Upstream {
-                    failed: failed_id.clone(),
-                },
-            });
-            self.shared.events.emit(Event::StepSkipped {
-                step: step.id.value.clone(),
-                phase: step.phase.value,
-                reason: format!("`{failed_id}` failed"),
-            });
+            self.skip(d, &failed_id, format!("`{failed_id}` failed"));
         }
+    }
+
+    /// Marks step `i` skipped because of step `cause`, in the journal (a
+    /// resume runs it again) and on the terminal.
+    fn skip(&mut self, i: usize, cause: &str, reason: String) {
+        self.state[i] = State::Skipped;
+        let step = &self.shared.plan.steps[i];
+        self.shared.journal.append(Record::Skipped {
+            step: step.id.value.clone(),
+            at: Utc::now(),
+            reason: SkipReason::Upstream {
+                failed: cause.to_string(),
+            },
+        });
+        self.shared.events.emit(Event::StepSkipped {
+            step: step.id.value.clone(),
+            phase: step.phase.value,
+            reason,
+        });
     }
 
     fn result(&self) -> RunResult {

@@ -71,9 +71,20 @@ pub struct JournalWriteError(pub String);
 impl JournalWriter {
     /// Starts the writer thread. `folded` is the journal so far, for a resume.
     pub fn start(
+        backend: Box<dyn JournalBackend>,
+        masker: std::sync::Arc<crate::exec::secrets::Masker>,
+        folded: Folded,
+    ) -> (JournalWriter, WriterThread) {
+        Self::start_with_delay(backend, masker, folded, MAX_SYNC_DELAY)
+    }
+
+    /// [`JournalWriter::start`] with another bound on how long an on-demand
+    /// record may wait for its sync (tests).
+    fn start_with_delay(
         mut backend: Box<dyn JournalBackend>,
         masker: std::sync::Arc<crate::exec::secrets::Masker>,
         mut folded: Folded,
+        max_delay: Duration,
     ) -> (JournalWriter, WriterThread) {
         let (sender, receiver) = mpsc::channel::<Message>();
         let thread_masker = std::sync::Arc::clone(&masker);
@@ -174,7 +185,7 @@ impl JournalWriter {
                         }
                         deadline = None;
                     } else if !waiters.is_empty() && deadline.is_none() {
-                        deadline = Some(Instant::now() + MAX_SYNC_DELAY);
+                        deadline = Some(Instant::now() + max_delay);
                     }
                 }
                 // Every handle is gone: whatever was written and never asked
@@ -261,7 +272,7 @@ mod tests {
 
     use chrono::Utc;
 
-    use super::{Durability, JournalWriter, MAX_SYNC_DELAY};
+    use super::{Durability, JournalWriter};
     use crate::journal::record::Record;
     use crate::journal::JournalBackend;
 
@@ -297,30 +308,37 @@ mod tests {
         }
     }
 
-    fn start() -> (JournalWriter, super::WriterThread, Calls) {
+    /// A writer whose on-demand records wait for their sync at most `delay`.
+    fn start(delay: Duration) -> (JournalWriter, super::WriterThread, Calls) {
         let calls = Calls::default();
-        let (writer, thread) = JournalWriter::start(Box::new(calls.clone()), Arc::default(), None);
+        let (writer, thread) =
+            JournalWriter::start_with_delay(Box::new(calls.clone()), Arc::default(), None, delay);
         (writer, thread, calls)
     }
 
+    /// Waits until the backend has been called `n` times.
+    async fn calls_reach(calls: &Calls, n: usize) {
+        let limit = Instant::now() + Duration::from_secs(30);
+        while calls.0.lock().unwrap().len() < n {
+            assert!(Instant::now() < limit, "the journal thread wrote nothing");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    const NEVER: Duration = Duration::from_secs(3600);
+
     #[tokio::test]
     async fn on_demand_records_are_written_at_once_and_synced_when_asked() {
-        let (writer, thread, calls) = start();
-        let a = writer.append_waiting(record("a"), Durability::OnDemand);
-        let b = writer.append_waiting(record("b"), Durability::OnDemand);
-        let a = tokio::spawn(a);
-        let b = tokio::spawn(b);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (writer, thread, calls) = start(NEVER);
+        let a = tokio::spawn(writer.append_waiting(record("a"), Durability::OnDemand));
+        calls_reach(&calls, 1).await;
+        let b = tokio::spawn(writer.append_waiting(record("b"), Durability::OnDemand));
+        calls_reach(&calls, 2).await;
         assert!(
             !a.is_finished() && !b.is_finished(),
             "acknowledged before any sync"
         );
-        let written = calls.take();
-        assert!(
-            written.iter().all(|(call, _)| *call == "write"),
-            "{written:?}"
-        );
-        assert_eq!(written.iter().map(|(_, n)| n).sum::<usize>(), 2);
+        assert_eq!(calls.take(), [("write", 1), ("write", 1)]);
         writer.sync();
         a.await.unwrap().unwrap();
         b.await.unwrap().unwrap();
@@ -336,9 +354,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_record_needed_now_syncs_the_waiting_ones_with_it() {
-        let (writer, thread, calls) = start();
+        let (writer, thread, calls) = start(NEVER);
         let lazy = tokio::spawn(writer.append_waiting(record("a"), Durability::OnDemand));
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        calls_reach(&calls, 1).await;
         writer.append_durable(record("b")).await.unwrap();
         lazy.await.unwrap().unwrap();
         assert_eq!(calls.take(), [("write", 1), ("sync", 1)]);
@@ -348,13 +366,13 @@ mod tests {
 
     #[tokio::test]
     async fn nobody_asking_still_syncs_within_the_delay() {
-        let (writer, thread, calls) = start();
+        let (writer, thread, calls) = start(Duration::from_millis(50));
         let started = Instant::now();
         writer
             .append_waiting(record("a"), Durability::OnDemand)
             .await
             .unwrap();
-        assert!(started.elapsed() >= MAX_SYNC_DELAY);
+        assert!(started.elapsed() >= Duration::from_millis(50));
         assert_eq!(calls.take(), [("write", 1), ("sync", 0)]);
         drop(writer);
         thread.join();
@@ -362,7 +380,7 @@ mod tests {
 
     #[tokio::test]
     async fn closing_syncs_what_was_only_written() {
-        let (writer, thread, calls) = start();
+        let (writer, thread, calls) = start(NEVER);
         writer.append(record("a"));
         drop(writer);
         thread.join();
