@@ -6,15 +6,16 @@
 #   benches/remote.sh            (needs moto_server: pip install 'moto[server]')
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 cargo build --release --quiet
 bin=$PWD/target/release/phoenix
 work=$(mktemp -d /tmp/phoenix-remote-bench.XXXXXX)
 moto_pid=
 trap '[ -n "$moto_pid" ] && kill $moto_pid 2>/dev/null; rm -rf "$work"' EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 moto_server -H 127.0.0.1 -p "$port" > "$work/moto.log" 2>&1 &
 moto_pid=$!
-for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port" && break; sleep 0.1; done
+wait_port "$port"
 curl -s -X PUT "http://127.0.0.1:$port/bench" > /dev/null
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1
 export PHOENIX_S3_ENDPOINT=http://127.0.0.1:$port PHOENIX_CACHE_DIR=$work/cache

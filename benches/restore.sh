@@ -10,19 +10,20 @@
 # awscli (pip install awscli), rclone (apt-get install rclone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 size_mib=${1:-1024}
 cargo build --release --quiet
 phoenix=$PWD/target/release/phoenix
 work=$(mktemp -d /tmp/phoenix-restore-bench.XXXXXX)
 s3s_pid=
 trap '[ -n "$s3s_pid" ] && kill $s3s_pid 2>/dev/null; rm -rf "$work"' EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1
 mkdir -p "$work/s3"
 s3s-fs --host 127.0.0.1 --port "$port" --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" "$work/s3" > "$work/s3s.log" 2>&1 &
 s3s_pid=$!
 endpoint=http://127.0.0.1:$port
-for _ in $(seq 100); do curl -s -o /dev/null "$endpoint" && break; sleep 0.1; done
+wait_port "$port"
 awsbin=$(command -v aws)
 aws() { "$awsbin" --endpoint-url "$endpoint" "$@"; }
 aws s3 mb s3://bench >/dev/null

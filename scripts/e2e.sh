@@ -15,6 +15,7 @@
 # Installs PostgreSQL, moto and faketime when missing (Debian packages, PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 root=$PWD
 
 need_apt=()
@@ -39,7 +40,6 @@ cleanup() {
 }
 trap cleanup EXIT
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 step() { printf '\n== %s\n' "$*"; }
 fail() { echo "e2e: FAIL: $*" >&2; exit 1; }
 
@@ -49,7 +49,7 @@ moto_server -H 127.0.0.1 -p "$s3_port" >"$work/moto.log" 2>&1 &
 pids+=($!)
 export AWS_ACCESS_KEY_ID=e2e AWS_SECRET_ACCESS_KEY=e2e AWS_REGION=us-east-1
 endpoint="http://127.0.0.1:$s3_port"
-for _ in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1', $s3_port), 1)" 2>/dev/null && break; sleep 0.1; done
+wait_port "$s3_port"
 
 step "a real backup"
 src_port=$(free_port)

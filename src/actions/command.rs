@@ -66,9 +66,6 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
         Some(cwd) => ctx.path(cwd)?,
         None => ctx.shared.plan.dir.clone(),
     };
-    command
-        .env_clear()
-        .envs(ctx.shared.environment().iter().map(|(k, v)| (k, v)));
     for (key, value) in &spec.env {
         command.env(key, ctx.render(value)?);
     }

@@ -82,8 +82,6 @@ pub struct Shared {
     pub keep_going: bool,
     pub concurrency: usize,
     http: std::sync::OnceLock<reqwest::Client>,
-    /// This process's environment, read once: what every command step starts from.
-    environment: Vec<(std::ffi::OsString, std::ffi::OsString)>,
 }
 
 impl Shared {
@@ -117,15 +115,7 @@ impl Shared {
             keep_going,
             concurrency,
             http: std::sync::OnceLock::new(),
-            environment: std::env::vars_os().collect(),
         }
-    }
-
-    /// The environment a command step starts from: phoenix's own, read once
-    /// per run rather than once per child (`Command::env` otherwise copies it
-    /// from `environ` for every spawn).
-    pub fn environment(&self) -> &[(std::ffi::OsString, std::ffi::OsString)] {
-        &self.environment
     }
 
     /// One HTTP client for the run: connections are reused between steps.

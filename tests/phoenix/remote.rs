@@ -67,16 +67,26 @@ fn run_until(m: &Machine, url: &str, steps: usize) -> std::process::Child {
     child
 }
 
-fn make_bucket(moto: &Moto, bucket: &str) {
-    let status = std::process::Command::new("python3")
+/// Sends an empty `method` request to `url` (moto's own API, bucket creation);
+/// whether it answered 2xx.
+fn request(method: &str, url: &str) -> bool {
+    std::process::Command::new("python3")
         .args([
             "-c",
-            "import sys, urllib.request; urllib.request.urlopen(urllib.request.Request(sys.argv[1], method='PUT'))",
-            &format!("{}/{bucket}", moto.endpoint()),
+            "import sys, urllib.request; urllib.request.urlopen(urllib.request.Request(sys.argv[2], method=sys.argv[1]), timeout=60)",
+            method,
+            url,
         ])
         .status()
-        .unwrap();
-    assert!(status.success(), "create bucket {bucket}");
+        .unwrap()
+        .success()
+}
+
+fn make_bucket(moto: &Moto, bucket: &str) {
+    assert!(
+        request("PUT", &format!("{}/{bucket}", moto.endpoint())),
+        "create bucket {bucket}"
+    );
 }
 
 /// A chain of `n` steps, each appending its id to `ledger` and sleeping.
@@ -365,15 +375,13 @@ fn the_store_restarted_mid_run_keeps_its_objects_and_the_run_goes_on() {
     proxy.set_up(false);
     first.kill();
     let second = Moto::start_with(&[("MOTO_RECORDER_FILEPATH", recording.as_path())]);
-    let replay = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import sys, urllib.request; urllib.request.urlopen(urllib.request.Request(sys.argv[1], method='POST'), timeout=60)",
-            &format!("{}/moto-api/recorder/replay-recording", second.endpoint()),
-        ])
-        .status()
-        .unwrap();
-    assert!(replay.success(), "moto replays its recording");
+    assert!(
+        request(
+            "POST",
+            &format!("{}/moto-api/recorder/replay-recording", second.endpoint())
+        ),
+        "moto replays its recording"
+    );
     proxy.set_upstream(second.port);
     proxy.set_up(true);
     let out = child.wait_with_output().unwrap();
