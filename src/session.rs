@@ -153,6 +153,16 @@ fn unless_lost(
     }
 }
 
+/// CPU time Phoenix itself has used so far (all threads, not its children):
+/// what the benchmarks compare with other tools' own overhead.
+fn own_cpu_seconds() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(0.0, |usage| {
+        let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+        seconds(usage.user_time()) + seconds(usage.system_time())
+    })
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, SessionError> {
     // The executor itself needs little CPU: the steps' processes and the
     // blocking threads (hashing, unpacking) do the work. Half the cores, so
@@ -765,7 +775,11 @@ impl Session<'_> {
         drop(shared);
         runtime.shutdown_timeout(std::time::Duration::from_secs(1));
         let folded = thread.join();
-        tracing::debug!(elapsed = ?started.elapsed(), "run: executed, journal closed");
+        tracing::debug!(
+            elapsed = ?started.elapsed(),
+            cpu_seconds = own_cpu_seconds(),
+            "run: executed, journal closed"
+        );
         if let Err(error) = self.state.sync_logs(&self.run_id) {
             self.events.emit(Event::Warning(format!(
                 "cannot copy the run's logs to the state: {error}"

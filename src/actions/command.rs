@@ -1,12 +1,14 @@
 //! `command`: run a program, as an argv or through `/bin/sh -c`.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use crate::exec::process::{grace, signal_group};
+use crate::exec::spawn::{Child, SpawnRequest};
 use crate::exec::{ActionError, StepContext};
 use crate::journal::local::create_private;
 use crate::journal::record::Outputs;
@@ -46,43 +48,44 @@ pub fn parse(fields: &Fields<'_, '_>, diags: &mut Diagnostics) -> Option<Command
 /// attempt's log (through the secret masker when the plan has secrets), its
 /// `PHOENIX_OUTPUT` lines read back as outputs.
 pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, ActionError> {
-    let mut command = match &spec.program {
+    let (program, args) = match &spec.program {
         Program::Argv(argv) => {
             let mut rendered = Vec::with_capacity(argv.len());
             for arg in argv {
                 rendered.push(ctx.render(arg)?);
             }
-            let mut command = tokio::process::Command::new(&rendered[0]);
-            command.args(&rendered[1..]);
-            command
+            let program = rendered.remove(0);
+            (program, rendered)
         }
-        Program::Shell(script) => {
-            let mut command = tokio::process::Command::new("/bin/sh");
-            command.arg("-c").arg(ctx.render(script)?);
-            command
-        }
+        Program::Shell(script) => (
+            "/bin/sh".to_string(),
+            vec!["-c".to_string(), ctx.render(script)?],
+        ),
     };
     let cwd = match &spec.cwd {
         Some(cwd) => ctx.path(cwd)?,
         None => ctx.shared.plan.dir.clone(),
     };
+    let mut step_env = Vec::with_capacity(spec.env.len());
     for (key, value) in &spec.env {
-        command.env(key, ctx.render(value)?);
+        step_env.push((key.as_str(), ctx.render(value)?));
     }
     let output_file = ctx
         .shared
         .run
         .tmp
         .join(format!("{}.{}.out", ctx.step.id.value, ctx.attempt));
-    command
-        .current_dir(&cwd)
-        .env("PHOENIX_OUTPUT", &output_file)
-        .env("PHOENIX_RUN_ID", &ctx.shared.run.id)
-        .env("PHOENIX_RUN_DIR", &ctx.shared.run.dir)
-        .env("PHOENIX_STEP", ctx.step.id.as_str())
-        .stdin(Stdio::null())
-        .process_group(0)
-        .kill_on_drop(false);
+    let run = &ctx.shared.run;
+    let mut env: Vec<(&str, &OsStr)> = step_env
+        .iter()
+        .map(|(key, value)| (*key, OsStr::new(value)))
+        .collect();
+    env.extend([
+        ("PHOENIX_OUTPUT", output_file.as_os_str()),
+        ("PHOENIX_RUN_ID", OsStr::new(&run.id)),
+        ("PHOENIX_RUN_DIR", run.dir.as_os_str()),
+        ("PHOENIX_STEP", OsStr::new(ctx.step.id.as_str())),
+    ]);
     // Output goes through one pipe (stdout and stderr interleaved as written),
     // masked, into a log file created on the first byte: most steps print nothing,
     // and a file per silent attempt would cost an inode each.
@@ -95,44 +98,71 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
         }
     };
     let (reader, writer) = std::io::pipe().map_err(io_error("create a pipe for"))?;
-    command
-        .stdout(writer.try_clone().map_err(io_error("create a pipe for"))?)
-        .stderr(writer);
-    let program = match &spec.program {
-        Program::Argv(argv) => argv[0].value.clone(),
-        Program::Shell(_) => "/bin/sh".to_string(),
+    let spawn_error = |source: std::io::Error| {
+        if !cwd.is_dir() {
+            return ActionError::Io {
+                action: "change to the directory of",
+                path: cwd.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
+            };
+        }
+        ActionError::Spawn {
+            program: program.clone(),
+            source,
+        }
     };
-    let spawned = command.spawn();
-    // The command holds the pipe's write ends: close ours so the reader sees EOF.
-    drop(command);
-    let mut child = spawned.map_err(|source| ActionError::Spawn { program, source })?;
-    let pgid = child.id().map(|id| id as i32);
-    if let Some(pgid) = pgid {
-        ctx.shared.processes.insert(pgid);
-    }
+    let spawner = ctx.shared.spawner().map_err(spawn_error)?;
+    let mut child = spawner
+        .spawn(&SpawnRequest {
+            program: OsStr::new(&program),
+            args: &args,
+            env: &env,
+            cwd: &cwd,
+            output: writer.as_fd(),
+        })
+        .map_err(spawn_error)?;
+    // The child holds the pipe's write end: close ours so the reader sees EOF.
+    drop(writer);
+    let pgid = child.id();
+    ctx.shared.processes.insert(pgid);
     let receiver =
         tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(reader))
             .map_err(io_error("read the output of"))?;
-    let mut copier = tokio::spawn(copy_masked(
+    // Copied in this task while the child runs: no task of its own per step.
+    let mut copier = Box::pin(copy_masked(
         receiver,
         ctx.log_path.clone(),
         std::sync::Arc::clone(&ctx.shared.masker),
     ));
-    let status = tokio::select! {
-        status = child.wait() => status,
-        _ = ctx.cancel.cancelled() => {
-            if let Some(pgid) = pgid {
-                terminate(pgid, &mut child).await;
+    let mut copied = false;
+    let status = {
+        let exited = async {
+            tokio::select! {
+                status = child.wait() => status,
+                _ = ctx.cancel.cancelled() => {
+                    terminate(pgid, &mut child).await;
+                    child.wait().await
+                }
             }
-            child.wait().await
+        };
+        tokio::pin!(exited);
+        loop {
+            tokio::select! {
+                status = &mut exited => break status,
+                _ = &mut copier, if !copied => copied = true,
+            }
         }
     };
-    if let Some(pgid) = pgid {
-        ctx.shared.processes.remove(pgid);
-    }
+    ctx.shared.processes.remove(pgid);
     // A daemon the step started keeps the pipe open: its output goes on into the
     // step's log in the background (closing the pipe would kill it with SIGPIPE).
-    let _ = tokio::time::timeout(Duration::from_millis(500), &mut copier).await;
+    if !copied
+        && tokio::time::timeout(Duration::from_millis(500), &mut copier)
+            .await
+            .is_err()
+    {
+        tokio::spawn(copier);
+    }
     let status = status.map_err(|source| ActionError::Io {
         action: "wait for",
         path: ctx.log_path.clone(),
@@ -155,7 +185,7 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
 }
 
 /// SIGTERM to the group, then SIGKILL if it is still there after the grace period.
-async fn terminate(pgid: i32, child: &mut tokio::process::Child) {
+async fn terminate(pgid: i32, child: &mut Child) {
     use nix::sys::signal::Signal;
     signal_group(pgid, Signal::SIGTERM);
     if tokio::time::timeout(grace(), child.wait()).await.is_err() {

@@ -33,6 +33,7 @@ pub mod process;
 pub mod scheduler;
 pub mod secrets;
 pub mod signals;
+pub mod spawn;
 #[cfg(test)]
 mod tests;
 
@@ -82,6 +83,7 @@ pub struct Shared {
     pub keep_going: bool,
     pub concurrency: usize,
     http: std::sync::OnceLock<reqwest::Client>,
+    spawner: std::sync::OnceLock<spawn::Spawner>,
 }
 
 impl Shared {
@@ -115,7 +117,18 @@ impl Shared {
             keep_going,
             concurrency,
             http: std::sync::OnceLock::new(),
+            spawner: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Starts command steps' processes from the environment Phoenix had when
+    /// the run began (read once, at the first command step).
+    pub fn spawner(&self) -> std::io::Result<&spawn::Spawner> {
+        if let Some(spawner) = self.spawner.get() {
+            return Ok(spawner);
+        }
+        let spawner = spawn::Spawner::new()?;
+        Ok(self.spawner.get_or_init(|| spawner))
     }
 
     /// One HTTP client for the run: connections are reused between steps.
