@@ -185,7 +185,7 @@ impl Spawner {
             });
         }
         if request.program.is_empty() {
-            return Err(io::ErrorKind::NotFound.into());
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
         }
         let path = request
             .env
@@ -209,11 +209,12 @@ impl Spawner {
                 None => {}
             }
         }
-        Err(if denied {
-            io::ErrorKind::PermissionDenied.into()
+        // The errors exec would give: what std's Command reported too.
+        Err(io::Error::from_raw_os_error(if denied {
+            libc::EACCES
         } else {
-            io::ErrorKind::NotFound.into()
-        })
+            libc::ENOENT
+        }))
     }
 }
 
@@ -301,12 +302,21 @@ impl Child {
     pub async fn wait(&mut self) -> io::Result<ExitStatus> {
         let mut poll_delay = Duration::from_millis(1);
         loop {
-            if let Some(status) = self.try_wait()? {
-                return Ok(status);
-            }
             match &self.pidfd {
-                Some(pidfd) => pidfd.readable().await?.clear_ready(),
+                // Readable once the child has exited (a pidfd that was
+                // readable before it was registered is reported at once).
+                Some(pidfd) => {
+                    let mut ready = pidfd.readable().await?;
+                    if let Some(status) = reap(self.pid)? {
+                        self.status = Some(status);
+                        return Ok(status);
+                    }
+                    ready.clear_ready();
+                }
                 None => {
+                    if let Some(status) = self.try_wait()? {
+                        return Ok(status);
+                    }
                     tokio::time::sleep(poll_delay).await;
                     poll_delay = (poll_delay * 2).min(Duration::from_millis(50));
                 }
@@ -316,20 +326,21 @@ impl Child {
 
     /// The exit status if the child has exited, without waiting.
     pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
-        if let Some(status) = self.status {
-            return Ok(Some(status));
+        if self.status.is_none() {
+            self.status = reap(self.pid)?;
         }
-        let mut raw: libc::c_int = 0;
-        // SAFETY: waits for our own child only, without blocking.
-        match unsafe { libc::waitpid(self.pid, &mut raw, libc::WNOHANG) } {
-            0 => Ok(None),
-            -1 => Err(io::Error::last_os_error()),
-            _ => {
-                let status = ExitStatus::from_raw(raw);
-                self.status = Some(status);
-                Ok(Some(status))
-            }
-        }
+        Ok(self.status)
+    }
+}
+
+/// Reaps `pid` if it has exited, without blocking.
+fn reap(pid: libc::pid_t) -> io::Result<Option<ExitStatus>> {
+    let mut raw: libc::c_int = 0;
+    // SAFETY: waits for our own child only, without blocking.
+    match unsafe { libc::waitpid(pid, &mut raw, libc::WNOHANG) } {
+        0 => Ok(None),
+        -1 => Err(io::Error::last_os_error()),
+        _ => Ok(Some(ExitStatus::from_raw(raw))),
     }
 }
 

@@ -403,3 +403,96 @@ fn a_closed_output_pipe_does_not_stop_the_run() {
         assert_eq!(ledger, "first\nsecond\n");
     }
 }
+
+/// What a command step's process gets: the step's `env` over Phoenix's own
+/// (`PATH` included, for looking the program up), its `cwd`, stdin from
+/// `/dev/null`; and what Phoenix says when the program or directory is not
+/// there.
+#[test]
+fn command_steps_get_their_environment_directory_and_clear_errors() {
+    let ws = Workspace::new();
+    std::fs::create_dir(ws.path().join("work")).unwrap();
+    std::fs::create_dir(ws.path().join("bin")).unwrap();
+    ws.write(
+        "bin/hello",
+        "#!/bin/sh\necho \"hello from $(pwd) $GREETING\" >> ../ledger\n",
+    );
+    let hello = ws.path().join("bin/hello");
+    std::fs::set_permissions(&hello, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let bin = ws.path().join("bin");
+    ws.write(
+        "plan.toml",
+        &(format!(
+            "{HEADER}\n[[step]]\nid = \"argv\"\nphase = \"provision\"\naction = \"command\"\n\
+             run = [\"hello\"]\ncwd = \"work\"\n\
+             env = {{ PATH = \"{}:/usr/bin:/bin\", GREETING = \"hi\" }}\n",
+            bin.display()
+        ) + &shell_step(
+            "stdin",
+            "provision",
+            "cat; echo \"stdin done $PHOENIX_STEP\" >> ledger",
+            "needs = [\"argv\"]",
+        )),
+    );
+    ws.expect(["run", "plan.toml"], 0);
+    let ledger = std::fs::read_to_string(ws.path().join("ledger")).unwrap();
+    let work = ws.path().join("work").canonicalize().unwrap();
+    assert_eq!(
+        ledger,
+        format!("hello from {} hi\nstdin done stdin\n", work.display())
+    );
+
+    // A program that is not on the step's PATH, and a directory that is not there.
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}\n[[step]]\nid = \"missing\"\nphase = \"provision\"\naction = \"command\"\nrun = [\"hello\"]\n\n[[step]]\nid = \"nowhere\"\nphase = \"provision\"\naction = \"command\"\nrun = [\"true\"]\ncwd = \"no-such-dir\"\n"
+        ),
+    );
+    let run = ws.expect(["run", "plan.toml", "--keep-going"], 1);
+    let stderr = run.stderr();
+    assert!(stderr.contains("cannot start `hello`"), "{stderr}");
+    assert!(stderr.contains("No such file or directory"), "{stderr}");
+    assert!(stderr.contains("no-such-dir"), "{stderr}");
+}
+
+/// A step that leaves a process running (a daemon started without
+/// redirecting its output) finishes when its own process does, and what the
+/// daemon prints while Phoenix runs still lands in the step's log.
+#[test]
+fn a_step_that_leaves_a_daemon_finishes_and_its_output_is_still_logged() {
+    let ws = Workspace::new();
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}{}{}",
+            shell_step(
+                "daemon",
+                "provision",
+                "echo $$ > group; (sleep 0.3; echo late from the daemon; sleep 30) & echo started",
+                ""
+            ),
+            shell_step(
+                "after",
+                "provision",
+                "sleep 1.5; echo after >> ledger",
+                "needs = [\"daemon\"]"
+            ),
+        ),
+    );
+    let start = std::time::Instant::now();
+    let run = ws.phoenix().args(["run", "plan.toml"]).run();
+    let elapsed = start.elapsed();
+    let group = std::fs::read_to_string(ws.path().join("group")).unwrap();
+    // The daemon's group: the step's own process led it.
+    let _ = std::process::Command::new("kill")
+        .args(["-s", "KILL", "--", &format!("-{}", group.trim())])
+        .status();
+    run.expect_code(0);
+    assert!(
+        elapsed < std::time::Duration::from_secs(15),
+        "the run waited for the daemon ({elapsed:?})"
+    );
+    let log = std::fs::read_to_string(ws.run_dir().join("logs/daemon.1.log")).unwrap();
+    assert_eq!(log, "started\nlate from the daemon\n");
+}
