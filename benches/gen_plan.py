@@ -3,11 +3,12 @@
 2-3 steps of the layer before (seeded, so every run measures the same plan).
 
   gen_plan.py OUT.toml [--layers 100] [--width 100] [--action noop|command]
-              [--cycle] [--ninja OUT.ninja]
+              [--cycle] [--ninja OUT.ninja] [--floor OUT.txt]
 
 --action command gives each step `shell = "true && touch out/ID"`, and --ninja
 writes the same graph with the same commands as a build.ninja for comparison.
---cycle plants one dependency cycle deep in the graph.
+--floor writes the graph as lines of step numbers (a step, then its needs)
+for benches/floor.c. --cycle plants one dependency cycle deep in the graph.
 """
 import argparse
 import random
@@ -19,6 +20,7 @@ p.add_argument("--width", type=int, default=100)
 p.add_argument("--action", choices=["noop", "command"], default="noop")
 p.add_argument("--cycle", action="store_true")
 p.add_argument("--ninja")
+p.add_argument("--floor")
 p.add_argument("--seed", type=int, default=7)
 a = p.parse_args()
 rng = random.Random(a.seed)
@@ -54,3 +56,9 @@ if a.ninja:
         for step, deps in needs.items():
             implicit = " ".join(f"out/{d}" for d in deps)
             f.write(f"build out/{step}: step" + (f" | {implicit}" if implicit else "") + "\n")
+
+if a.floor:
+    number = {step: n for n, step in enumerate(needs)}
+    with open(a.floor, "w") as f:
+        for step, deps in needs.items():
+            f.write(" ".join(str(number[x]) for x in [step] + deps) + "\n")
