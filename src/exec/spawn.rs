@@ -84,8 +84,15 @@ impl Spawner {
             .iter()
             .map(|arg| c_string(arg.as_bytes()))
             .collect::<io::Result<Vec<_>>>()?;
-        let added = request
-            .env
+        // A later entry replaces an earlier one of the same name (Phoenix's
+        // own variables come after the step's `env`).
+        let mut env: Vec<&(&str, &OsStr)> = Vec::with_capacity(request.env.len());
+        for entry in request.env.iter().rev() {
+            if !env.iter().any(|(key, _)| *key == entry.0) {
+                env.push(entry);
+            }
+        }
+        let added = env
             .iter()
             .map(|(key, value)| {
                 let mut entry = Vec::with_capacity(key.len() + 1 + value.len());
@@ -278,7 +285,8 @@ impl Child {
     fn new(pid: libc::pid_t) -> Child {
         // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
         // or -1; the pid is our unreaped child, so it cannot have been reused.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, libc::PIDFD_NONBLOCK) };
+        // No flags: it is only polled for readiness, never read.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
         let pidfd = (fd >= 0)
             .then(|| {
                 // SAFETY: a descriptor pidfd_open just returned, owned by nobody
@@ -430,6 +438,24 @@ mod tests {
             &[("HOME", OsStr::new("/elsewhere"))],
         );
         assert_eq!(text, "/elsewhere\n1\n");
+    }
+
+    #[test]
+    fn a_later_variable_of_the_same_name_wins() {
+        let spawner = Spawner::new().unwrap();
+        let (_, text) = run(
+            &spawner,
+            "sh",
+            &[
+                "-c",
+                "echo $PHOENIX_OUTPUT; env | grep -c '^PHOENIX_OUTPUT='",
+            ],
+            &[
+                ("PHOENIX_OUTPUT", OsStr::new("from-the-step")),
+                ("PHOENIX_OUTPUT", OsStr::new("from-phoenix")),
+            ],
+        );
+        assert_eq!(text, "from-phoenix\n1\n");
     }
 
     #[test]
