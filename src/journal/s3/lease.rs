@@ -23,7 +23,7 @@ use chrono::Utc;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
-use super::object::{block_on, PutIf, Remote, RemoteError};
+use super::object::{block_on, Object, PutIf, Remote, RemoteError};
 use crate::journal::lock::{LockError, LockInfo};
 use crate::journal::StateLock;
 
@@ -107,6 +107,15 @@ impl LeaseState {
 
     fn etag(&self) -> String {
         self.inner().etag.clone()
+    }
+
+    /// Takes the lock's current etag without extending the trusted lease:
+    /// when the stored lease was written by an earlier renewal, when is not
+    /// known exactly.
+    fn adopt(&self, etag: String) {
+        if !etag.is_empty() {
+            self.inner().etag = etag;
+        }
     }
 
     fn lost(&self) -> Option<String> {
@@ -298,6 +307,40 @@ async fn fence_run(remote: &Remote, held: &LockInfo, by: &str) {
     }
 }
 
+/// What a renewal the store refused (precondition failed, or no lock) means,
+/// from the lock as it reads now.
+#[derive(Debug, PartialEq)]
+enum Refusal {
+    /// The lock is still ours: an earlier write of ours landed though its
+    /// answer was lost, and the refused one was its retry. `extended` when the
+    /// stored lease is the one this renewal sent.
+    OursAfterAll { etag: String, extended: bool },
+    /// Somebody else holds it now, or it was removed: why, for the operator.
+    Lost(String),
+    /// The lock could not be read: the next renewal will tell.
+    Unknown(String),
+}
+
+fn after_refusal(current: Result<Option<Object>, RemoteError>, sent: &LockInfo) -> Refusal {
+    match current {
+        Ok(Some(current)) => match serde_json::from_slice::<LockInfo>(&current.bytes) {
+            Ok(_) if current.etag.is_empty() => {
+                Refusal::Unknown("the store answered without an etag".into())
+            }
+            Ok(held) if held.lock_id.is_some() && held.lock_id == sent.lock_id => {
+                Refusal::OursAfterAll {
+                    extended: held.expires == sent.expires,
+                    etag: current.etag,
+                }
+            }
+            Ok(held) => Refusal::Lost(format!("it is now held by {}", held.describe())),
+            Err(_) => Refusal::Lost("it was replaced".into()),
+        },
+        Ok(None) => Refusal::Lost("it was removed (`phoenix unlock --force`)".into()),
+        Err(error) => Refusal::Unknown(error.to_string()),
+    }
+}
+
 async fn heartbeat(
     remote: Remote,
     state: Arc<LeaseState>,
@@ -324,14 +367,29 @@ async fn heartbeat(
                 wait = every;
             }
             Err(RemoteError::Precondition | RemoteError::NotFound) => {
-                let now = match remote.get(LOCK).await {
-                    Ok(Some(current)) => serde_json::from_slice::<LockInfo>(&current.bytes)
-                        .map(|held| format!("it is now held by {}", held.describe()))
-                        .unwrap_or_else(|_| "it was replaced".into()),
-                    _ => "it was removed (`phoenix unlock --force`)".into(),
-                };
-                state.lose(format!("another process took the lock on the state: {now}"));
-                return;
+                match after_refusal(remote.get(LOCK).await, &info) {
+                    Refusal::OursAfterAll { etag, extended } => {
+                        // The write the store refused was a retry of one that
+                        // had landed (its answer lost on the way back).
+                        if extended {
+                            state.renewed(etag, sent, lease);
+                            wait = every;
+                        } else {
+                            state.adopt(etag);
+                            wait = (every / 4).max(Duration::from_millis(250));
+                        }
+                    }
+                    Refusal::Lost(now) => {
+                        state.lose(format!("another process took the lock on the state: {now}"));
+                        return;
+                    }
+                    Refusal::Unknown(error) => {
+                        tracing::warn!(
+                            "the store refused to renew the lease and cannot be read back ({error}); trying again"
+                        );
+                        wait = (every / 4).max(Duration::from_millis(250));
+                    }
+                }
             }
             Err(error) => {
                 tracing::warn!("cannot renew the lease on the state: {error}; trying again");
@@ -439,4 +497,80 @@ pub fn force_remove(
         Ok(info)
     })
     .unwrap_or(Err(LockError::HeldUnknown))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(lock_id: &str, expires_in: i64) -> LockInfo {
+        let since = chrono::DateTime::parse_from_rfc3339("2026-11-27T20:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        LockInfo {
+            pid: 7,
+            host: "a".into(),
+            run_id: "r".into(),
+            since,
+            lock_id: Some(lock_id.into()),
+            expires: Some(since + chrono::Duration::seconds(expires_in)),
+        }
+    }
+
+    fn stored(info: &LockInfo) -> Result<Option<Object>, RemoteError> {
+        Ok(Some(Object {
+            bytes: body(info),
+            etag: "\"e2\"".into(),
+        }))
+    }
+
+    #[test]
+    fn a_refused_renewal_whose_earlier_write_landed_keeps_the_lease() {
+        let sent = info("ours", 20);
+        assert_eq!(
+            after_refusal(stored(&sent), &sent),
+            Refusal::OursAfterAll {
+                etag: "\"e2\"".into(),
+                extended: true
+            }
+        );
+        // Written by an earlier renewal: the etag is taken, the lease not extended.
+        assert_eq!(
+            after_refusal(stored(&info("ours", 10)), &sent),
+            Refusal::OursAfterAll {
+                etag: "\"e2\"".into(),
+                extended: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_refused_renewal_is_a_loss_only_when_the_lock_says_so() {
+        let sent = info("ours", 20);
+        match after_refusal(stored(&info("theirs", 20)), &sent) {
+            Refusal::Lost(why) => assert!(why.contains("lock id theirs"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            after_refusal(Ok(None), &sent),
+            Refusal::Lost("it was removed (`phoenix unlock --force`)".into())
+        );
+        let garbage = Ok(Some(Object {
+            bytes: Bytes::from_static(b"not a lock"),
+            etag: "\"e3\"".into(),
+        }));
+        assert_eq!(
+            after_refusal(garbage, &sent),
+            Refusal::Lost("it was replaced".into())
+        );
+        // Not readable: nothing is concluded; the lease runs out if it stays so.
+        let failed = Err(RemoteError::Failed {
+            message: "timed out".into(),
+            transient: true,
+        });
+        assert_eq!(
+            after_refusal(failed, &sent),
+            Refusal::Unknown("timed out".into())
+        );
+    }
 }
