@@ -98,6 +98,10 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
         }
     };
     let (reader, writer) = std::io::pipe().map_err(io_error("create a pipe for"))?;
+    // Registered before the child starts: nothing can fail after it has.
+    let receiver =
+        tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(reader))
+            .map_err(io_error("read the output of"))?;
     let spawn_error = |source: std::io::Error| {
         if !cwd.is_dir() {
             return ActionError::Io {
@@ -125,9 +129,6 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
     drop(writer);
     let pgid = child.id();
     ctx.shared.processes.insert(pgid);
-    let receiver =
-        tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(reader))
-            .map_err(io_error("read the output of"))?;
     // Copied in this task while the child runs: no task of its own per step.
     let mut copier = Box::pin(copy_masked(
         receiver,

@@ -306,8 +306,12 @@ impl Child {
         self.pid
     }
 
-    /// Waits for the child to exit and reaps it. Cancel-safe.
+    /// Waits for the child to exit and reaps it. Cancel-safe, and once it
+    /// has returned a status it returns the same again.
     pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+        if let Some(status) = self.status {
+            return Ok(status);
+        }
         let mut poll_delay = Duration::from_millis(1);
         loop {
             match &self.pidfd {
@@ -489,6 +493,30 @@ mod tests {
             0,
             "SIGPIPE is not ignored: {text}"
         );
+    }
+
+    #[test]
+    fn waiting_again_gives_the_same_status() {
+        let spawner = Spawner::new().unwrap();
+        let (_reader, writer) = std::io::pipe().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut child = spawner
+                .spawn(&SpawnRequest {
+                    program: OsStr::new("sh"),
+                    args: &["-c".into(), "exit 4".into()],
+                    env: &[],
+                    cwd: Path::new("/tmp"),
+                    output: writer.as_fd(),
+                })
+                .unwrap();
+            assert_eq!(child.wait().await.unwrap().code(), Some(4));
+            assert_eq!(child.wait().await.unwrap().code(), Some(4));
+            assert_eq!(child.try_wait().unwrap().and_then(|s| s.code()), Some(4));
+        });
     }
 
     #[test]
