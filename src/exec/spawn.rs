@@ -226,16 +226,14 @@ impl Spawner {
 }
 
 /// Whether `path` is a file one may execute; `None` when there is no file.
+/// (`access` with `X_OK` also holds for root only when an execute bit is set.)
 fn executable(path: &Path) -> Option<bool> {
-    use std::os::unix::fs::PermissionsExt;
-    let metadata = std::fs::metadata(path).ok()?;
-    if !metadata.is_file() {
+    if !std::fs::metadata(path).ok()?.is_file() {
         return None;
     }
     let c_path = c_string(path.as_os_str().as_bytes()).ok()?;
     // SAFETY: a valid NUL-terminated path.
-    let allowed = unsafe { libc::access(c_path.as_ptr(), libc::X_OK) } == 0;
-    Some(allowed && metadata.permissions().mode() & 0o111 != 0)
+    Some(unsafe { libc::access(c_path.as_ptr(), libc::X_OK) } == 0)
 }
 
 fn c_string(bytes: &[u8]) -> io::Result<CString> {
@@ -382,6 +380,13 @@ mod tests {
     use super::*;
     use std::os::fd::AsFd;
 
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
     fn run(
         spawner: &Spawner,
         program: &str,
@@ -391,11 +396,7 @@ mod tests {
         use std::io::Read;
         let (mut reader, writer) = std::io::pipe().unwrap();
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let result = runtime.block_on(async {
+        let result = runtime().block_on(async {
             let spawned = spawner.spawn(&SpawnRequest {
                 program: OsStr::new(program),
                 args: &args,
@@ -499,11 +500,7 @@ mod tests {
     fn waiting_again_gives_the_same_status() {
         let spawner = Spawner::new().unwrap();
         let (_reader, writer) = std::io::pipe().unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        runtime().block_on(async {
             let mut child = spawner
                 .spawn(&SpawnRequest {
                     program: OsStr::new("sh"),
