@@ -155,11 +155,18 @@ fn unless_lost(
 
 /// CPU time Phoenix itself has used so far (all threads, not its children):
 /// what the benchmarks compare with other tools' own overhead.
-fn own_cpu_seconds() -> f64 {
+/// Phoenix's own CPU seconds (every thread, not the steps' processes) and its
+/// context switches, voluntary and forced: what the benchmarks compare with
+/// ninja's.
+fn own_usage() -> (f64, i64, i64) {
     use nix::sys::resource::{getrusage, UsageWho};
-    getrusage(UsageWho::RUSAGE_SELF).map_or(0.0, |usage| {
+    getrusage(UsageWho::RUSAGE_SELF).map_or((0.0, 0, 0), |usage| {
         let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
-        seconds(usage.user_time()) + seconds(usage.system_time())
+        (
+            seconds(usage.user_time()) + seconds(usage.system_time()),
+            usage.voluntary_context_switches(),
+            usage.involuntary_context_switches(),
+        )
     })
 }
 
@@ -775,9 +782,12 @@ impl Session<'_> {
         drop(shared);
         runtime.shutdown_timeout(std::time::Duration::from_secs(1));
         let folded = thread.join();
+        let (cpu_seconds, switches, forced_switches) = own_usage();
         tracing::debug!(
             elapsed = ?started.elapsed(),
-            cpu_seconds = own_cpu_seconds(),
+            cpu_seconds,
+            switches,
+            forced_switches,
             "run: executed, journal closed"
         );
         if let Err(error) = self.state.sync_logs(&self.run_id) {

@@ -223,7 +223,6 @@ async fn copy_masked(
     const LIMIT: usize = 64 * 1024;
     let mut log: Option<std::fs::File> = None;
     let mut pending: Vec<u8> = Vec::new();
-    let mut chunk = vec![0u8; 8 * 1024];
     let mut write = |bytes: &[u8]| {
         if log.is_none() {
             log = create_private(&path).ok();
@@ -234,11 +233,13 @@ async fn copy_masked(
         }
     };
     loop {
-        let n = match stream.read(&mut chunk).await {
+        // Read straight into what is held back: no chunk buffer to zero on
+        // every step.
+        pending.reserve(8 * 1024);
+        match stream.read_buf(&mut pending).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        pending.extend_from_slice(&chunk[..n]);
+            Ok(_) => {}
+        }
         let cut = match pending.iter().rposition(|b| *b == b'\n') {
             Some(newline) => newline + 1,
             None if pending.len() > LIMIT => pending.len() - masker.longest().max(1) + 1,

@@ -50,17 +50,18 @@ pub fn create_private(path: &Path) -> std::io::Result<File> {
 }
 
 struct LocalJournal {
-    file: File,
+    /// Shared with the sync jobs: `fdatasync` needs no more than the file.
+    file: std::sync::Arc<File>,
 }
 
 impl JournalBackend for LocalJournal {
-    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(bytes)?;
-        self.file.sync_data()
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        (&*self.file).write_all(bytes)
     }
 
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(bytes)
+    fn sync(&mut self) -> super::SyncJob {
+        let file = std::sync::Arc::clone(&self.file);
+        Box::new(move || file.sync_data())
     }
 }
 
@@ -100,7 +101,9 @@ impl StateStore for LocalState {
             .mode(0o600)
             .open(&path)
             .map_err(StateError::io("open", &path))?;
-        Ok(Box::new(LocalJournal { file }))
+        Ok(Box::new(LocalJournal {
+            file: std::sync::Arc::new(file),
+        }))
     }
 
     fn read_journal(&self, run_id: &str) -> Result<Vec<u8>, StateError> {

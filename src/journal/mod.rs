@@ -9,7 +9,7 @@
 //! STATE/runs/RUN_ID/work/         `{{ run.dir }}`: the run's scratch directory
 //! ```
 //!
-//! The executor sees only [`JournalBackend`] (append, durable on return) and
+//! The executor sees only [`JournalBackend`] (write, then sync) and
 //! [`StateStore`] (runs, lock): a second backend, such as an object store,
 //! implements those two and nothing else changes.
 
@@ -28,14 +28,25 @@ pub use record::Record;
 pub use writer::JournalWriter;
 
 /// Appends whole lines to one run's journal.
+///
+/// Writing and making durable are two steps, so that records are written where
+/// they are made (no thread hop per record) while syncs, which may take a
+/// network round trip, run on the writer's own thread.
 pub trait JournalBackend: Send + 'static {
-    /// Appends `bytes` (complete lines) and returns once they, and everything
-    /// written before them, are durable.
-    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()>;
-    /// Appends `bytes` without waiting for durability; a later `append` makes
-    /// them durable.
+    /// Appends `bytes` (complete lines) after everything written before,
+    /// without waiting for durability. Called with the journal's lock held by
+    /// whichever thread made the record: it must be quick (a write to the page
+    /// cache, a copy into memory).
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+    /// The work that makes everything written so far durable. The writer runs
+    /// it outside the lock, one job at a time and in the order they were made,
+    /// while later records are written; once one fails, nothing more is
+    /// written or synced.
+    fn sync(&mut self) -> SyncJob;
 }
+
+/// Makes a journal's written bytes durable: see [`JournalBackend::sync`].
+pub type SyncJob = Box<dyn FnOnce() -> std::io::Result<()> + Send>;
 
 /// Where runs are kept.
 pub trait StateStore: Send + Sync {

@@ -1,21 +1,30 @@
-//! The journal writer: appends records and makes them durable with group commit.
+//! The journal writer: records are written where they are made, and made
+//! durable with group commit on a thread of the writer's own.
 //!
-//! One thread owns the backend. Callers send records down a channel; the thread
-//! takes everything that has queued up, writes it as one batch, syncs once, and
-//! then wakes every caller that asked to wait. Steps that finish together share
-//! one fsync, so durability costs one sync per batch, not per step.
+//! Whoever has a record (a step's task, the session) serializes it, masks it
+//! and writes it to the backend under a lock: no thread hop per record, so a
+//! step costs the executor no wake-up of another thread. Durability is the
+//! sync thread's job: asked for a sync, it takes everything written so far
+//! as one [`SyncJob`], runs it outside the lock (an `fdatasync`, or an upload
+//! for a remote state) while later records go on being written, and then
+//! wakes every caller whose record that job covered. Steps that finish
+//! together share one sync.
 //!
-//! A caller may also wait "on demand": its record is written at once but synced
+//! A caller may wait "on demand": its record is written at once but synced
 //! only when somebody needs it to be ([`JournalWriter::sync`], or a record that
 //! must be durable now), or [`MAX_SYNC_DELAY`] later. The walker uses this for
 //! finished steps: while other steps are ready to fill every slot, nothing
 //! waits for a finish to be durable, and a run of thousands of short steps on
 //! two slots needs a few syncs a second instead of one per step.
 //!
-//! The thread also folds every record it wrote into a [`RunView`], so the report
-//! at the end of a run is built from memory instead of reading the journal back.
+//! Every record written is also folded into a [`RunView`], so the report at
+//! the end of a run is built from memory instead of reading the journal back.
+//!
+//! A failed write or sync stops the journal: nothing after it is written, and
+//! every caller waiting, or writing later, gets the error. A journal with a
+//! record missing in the middle would be worse than one that ends early.
 
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -24,6 +33,7 @@ use tokio::sync::oneshot;
 use super::reader::RunView;
 use super::record::{Header, Record};
 use super::JournalBackend;
+use crate::exec::secrets::Masker;
 
 /// A run as its journal stands: the header and every record folded in.
 pub type Folded = Option<(Header, RunView)>;
@@ -35,7 +45,7 @@ pub const MAX_SYNC_DELAY: Duration = Duration::from_millis(100);
 /// When a waiting caller's record must be on disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
-    /// With the batch it arrives in: the caller waits for it now.
+    /// At once: the caller waits for it now.
     Now,
     /// With the next sync anybody asks for ([`JournalWriter::sync`] or a
     /// `Now` record), or after [`MAX_SYNC_DELAY`].
@@ -44,22 +54,46 @@ pub enum Durability {
 
 type Waiter = oneshot::Sender<Result<(), String>>;
 
-enum Message {
-    Append(Box<Record>, Option<(Waiter, Durability)>),
-    /// Sync everything sent so far, then answer.
-    Flush(Waiter),
-    /// Sync everything sent so far.
+/// What the sync thread is asked to do.
+enum Request {
+    /// Sync everything written so far.
     Sync,
+    /// Sync everything written so far, then answer.
+    Flush(Waiter),
+    /// An on-demand record waits: sync within [`MAX_SYNC_DELAY`].
+    Due,
 }
 
-/// A cheap handle to the writer thread.
+/// The journal as the writers and the sync thread share it.
+struct Journal {
+    backend: Box<dyn JournalBackend>,
+    folded: Folded,
+    /// Written since the last sync job was taken.
+    unsynced: bool,
+    /// Callers whose records are written, waiting for the next sync.
+    waiters: Vec<Waiter>,
+    /// Set by the first write or sync that fails; final.
+    failed: Option<String>,
+}
+
+impl Journal {
+    fn fail(&mut self, error: String) {
+        for waiter in self.waiters.drain(..) {
+            let _ = waiter.send(Err(error.clone()));
+        }
+        self.failed = Some(error);
+    }
+}
+
+/// A cheap handle to the journal.
 #[derive(Clone)]
 pub struct JournalWriter {
-    sender: mpsc::Sender<Message>,
-    masker: std::sync::Arc<crate::exec::secrets::Masker>,
+    journal: Arc<Mutex<Journal>>,
+    requests: mpsc::Sender<Request>,
+    masker: Arc<Masker>,
 }
 
-/// Owns the writer thread; joining it closes the journal.
+/// Owns the sync thread; joining it closes the journal.
 pub struct WriterThread {
     handle: Option<JoinHandle<Folded>>,
 }
@@ -68,11 +102,17 @@ pub struct WriterThread {
 #[error("cannot write the journal: {0}")]
 pub struct JournalWriteError(pub String);
 
+fn lock(journal: &Mutex<Journal>) -> MutexGuard<'_, Journal> {
+    // A panic while holding the lock leaves nothing half-done that the next
+    // holder could trip on: the backend's write is one call.
+    journal.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl JournalWriter {
-    /// Starts the writer thread. `folded` is the journal so far, for a resume.
+    /// Starts the sync thread. `folded` is the journal so far, for a resume.
     pub fn start(
         backend: Box<dyn JournalBackend>,
-        masker: std::sync::Arc<crate::exec::secrets::Masker>,
+        masker: Arc<Masker>,
         folded: Folded,
     ) -> (JournalWriter, WriterThread) {
         Self::start_with_delay(backend, masker, folded, MAX_SYNC_DELAY)
@@ -81,132 +121,39 @@ impl JournalWriter {
     /// [`JournalWriter::start`] with another bound on how long an on-demand
     /// record may wait for its sync (tests).
     fn start_with_delay(
-        mut backend: Box<dyn JournalBackend>,
-        masker: std::sync::Arc<crate::exec::secrets::Masker>,
-        mut folded: Folded,
+        backend: Box<dyn JournalBackend>,
+        masker: Arc<Masker>,
+        folded: Folded,
         max_delay: Duration,
     ) -> (JournalWriter, WriterThread) {
-        let (sender, receiver) = mpsc::channel::<Message>();
-        let thread_masker = std::sync::Arc::clone(&masker);
+        let journal = Arc::new(Mutex::new(Journal {
+            backend,
+            folded,
+            unsynced: false,
+            waiters: Vec::new(),
+            failed: None,
+        }));
+        let (requests, receiver) = mpsc::channel::<Request>();
+        let thread_journal = Arc::clone(&journal);
         let handle = std::thread::Builder::new()
             .name("journal".into())
-            .spawn(move || {
-                let mut buffer = Vec::with_capacity(64 * 1024);
-                let mut batch: Vec<Box<Record>> = Vec::new();
-                // Callers waiting for the next sync, and whether anything
-                // written is not synced yet.
-                let mut waiters: Vec<Waiter> = Vec::new();
-                let mut unsynced = false;
-                let mut deadline: Option<Instant> = None;
-                loop {
-                    let first = match deadline {
-                        None => match receiver.recv() {
-                            Ok(message) => Some(message),
-                            Err(_) => break,
-                        },
-                        Some(at) => {
-                            match receiver
-                                .recv_timeout(at.saturating_duration_since(Instant::now()))
-                            {
-                                Ok(message) => Some(message),
-                                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                            }
-                        }
-                    };
-                    // A deadline that passed syncs what waits.
-                    let mut sync = first.is_none();
-                    let mut next = first;
-                    // Take everything already queued: one write and one sync for all.
-                    while let Some(message) = next {
-                        match message {
-                            Message::Append(record, waiter) => {
-                                let line = serde_json::to_string(&record).unwrap_or_default();
-                                let masked = thread_masker.mask(&line);
-                                buffer.extend_from_slice(masked.as_bytes());
-                                buffer.push(b'\n');
-                                if let Some((waiter, durability)) = waiter {
-                                    sync |= durability == Durability::Now;
-                                    waiters.push(waiter);
-                                }
-                                // Fold what the journal holds: the masked record.
-                                batch.push(match masked {
-                                    std::borrow::Cow::Borrowed(_) => record,
-                                    std::borrow::Cow::Owned(text) => {
-                                        serde_json::from_str(&text).map(Box::new).unwrap_or(record)
-                                    }
-                                });
-                            }
-                            Message::Flush(waiter) => {
-                                sync = true;
-                                waiters.push(waiter);
-                            }
-                            Message::Sync => sync = true,
-                        }
-                        next = receiver.try_recv().ok();
-                    }
-                    // Records nobody waits for yet (a step's start, a finish
-                    // that no step needs yet) are written but not synced on
-                    // their own: the next sync takes them too. A process killed
-                    // before it loses none of them; a machine that goes down
-                    // loses at most the steps that nothing had waited for, which
-                    // run again on resume.
-                    tracing::trace!(
-                        bytes = buffer.len(),
-                        waiters = waiters.len(),
-                        sync,
-                        "journal batch"
-                    );
-                    let result = if sync && (unsynced || !buffer.is_empty()) {
-                        backend.append(&buffer).map_err(|e| e.to_string())
-                    } else if !buffer.is_empty() {
-                        backend.write(&buffer).map_err(|e| e.to_string())
-                    } else {
-                        Ok(())
-                    };
-                    unsynced = !sync && (unsynced || !buffer.is_empty());
-                    buffer.clear();
-                    for record in batch.drain(..) {
-                        if result.is_err() {
-                            continue; // not in the journal: not in the view either
-                        }
-                        match (&mut folded, *record) {
-                            (None, Record::Header(header)) => {
-                                let view = RunView::new(&header);
-                                folded = Some((header, view));
-                            }
-                            (Some((_, view)), record) => view.apply(&record),
-                            (None, _) => {}
-                        }
-                    }
-                    if sync || result.is_err() {
-                        for waiter in waiters.drain(..) {
-                            let _ = waiter.send(result.clone());
-                        }
-                        deadline = None;
-                    } else if !waiters.is_empty() && deadline.is_none() {
-                        deadline = Some(Instant::now() + max_delay);
-                    }
-                }
-                // Every handle is gone: whatever was written and never asked
-                // for is made durable before the journal closes.
-                if unsynced {
-                    let _ = backend.append(&[]);
-                }
-                folded
-            })
+            .spawn(move || sync_thread(&thread_journal, &receiver, max_delay))
             .expect("spawn the journal thread");
         (
-            JournalWriter { sender, masker },
+            JournalWriter {
+                journal,
+                requests,
+                masker,
+            },
             WriterThread {
                 handle: Some(handle),
             },
         )
     }
 
-    /// Queues a record; it becomes durable with the next batch.
+    /// Writes a record; it becomes durable with the next sync.
     pub fn append(&self, record: Record) {
-        let _ = self.sender.send(Message::Append(Box::new(record), None));
+        self.write(record, None);
     }
 
     /// Appends a record and returns once it is durable.
@@ -214,7 +161,7 @@ impl JournalWriter {
         self.append_waiting(record, Durability::Now).await
     }
 
-    /// Queues a record at once; the future it returns ends when the record is
+    /// Writes a record at once; the future it returns ends when the record is
     /// durable, which for [`Durability::OnDemand`] is at the next sync.
     pub fn append_waiting(
         &self,
@@ -222,40 +169,171 @@ impl JournalWriter {
         durability: Durability,
     ) -> impl std::future::Future<Output = Result<(), JournalWriteError>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
-        let sent = self
-            .sender
-            .send(Message::Append(Box::new(record), Some((tx, durability))));
+        self.write(record, Some((tx, durability)));
         async move {
-            sent.map_err(|_| JournalWriteError("the journal is closed".into()))?;
             rx.await
                 .map_err(|_| JournalWriteError("the journal is closed".into()))?
                 .map_err(JournalWriteError)
         }
     }
 
-    /// Asks for a sync of everything sent so far, without waiting for it.
-    pub fn sync(&self) {
-        let _ = self.sender.send(Message::Sync);
+    /// Serializes and masks a record (outside the lock), then writes it and
+    /// folds it into the view (under it).
+    fn write(&self, record: Record, waiter: Option<(Waiter, Durability)>) {
+        let line = serde_json::to_string(&record).unwrap_or_default();
+        let masked = self.masker.mask(&line);
+        let mut bytes = Vec::with_capacity(masked.len() + 1);
+        bytes.extend_from_slice(masked.as_bytes());
+        bytes.push(b'\n');
+        // Fold what the journal holds: the masked record.
+        let record = match masked {
+            std::borrow::Cow::Borrowed(_) => record,
+            std::borrow::Cow::Owned(text) => serde_json::from_str(&text).unwrap_or(record),
+        };
+        let mut journal = lock(&self.journal);
+        if let Some(error) = &journal.failed {
+            if let Some((waiter, _)) = waiter {
+                let _ = waiter.send(Err(error.clone()));
+            }
+            return;
+        }
+        if let Err(error) = journal.backend.write(&bytes) {
+            journal.fail(error.to_string());
+            if let Some((waiter, _)) = waiter {
+                let _ = waiter.send(Err(error.to_string()));
+            }
+            return;
+        }
+        journal.unsynced = true;
+        match (&mut journal.folded, record) {
+            (None, Record::Header(header)) => {
+                let view = RunView::new(&header);
+                journal.folded = Some((header, view));
+            }
+            (Some((_, view)), record) => view.apply(&record),
+            (None, _) => {}
+        }
+        let Some((waiter, durability)) = waiter else {
+            return;
+        };
+        let first = journal.waiters.is_empty();
+        journal.waiters.push(waiter);
+        drop(journal);
+        // The sync thread wakes only when there is something for it to do:
+        // most records cost no wake-up at all.
+        match durability {
+            Durability::Now => {
+                let _ = self.requests.send(Request::Sync);
+            }
+            Durability::OnDemand if first => {
+                let _ = self.requests.send(Request::Due);
+            }
+            Durability::OnDemand => {}
+        }
     }
 
-    /// Returns once every record sent so far is durable.
+    /// Asks for a sync of everything written so far, without waiting for it.
+    pub fn sync(&self) {
+        let _ = self.requests.send(Request::Sync);
+    }
+
+    /// Returns once every record written so far is durable.
     pub async fn flush(&self) -> Result<(), JournalWriteError> {
         let (tx, rx) = oneshot::channel();
-        self.sender
-            .send(Message::Flush(tx))
+        self.requests
+            .send(Request::Flush(tx))
             .map_err(|_| JournalWriteError("the journal is closed".into()))?;
         rx.await
             .map_err(|_| JournalWriteError("the journal is closed".into()))?
             .map_err(JournalWriteError)
     }
 
-    pub fn masker(&self) -> &crate::exec::secrets::Masker {
+    pub fn masker(&self) -> &Masker {
         &self.masker
     }
 }
 
+/// The sync thread: waits for a request (or an on-demand record's deadline),
+/// takes every request already queued, and runs one sync job for them all.
+fn sync_thread(
+    journal: &Mutex<Journal>,
+    receiver: &mpsc::Receiver<Request>,
+    max_delay: Duration,
+) -> Folded {
+    let mut deadline: Option<Instant> = None;
+    let mut flushers: Vec<Waiter> = Vec::new();
+    loop {
+        let first = match deadline {
+            None => match receiver.recv() {
+                Ok(request) => Some(request),
+                Err(_) => break,
+            },
+            Some(at) => match receiver.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                Ok(request) => Some(request),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            },
+        };
+        // A deadline that passed syncs what waits.
+        let mut sync = first.is_none();
+        let mut next = first;
+        while let Some(request) = next {
+            match request {
+                Request::Sync => sync = true,
+                Request::Flush(waiter) => {
+                    sync = true;
+                    flushers.push(waiter);
+                }
+                Request::Due => {
+                    deadline.get_or_insert_with(|| Instant::now() + max_delay);
+                }
+            }
+            next = receiver.try_recv().ok();
+        }
+        if !sync {
+            continue;
+        }
+        let result = run_sync(journal);
+        tracing::trace!(
+            flushed = flushers.len(),
+            ok = result.is_ok(),
+            "journal sync"
+        );
+        for waiter in flushers.drain(..) {
+            let _ = waiter.send(result.clone());
+        }
+        // Records written while the job ran wait for the next one.
+        deadline = (!lock(journal).waiters.is_empty()).then(|| Instant::now() + max_delay);
+    }
+    // Every handle is gone: whatever was written and never asked for is made
+    // durable before the journal closes.
+    let _ = run_sync(journal);
+    lock(journal).folded.take()
+}
+
+/// Takes a sync job and the callers it covers under the lock, runs the job
+/// outside it, and answers them.
+fn run_sync(journal: &Mutex<Journal>) -> Result<(), String> {
+    let (job, waiters) = {
+        let mut journal = lock(journal);
+        if let Some(error) = &journal.failed {
+            return Err(error.clone());
+        }
+        let job = std::mem::take(&mut journal.unsynced).then(|| journal.backend.sync());
+        (job, std::mem::take(&mut journal.waiters))
+    };
+    let result = job.map_or(Ok(()), |job| job().map_err(|e| e.to_string()));
+    if let Err(error) = &result {
+        lock(journal).fail(error.clone());
+    }
+    for waiter in waiters {
+        let _ = waiter.send(result.clone());
+    }
+    result
+}
+
 impl WriterThread {
-    /// Waits for the thread to write what it was sent, and returns the run as
+    /// Waits for the thread to sync what was written, and returns the run as
     /// the journal now holds it. Every `JournalWriter` handle must be dropped first.
     pub fn join(mut self) -> Folded {
         self.handle
@@ -287,16 +365,31 @@ mod tests {
     }
 
     impl JournalBackend for Calls {
-        fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-            let lines = bytes.iter().filter(|b| **b == b'\n').count();
-            self.0.lock().unwrap().push(("sync", lines));
-            Ok(())
-        }
-
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
             let lines = bytes.iter().filter(|b| **b == b'\n').count();
             self.0.lock().unwrap().push(("write", lines));
             Ok(())
+        }
+
+        fn sync(&mut self) -> crate::journal::SyncJob {
+            let calls = self.clone();
+            Box::new(move || {
+                calls.0.lock().unwrap().push(("sync", 0));
+                Ok(())
+            })
+        }
+    }
+
+    /// A backend whose syncs fail.
+    struct Failing;
+
+    impl JournalBackend for Failing {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<()> {
+            Ok(())
+        }
+
+        fn sync(&mut self) -> crate::journal::SyncJob {
+            Box::new(|| Err(std::io::Error::other("disk on fire")))
         }
     }
 
@@ -359,7 +452,7 @@ mod tests {
         calls_reach(&calls, 1).await;
         writer.append_durable(record("b")).await.unwrap();
         lazy.await.unwrap().unwrap();
-        assert_eq!(calls.take(), [("write", 1), ("sync", 1)]);
+        assert_eq!(calls.take(), [("write", 1), ("write", 1), ("sync", 0)]);
         drop(writer);
         thread.join();
     }
@@ -385,5 +478,21 @@ mod tests {
         drop(writer);
         thread.join();
         assert_eq!(calls.take(), [("write", 1), ("sync", 0)]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_stops_the_journal_for_everyone() {
+        let (writer, thread) =
+            JournalWriter::start_with_delay(Box::new(Failing), Arc::default(), None, NEVER);
+        let lazy = writer.append_waiting(record("a"), Durability::OnDemand);
+        let error = writer.append_durable(record("b")).await.unwrap_err();
+        assert!(error.to_string().contains("disk on fire"), "{error}");
+        assert!(lazy.await.is_err(), "a record the failed sync covered");
+        // Nothing is written after the failure, and everyone hears why.
+        let later = writer.append_durable(record("c")).await.unwrap_err();
+        assert!(later.to_string().contains("disk on fire"), "{later}");
+        assert!(writer.flush().await.is_err());
+        drop(writer);
+        thread.join();
     }
 }

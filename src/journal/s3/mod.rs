@@ -194,7 +194,7 @@ impl StateStore for S3State {
             next,
             pending: Vec::new(),
             lease,
-            after_batch: Box::new(after_batch),
+            after_batch: Arc::new(after_batch),
         }))
     }
 

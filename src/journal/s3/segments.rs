@@ -17,7 +17,7 @@ use tokio::runtime::Handle;
 use super::lease::LeaseState;
 use super::object::{block_on, with_retries, PutIf, Remote, RemoteError};
 use crate::journal::record::Record;
-use crate::journal::JournalBackend;
+use crate::journal::{JournalBackend, SyncJob};
 
 fn dir(run: &str) -> String {
     format!("runs/{run}/journal/")
@@ -139,7 +139,7 @@ pub struct SegmentJournal {
     pub pending: Vec<u8>,
     pub lease: Arc<LeaseState>,
     /// Called after each durable batch (copies logs up now and then).
-    pub after_batch: Box<dyn FnMut() + Send>,
+    pub after_batch: Arc<dyn Fn() + Send + Sync>,
 }
 
 /// How long a batch keeps being retried while the store does not answer and
@@ -148,55 +148,63 @@ const PATIENCE: Duration = Duration::from_secs(120);
 
 impl JournalBackend for SegmentJournal {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        // Not durable yet: the next `append` carries these bytes too.
+        // Not durable yet: the next sync job carries these bytes.
         self.pending.extend_from_slice(bytes);
         Ok(())
     }
 
-    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.pending.extend_from_slice(bytes);
-        self.lease.check().map_err(std::io::Error::other)?;
-        let key = segment(&self.run, self.next);
-        let body = Bytes::copy_from_slice(&self.pending);
-        let (remote, lease) = (self.remote.clone(), Arc::clone(&self.lease));
-        let put = async move {
-            let started = Instant::now();
-            let result = with_retries(
-                || remote.put(&key, body.clone(), PutIf::Absent),
-                || lease.check().is_ok() && started.elapsed() < PATIENCE,
-            )
-            .await;
-            match result {
-                Ok(_) => Ok(()),
-                Err(RemoteError::Precondition) => {
-                    // Ours, if an earlier try landed but its answer was lost.
-                    if let Ok(Some(object)) = remote.get(&key).await {
-                        if object.bytes == body {
-                            return Ok(());
-                        }
-                    }
-                    let why = format!(
-                        "another process wrote journal segment {} first: this run was fenced out",
-                        remote.url(&key)
-                    );
-                    lease.lose(why.clone());
-                    Err(why)
-                }
-                Err(error) => Err(match lease.check() {
-                    Err(why) => why,
-                    Ok(()) => format!("cannot write {}: {error}", remote.url(&key)),
-                }),
-            }
-        };
-        match block_on(&self.handle, put) {
-            Some(Ok(())) => {
-                self.next += 1;
-                self.pending.clear();
-                (self.after_batch)();
-                Ok(())
-            }
-            Some(Err(why)) => Err(std::io::Error::other(why)),
-            None => Err(std::io::Error::other("the state's runtime has stopped")),
+    /// Everything written since the last job becomes the next segment. The
+    /// number is taken now, so jobs run in order write segments in order; a job
+    /// that fails stops the journal (the writer syncs nothing after it), so no
+    /// later segment can follow a missing one.
+    fn sync(&mut self) -> SyncJob {
+        if self.pending.is_empty() {
+            return Box::new(|| Ok(()));
         }
+        let key = segment(&self.run, self.next);
+        self.next += 1;
+        let body = Bytes::from(std::mem::take(&mut self.pending));
+        let (remote, lease) = (self.remote.clone(), Arc::clone(&self.lease));
+        let (handle, after_batch) = (self.handle.clone(), Arc::clone(&self.after_batch));
+        Box::new(move || {
+            lease.check().map_err(std::io::Error::other)?;
+            let put = async move {
+                let started = Instant::now();
+                let result = with_retries(
+                    || remote.put(&key, body.clone(), PutIf::Absent),
+                    || lease.check().is_ok() && started.elapsed() < PATIENCE,
+                )
+                .await;
+                match result {
+                    Ok(_) => Ok(()),
+                    Err(RemoteError::Precondition) => {
+                        // Ours, if an earlier try landed but its answer was lost.
+                        if let Ok(Some(object)) = remote.get(&key).await {
+                            if object.bytes == body {
+                                return Ok(());
+                            }
+                        }
+                        let why = format!(
+                            "another process wrote journal segment {} first: this run was fenced out",
+                            remote.url(&key)
+                        );
+                        lease.lose(why.clone());
+                        Err(why)
+                    }
+                    Err(error) => Err(match lease.check() {
+                        Err(why) => why,
+                        Ok(()) => format!("cannot write {}: {error}", remote.url(&key)),
+                    }),
+                }
+            };
+            match block_on(&handle, put) {
+                Some(Ok(())) => {
+                    after_batch();
+                    Ok(())
+                }
+                Some(Err(why)) => Err(std::io::Error::other(why)),
+                None => Err(std::io::Error::other("the state's runtime has stopped")),
+            }
+        })
     }
 }
