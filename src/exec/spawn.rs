@@ -273,30 +273,43 @@ impl Drop for Attributes {
 /// A started child, not yet reaped.
 pub struct Child {
     pid: libc::pid_t,
-    /// Readable once the child has exited. `None` where pidfds are not
-    /// available (Linux before 5.3, some sandboxes): the child is then polled.
-    pidfd: Option<AsyncFd<OwnedFd>>,
+    /// Readable once the child has exited; opened at the first [`Child::wait`]
+    /// (a child reaped before that never needs one). `Unavailable` where
+    /// pidfds are missing (Linux before 5.3, some sandboxes): the child is
+    /// then polled.
+    pidfd: Pidfd,
     status: Option<ExitStatus>,
+}
+
+enum Pidfd {
+    NotYet,
+    Open(AsyncFd<OwnedFd>),
+    Unavailable,
 }
 
 impl Child {
     fn new(pid: libc::pid_t) -> Child {
+        Child {
+            pid,
+            pidfd: Pidfd::NotYet,
+            status: None,
+        }
+    }
+
+    fn open_pidfd(pid: libc::pid_t) -> Pidfd {
         // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
         // or -1; the pid is our unreaped child, so it cannot have been reused.
         // No flags: it is only polled for readiness, never read.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        let pidfd = (fd >= 0)
-            .then(|| {
-                // SAFETY: a descriptor pidfd_open just returned, owned by nobody
-                // else; the OwnedFd keeps it open for as long as the AsyncFd.
-                let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-                unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()
-            })
-            .flatten();
-        Child {
-            pid,
-            pidfd,
-            status: None,
+        if fd < 0 {
+            return Pidfd::Unavailable;
+        }
+        // SAFETY: a descriptor pidfd_open just returned, owned by nobody
+        // else; the OwnedFd keeps it open for as long as the AsyncFd.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        match unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
+            Ok(fd) => Pidfd::Open(fd),
+            Err(_) => Pidfd::Unavailable,
         }
     }
 
@@ -310,12 +323,15 @@ impl Child {
         if let Some(status) = self.status {
             return Ok(status);
         }
+        if matches!(self.pidfd, Pidfd::NotYet) {
+            self.pidfd = Child::open_pidfd(self.pid);
+        }
         let mut poll_delay = Duration::from_millis(1);
         loop {
             match &self.pidfd {
                 // Readable once the child has exited (a pidfd that was
                 // readable before it was registered is reported at once).
-                Some(pidfd) => {
+                Pidfd::Open(pidfd) => {
                     let mut ready = pidfd.readable().await?;
                     if let Some(status) = reap(self.pid)? {
                         self.status = Some(status);
@@ -323,7 +339,7 @@ impl Child {
                     }
                     ready.clear_ready();
                 }
-                None => {
+                Pidfd::NotYet | Pidfd::Unavailable => {
                     if let Some(status) = self.try_wait()? {
                         return Ok(status);
                     }
@@ -366,7 +382,7 @@ impl Drop for Child {
         };
         let mut child = Child {
             pid: self.pid,
-            pidfd: self.pidfd.take(),
+            pidfd: std::mem::replace(&mut self.pidfd, Pidfd::NotYet),
             status: None,
         };
         runtime.spawn(async move {

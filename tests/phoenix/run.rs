@@ -496,3 +496,52 @@ fn a_step_that_leaves_a_daemon_finishes_and_its_output_is_still_logged() {
     let log = std::fs::read_to_string(ws.run_dir().join("logs/daemon.1.log")).unwrap();
     assert_eq!(log, "started\nlate from the daemon\n");
 }
+
+#[test]
+fn a_step_that_closes_its_output_early_is_waited_for_to_the_end() {
+    // The end of a step's output is how a short step's exit is noticed first:
+    // a process that closes it and goes on must still be waited for, its
+    // exit code and its outputs taken when it really ends.
+    let ws = Workspace::new();
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}{}{}{}",
+            shell_step(
+                "quiet",
+                "provision",
+                "echo before; exec >/dev/null 2>&1; sleep 0.4; echo done=late >> \"$PHOENIX_OUTPUT\"",
+                ""
+            ),
+            shell_step(
+                "after",
+                "provision",
+                "echo {{ steps.quiet.outputs.done }} >> ledger",
+                "needs = [\"quiet\"]"
+            ),
+            shell_step(
+                "failing",
+                "provision",
+                "exec >/dev/null 2>&1; sleep 0.4; exit 3",
+                ""
+            ),
+        ),
+    );
+    let run = ws
+        .phoenix()
+        .args(["run", "plan.toml", "--keep-going"])
+        .run();
+    run.expect_code(1);
+    let ledger = std::fs::read_to_string(ws.path().join("ledger")).unwrap();
+    assert_eq!(ledger, "late\n");
+    let log = std::fs::read_to_string(ws.run_dir().join("logs/quiet.1.log")).unwrap();
+    assert_eq!(log, "before\n");
+    let status = ws.status();
+    assert_eq!(state_of(&status, "quiet"), "succeeded");
+    assert_eq!(state_of(&status, "failing"), "failed");
+    let failing = crate::common::step_of(&status, "failing").to_string();
+    assert!(
+        failing.contains("exit") && failing.contains('3'),
+        "{failing}"
+    );
+}
