@@ -14,21 +14,31 @@ rounds=$1; shift
 work=$(mktemp -d /tmp/phoenix-compare.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 python3 benches/gen_plan.py "$work/plan.toml" --action command --ninja "$work/build.ninja"
-for round in $(seq "$rounds"); do
-  line="round $round:"
-  rm -rf "$work/out" "$work/.ninja_log"; mkdir "$work/out"
-  (cd "$work" && /usr/bin/time -f "%e" -o "$work/t" ninja -j2 >/dev/null)
-  echo "ninja $(cat "$work/t") 0" >> "$work/times"
-  line+=" ninja $(cat "$work/t")"
-  n=0
-  for bin in "$@"; do
-    n=$((n + 1))
-    rm -rf "$work/out" "$work/state"; mkdir "$work/out"
+# One run of ninja (name "ninja") or of the Nth binary (name "binN").
+run_one() {
+  local who=$1 bin=${2:-}
+  rm -rf "$work/out" "$work/state" "$work/.ninja_log"; mkdir "$work/out"
+  if [ "$who" = ninja ]; then
+    (cd "$work" && /usr/bin/time -f "%e" -o "$work/t" ninja -j2 >/dev/null)
+    own=0
+  else
     own=$(RUST_LOG=phoenix=debug /usr/bin/time -f "%e" -o "$work/t" "$bin" --state "$work/state" run "$work/plan.toml" --concurrency 2 -q 2>&1 \
       | grep -o 'cpu_seconds=[0-9.]*' | cut -d= -f2)
     [ "$(ls "$work/out" | wc -l)" = 10000 ] || { echo "$bin did not make every file"; exit 1; }
-    echo "bin$n $(cat "$work/t") $own" >> "$work/times"
-    line+=" bin$n $(cat "$work/t") ($own)"
+  fi
+  echo "$who $(cat "$work/t") $own" >> "$work/times"
+  line+=" $who $(cat "$work/t")"
+  [ "$who" = ninja ] || line+=" ($own)"
+}
+bins=("$@")
+for round in $(seq "$rounds"); do
+  line="round $round:"
+  # The order turns each round, so that no build always follows the same one.
+  order=(ninja); for i in "${!bins[@]}"; do order+=("bin$((i + 1))"); done
+  shift_by=$(( (round - 1) % ${#order[@]} ))
+  order=("${order[@]:shift_by}" "${order[@]:0:shift_by}")
+  for who in "${order[@]}"; do
+    if [ "$who" = ninja ]; then run_one ninja; else run_one "$who" "${bins[${who#bin} - 1]}"; fi
   done
   echo "$line"
 done

@@ -3,7 +3,8 @@
 //!
 //! Whoever has a record (a step's task, the session) serializes it, masks it
 //! and writes it to the backend under a lock: no thread hop per record, so a
-//! step costs the executor no wake-up of another thread. Durability is the
+//! step costs the executor no wake-up of another thread. Records made in the
+//! same turn of the executor share one `write`. Durability is the
 //! sync thread's job: asked for a sync, it takes everything written so far
 //! as one [`SyncJob`], runs it outside the lock (an `fdatasync`, or an upload
 //! for a remote state) while later records go on being written, and then
@@ -68,6 +69,11 @@ enum Request {
 struct Journal {
     backend: Box<dyn JournalBackend>,
     folded: Folded,
+    /// Records made in the executor's current turn, written together at its
+    /// end (see [`JournalWriter::write`]).
+    pending: Vec<u8>,
+    /// A task is on its way to write `pending`.
+    flush_scheduled: bool,
     /// Written since the last sync job was taken.
     unsynced: bool,
     /// Callers whose records are written, waiting for the next sync.
@@ -77,6 +83,28 @@ struct Journal {
 }
 
 impl Journal {
+    /// Writes what is pending to the backend.
+    fn write_pending(&mut self) -> Result<(), String> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
+        }
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let result = self.backend.write(&self.pending);
+        self.pending.clear();
+        match result {
+            Ok(()) => {
+                self.unsynced = true;
+                Ok(())
+            }
+            Err(error) => {
+                self.fail(error.to_string());
+                Err(error.to_string())
+            }
+        }
+    }
+
     fn fail(&mut self, error: String) {
         for waiter in self.waiters.drain(..) {
             let _ = waiter.send(Err(error.clone()));
@@ -129,6 +157,8 @@ impl JournalWriter {
         let journal = Arc::new(Mutex::new(Journal {
             backend,
             folded,
+            pending: Vec::new(),
+            flush_scheduled: false,
             unsynced: false,
             waiters: Vec::new(),
             failed: None,
@@ -180,16 +210,17 @@ impl JournalWriter {
     /// Serializes and masks a record (outside the lock), then writes it and
     /// folds it into the view (under it).
     fn write(&self, record: Record, waiter: Option<(Waiter, Durability)>) {
-        let line = serde_json::to_string(&record).unwrap_or_default();
-        let masked = self.masker.mask(&line);
-        let mut bytes = Vec::with_capacity(masked.len() + 1);
-        bytes.extend_from_slice(masked.as_bytes());
-        bytes.push(b'\n');
+        let mut line = serde_json::to_string(&record).unwrap_or_default();
         // Fold what the journal holds: the masked record.
-        let record = match masked {
+        let record = match self.masker.mask(&line) {
             std::borrow::Cow::Borrowed(_) => record,
-            std::borrow::Cow::Owned(text) => serde_json::from_str(&text).unwrap_or(record),
+            std::borrow::Cow::Owned(text) => {
+                let masked = serde_json::from_str(&text).unwrap_or(record);
+                line = text;
+                masked
+            }
         };
+        line.push('\n');
         let mut journal = lock(&self.journal);
         if let Some(error) = &journal.failed {
             if let Some((waiter, _)) = waiter {
@@ -197,14 +228,31 @@ impl JournalWriter {
             }
             return;
         }
-        if let Err(error) = journal.backend.write(&bytes) {
-            journal.fail(error.to_string());
-            if let Some((waiter, _)) = waiter {
-                let _ = waiter.send(Err(error.to_string()));
+        journal.pending.extend_from_slice(line.as_bytes());
+        // Records made in the same turn of the executor (steps that finish
+        // together, a burst of instant steps) go out in one write at its end,
+        // from a task that first lets every ready task run; outside the
+        // runtime, at once. A record is in memory only for that turn, as it
+        // was in a channel before; a sync writes what is pending first, so no
+        // durable record waits for the turn to end.
+        let schedule = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if !journal.flush_scheduled => Some(runtime),
+            Ok(_) => None,
+            Err(_) => {
+                let _ = journal.write_pending();
+                None
             }
-            return;
+        };
+        if let Some(runtime) = schedule {
+            journal.flush_scheduled = true;
+            let shared = Arc::clone(&self.journal);
+            runtime.spawn(async move {
+                tokio::task::yield_now().await;
+                let mut journal = lock(&shared);
+                journal.flush_scheduled = false;
+                let _ = journal.write_pending();
+            });
         }
-        journal.unsynced = true;
         match (&mut journal.folded, record) {
             (None, Record::Header(header)) => {
                 let view = RunView::new(&header);
@@ -316,9 +364,7 @@ fn sync_thread(
 fn run_sync(journal: &Mutex<Journal>) -> Result<(), String> {
     let (job, waiters) = {
         let mut journal = lock(journal);
-        if let Some(error) = &journal.failed {
-            return Err(error.clone());
-        }
+        journal.write_pending()?;
         let job = std::mem::take(&mut journal.unsynced).then(|| journal.backend.sync());
         (job, std::mem::take(&mut journal.waiters))
     };
