@@ -98,10 +98,18 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
         }
     };
     let (reader, writer) = std::io::pipe().map_err(io_error("create a pipe for"))?;
-    // Registered before the child starts: nothing can fail after it has.
-    let receiver =
-        tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(reader))
-            .map_err(io_error("read the output of"))?;
+    // Registered before the child starts: nothing can fail after it has. The
+    // read end is known to be a new pipe's, open for reading only: one
+    // `fcntl` makes it non-blocking, where `from_owned_fd` would check all
+    // that again with two more system calls on every step.
+    let reader = std::os::fd::OwnedFd::from(reader);
+    nix::fcntl::fcntl(
+        &reader,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .map_err(|errno| io_error("read the output of")(errno.into()))?;
+    let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(reader)
+        .map_err(io_error("read the output of"))?;
     let spawn_error = |source: std::io::Error| {
         if !cwd.is_dir() {
             return ActionError::Io {
