@@ -527,6 +527,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn records_made_in_one_turn_share_one_write() {
+        let (writer, thread, calls) = start(NEVER);
+        for step in ["a", "b", "c"] {
+            writer.append(record(step));
+        }
+        assert_eq!(calls.take(), [], "written before the turn ended");
+        calls_reach(&calls, 1).await;
+        assert_eq!(calls.take(), [("write", 3)]);
+        // A durable record does not wait for the turn: the sync writes it.
+        writer.append(record("d"));
+        writer.append_durable(record("e")).await.unwrap();
+        assert_eq!(calls.take(), [("write", 2), ("sync", 0)]);
+        drop(writer);
+        thread.join();
+    }
+
+    #[tokio::test]
     async fn a_failed_sync_stops_the_journal_for_everyone() {
         let (writer, thread) =
             JournalWriter::start_with_delay(Box::new(Failing), Arc::default(), None, NEVER);
