@@ -153,8 +153,6 @@ fn unless_lost(
     }
 }
 
-/// CPU time Phoenix itself has used so far (all threads, not its children):
-/// what the benchmarks compare with other tools' own overhead.
 /// Phoenix's own CPU seconds (every thread, not the steps' processes) and its
 /// context switches, voluntary and forced: what the benchmarks compare with
 /// ninja's.

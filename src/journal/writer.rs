@@ -76,7 +76,8 @@ struct Journal {
     flush_scheduled: bool,
     /// Written since the last sync job was taken.
     unsynced: bool,
-    /// Callers whose records are written, waiting for the next sync.
+    /// Callers whose records are in (written, or pending), waiting for the
+    /// next sync.
     waiters: Vec<Waiter>,
     /// Set by the first write or sync that fails; final.
     failed: Option<String>,
@@ -294,10 +295,6 @@ impl JournalWriter {
         rx.await
             .map_err(|_| JournalWriteError("the journal is closed".into()))?
             .map_err(JournalWriteError)
-    }
-
-    pub fn masker(&self) -> &Masker {
-        &self.masker
     }
 }
 
