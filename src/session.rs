@@ -153,19 +153,33 @@ fn unless_lost(
     }
 }
 
-/// Phoenix's own CPU seconds (every thread, not the steps' processes) and its
-/// context switches, voluntary and forced: what the benchmarks compare with
-/// ninja's.
-fn own_usage() -> (f64, i64, i64) {
+/// Phoenix's own CPU seconds in user space and in the kernel (every thread,
+/// not the steps' processes) and its context switches, voluntary and forced:
+/// what the benchmarks compare with ninja's.
+struct OwnUsage {
+    user_seconds: f64,
+    system_seconds: f64,
+    switches: i64,
+    forced_switches: i64,
+}
+
+fn own_usage() -> OwnUsage {
     use nix::sys::resource::{getrusage, UsageWho};
-    getrusage(UsageWho::RUSAGE_SELF).map_or((0.0, 0, 0), |usage| {
-        let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
-        (
-            seconds(usage.user_time()) + seconds(usage.system_time()),
-            usage.voluntary_context_switches(),
-            usage.involuntary_context_switches(),
-        )
-    })
+    let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(usage) => OwnUsage {
+            user_seconds: seconds(usage.user_time()),
+            system_seconds: seconds(usage.system_time()),
+            switches: usage.voluntary_context_switches(),
+            forced_switches: usage.involuntary_context_switches(),
+        },
+        Err(_) => OwnUsage {
+            user_seconds: 0.0,
+            system_seconds: 0.0,
+            switches: 0,
+            forced_switches: 0,
+        },
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, SessionError> {
@@ -780,12 +794,14 @@ impl Session<'_> {
         drop(shared);
         runtime.shutdown_timeout(std::time::Duration::from_secs(1));
         let folded = thread.join();
-        let (cpu_seconds, switches, forced_switches) = own_usage();
+        let usage = own_usage();
         tracing::debug!(
             elapsed = ?started.elapsed(),
-            cpu_seconds,
-            switches,
-            forced_switches,
+            cpu_seconds = usage.user_seconds + usage.system_seconds,
+            user_seconds = usage.user_seconds,
+            system_seconds = usage.system_seconds,
+            switches = usage.switches,
+            forced_switches = usage.forced_switches,
             "run: executed, journal closed"
         );
         if let Err(error) = self.state.sync_logs(&self.run_id) {

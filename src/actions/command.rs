@@ -144,26 +144,21 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
         std::sync::Arc::clone(&ctx.shared.masker),
     ));
     // A short step ends as its output does: the pipe closes as the process
-    // exits, and the child is reaped then, with no pidfd to open and register
-    // (system calls and a wake-up saved on each of thousands of short steps).
-    // The pipe closes a few microseconds before the child can be reaped: if it
-    // cannot be yet, the exiting child gets the CPU once or twice before the
-    // pidfd is opened after all. A step still running after `EARLY`, or one
-    // whose output outlives it (a daemon it started keeps the pipe), is waited
-    // for through its pidfd.
+    // exits, and the child is reaped then, with no pidfd to register with
+    // tokio (system calls and a wake-up saved on each of thousands of short
+    // steps). The pipe closes a few microseconds before the child can be
+    // reaped: if it cannot be yet, this thread waits for that, up to
+    // `EXITING`. A step still running after `EARLY`, or one whose output
+    // outlives it (a daemon it started keeps the pipe, or it closed its
+    // output and runs on), is waited for through its pidfd.
     const EARLY: Duration = Duration::from_millis(100);
+    const EXITING: Duration = Duration::from_millis(1);
     let mut copied = false;
     let mut early = None;
     tokio::select! {
         _ = &mut copier => {
             copied = true;
-            for _ in 0..3 {
-                early = child.try_wait().ok().flatten();
-                if early.is_some() {
-                    break;
-                }
-                std::thread::yield_now();
-            }
+            early = child.wait_exiting(EXITING).ok().flatten();
         }
         _ = tokio::time::sleep(EARLY) => {}
         _ = ctx.cancel.cancelled() => {}

@@ -119,22 +119,28 @@ pub fn owners_of(key: &str) -> Option<String> {
 
 impl Action {
     /// Runs the action for one attempt of its step.
-    pub async fn run(
-        &self,
-        ctx: &crate::exec::StepContext<'_>,
-    ) -> Result<crate::journal::record::Outputs, crate::exec::ActionError> {
+    /// The action's future, boxed on its own: the futures differ in size by
+    /// kilobytes (a restore's or a git fetch's against a command's), and a
+    /// step's task would otherwise carry, and copy on every start, the
+    /// largest of them.
+    pub fn run<'a>(
+        &'a self,
+        ctx: &'a crate::exec::StepContext<'_>,
+    ) -> futures_util::future::BoxFuture<'a, ActionResult> {
         match self {
-            Action::Command(spec) => command::run(spec, ctx).await,
-            Action::Http(spec) => http::run(spec, ctx).await,
-            Action::Wait(spec) => wait::run(spec, ctx).await,
-            Action::Approval(spec) => approval::run(spec, ctx).await,
-            Action::Noop => Ok(Default::default()),
-            Action::Git(spec) => git::run(spec, ctx).await,
-            Action::Template(spec) => template::run(spec, ctx).await,
-            Action::Restore(spec) => restore::run(spec, ctx).await,
+            Action::Command(spec) => Box::pin(command::run(spec, ctx)),
+            Action::Http(spec) => Box::pin(http::run(spec, ctx)),
+            Action::Wait(spec) => Box::pin(wait::run(spec, ctx)),
+            Action::Approval(spec) => Box::pin(approval::run(spec, ctx)),
+            Action::Noop => Box::pin(std::future::ready(Ok(Default::default()))),
+            Action::Git(spec) => Box::pin(git::run(spec, ctx)),
+            Action::Template(spec) => Box::pin(template::run(spec, ctx)),
+            Action::Restore(spec) => Box::pin(restore::run(spec, ctx)),
         }
     }
 }
+
+type ActionResult = Result<crate::journal::record::Outputs, crate::exec::ActionError>;
 
 /// Puts the tree at `temp` where `dest` is: an atomic exchange when `dest`
 /// exists (a reader sees the old tree or the new one, never a mix), then the

@@ -52,7 +52,10 @@ pub async fn run_step(
 ) {
     // Whatever happens in here, the walker hears that the step ended: a step
     // that vanished without a word would leave the run waiting for ever.
-    let outcome = std::panic::AssertUnwindSafe(attempts(&shared, index, first_attempt, &tx))
+    // Pinned in place: moved into `catch_unwind`, the future would be laid
+    // out twice in this one's state.
+    let attempts = std::pin::pin!(attempts(&shared, index, first_attempt, &tx));
+    let outcome = std::panic::AssertUnwindSafe(attempts)
         .catch_unwind()
         .await
         .unwrap_or_else(|panic| StepOutcome::Failed {
@@ -293,9 +296,7 @@ async fn run_attempt(
         log_path: log_path.to_path_buf(),
         context: context::build(shared, step)?,
     };
-    // Boxed: the actions' futures are large (restore, http, git), and a step's
-    // task would otherwise carry (and copy on spawn) the largest of them all.
-    let action = Box::pin(step.action.value.run(&ctx));
+    let action = step.action.value.run(&ctx);
     let result = match step.timeout {
         None => action.await,
         Some(limit) => {

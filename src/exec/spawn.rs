@@ -39,6 +39,9 @@ pub struct Spawner {
     /// Phoenix's own `PATH`, to look programs up when a step does not set one.
     path: Option<OsString>,
     dev_null: OwnedFd,
+    /// The same for every child: its own process group, no signal blocked,
+    /// `SIGPIPE` back to its default.
+    attributes: Attributes,
 }
 
 /// One child to start.
@@ -70,6 +73,7 @@ impl Spawner {
             base,
             path: std::env::var_os("PATH"),
             dev_null,
+            attributes: Attributes::new()?,
         })
     }
 
@@ -125,57 +129,22 @@ impl Spawner {
         let stdin = self.dev_null.as_raw_fd();
         let output = request.output.as_raw_fd();
         let mut pid: libc::pid_t = 0;
-        // SAFETY: every pointer handed to libc points into a CString or a
-        // vector that lives until the end of this block; the file actions and
-        // attributes are initialised before use and destroyed after.
-        let code = unsafe {
-            let mut actions = std::mem::MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
-            check(libc::posix_spawn_file_actions_init(actions.as_mut_ptr()))?;
-            let mut actions = FileActions(actions.assume_init());
-            check(libc::posix_spawn_file_actions_adddup2(
-                &mut actions.0,
-                stdin,
-                0,
-            ))?;
-            check(libc::posix_spawn_file_actions_adddup2(
-                &mut actions.0,
-                output,
-                1,
-            ))?;
-            check(libc::posix_spawn_file_actions_adddup2(
-                &mut actions.0,
-                output,
-                2,
-            ))?;
-            check(libc::posix_spawn_file_actions_addchdir_np(
-                &mut actions.0,
-                cwd.as_ptr(),
-            ))?;
-
-            let mut attrs = std::mem::MaybeUninit::<libc::posix_spawnattr_t>::uninit();
-            check(libc::posix_spawnattr_init(attrs.as_mut_ptr()))?;
-            let mut attrs = Attributes(attrs.assume_init());
-            let mut signals = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-            libc::sigemptyset(signals.as_mut_ptr());
-            let mut signals = signals.assume_init();
-            check(libc::posix_spawnattr_setsigmask(&mut attrs.0, &signals))?;
-            libc::sigaddset(&mut signals, libc::SIGPIPE);
-            check(libc::posix_spawnattr_setsigdefault(&mut attrs.0, &signals))?;
-            check(libc::posix_spawnattr_setpgroup(&mut attrs.0, 0))?;
-            let flags = libc::POSIX_SPAWN_SETPGROUP
-                | libc::POSIX_SPAWN_SETSIGMASK
-                | libc::POSIX_SPAWN_SETSIGDEF;
-            check(libc::posix_spawnattr_setflags(&mut attrs.0, flags as _))?;
-
-            libc::posix_spawn(
-                &mut pid,
-                program.as_ptr(),
-                &actions.0,
-                &attrs.0,
-                argv.as_ptr() as *const *mut libc::c_char,
-                envp.as_ptr() as *const *mut libc::c_char,
-            )
-        };
+        let code = FILE_ACTIONS.with_borrow_mut(|cache| {
+            let actions = cache.get(stdin, output, &cwd)?;
+            // SAFETY: every pointer handed to libc points into a CString or a
+            // vector that lives until the end of this block; the file actions
+            // and attributes are initialised, and only read by posix_spawn.
+            Ok::<_, io::Error>(unsafe {
+                libc::posix_spawn(
+                    &mut pid,
+                    program.as_ptr(),
+                    &actions.0,
+                    &self.attributes.0,
+                    argv.as_ptr() as *const *mut libc::c_char,
+                    envp.as_ptr() as *const *mut libc::c_char,
+                )
+            })
+        })?;
         check(code)?;
         Ok(Child::new(pid))
     }
@@ -252,7 +221,82 @@ fn check(code: libc::c_int) -> io::Result<()> {
     }
 }
 
+thread_local! {
+    /// File actions already built on this thread, by the descriptors and the
+    /// directory they set up: the same few serve every child of a run (pipes
+    /// reuse the lowest free descriptors). Building them anew cost each spawn
+    /// an allocation and, in glibc, a `getrlimit` per descriptor checked.
+    static FILE_ACTIONS: std::cell::RefCell<ActionsCache> = const {
+        std::cell::RefCell::new(ActionsCache(Vec::new()))
+    };
+}
+
+/// At most [`ActionsCache::SIZE`] file actions, the oldest dropped first.
+struct ActionsCache(Vec<(libc::c_int, libc::c_int, CString, FileActions)>);
+
+impl ActionsCache {
+    const SIZE: usize = 16;
+
+    /// The actions that give a child `stdin` as its stdin, `output` as its
+    /// stdout and stderr, and `cwd` as its directory.
+    fn get(
+        &mut self,
+        stdin: libc::c_int,
+        output: libc::c_int,
+        cwd: &CString,
+    ) -> io::Result<&FileActions> {
+        let found = self
+            .0
+            .iter()
+            .position(|(i, o, dir, _)| *i == stdin && *o == output && dir == cwd);
+        let index = match found {
+            Some(index) => index,
+            None => {
+                let actions = FileActions::new(stdin, output, cwd)?;
+                if self.0.len() == Self::SIZE {
+                    self.0.remove(0);
+                }
+                self.0.push((stdin, output, cwd.clone(), actions));
+                self.0.len() - 1
+            }
+        };
+        Ok(&self.0[index].3)
+    }
+}
+
 struct FileActions(libc::posix_spawn_file_actions_t);
+
+impl FileActions {
+    fn new(stdin: libc::c_int, output: libc::c_int, cwd: &CString) -> io::Result<FileActions> {
+        // SAFETY: the actions are initialised before use (and destroyed by
+        // Drop); glibc copies the directory's path.
+        unsafe {
+            let mut actions = std::mem::MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
+            check(libc::posix_spawn_file_actions_init(actions.as_mut_ptr()))?;
+            let mut actions = FileActions(actions.assume_init());
+            check(libc::posix_spawn_file_actions_adddup2(
+                &mut actions.0,
+                stdin,
+                0,
+            ))?;
+            check(libc::posix_spawn_file_actions_adddup2(
+                &mut actions.0,
+                output,
+                1,
+            ))?;
+            check(libc::posix_spawn_file_actions_adddup2(
+                &mut actions.0,
+                output,
+                2,
+            ))?;
+            check(libc::posix_spawn_file_actions_addchdir_np(
+                &mut actions.0,
+                cwd.as_ptr(),
+            ))?;
+            Ok(actions)
+        }
+    }
+}
 
 impl Drop for FileActions {
     fn drop(&mut self) {
@@ -262,6 +306,30 @@ impl Drop for FileActions {
 }
 
 struct Attributes(libc::posix_spawnattr_t);
+
+impl Attributes {
+    fn new() -> io::Result<Attributes> {
+        // SAFETY: the attributes and the signal set are initialised before
+        // use; the attributes are destroyed by Drop.
+        unsafe {
+            let mut attrs = std::mem::MaybeUninit::<libc::posix_spawnattr_t>::uninit();
+            check(libc::posix_spawnattr_init(attrs.as_mut_ptr()))?;
+            let mut attrs = Attributes(attrs.assume_init());
+            let mut signals = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(signals.as_mut_ptr());
+            let mut signals = signals.assume_init();
+            check(libc::posix_spawnattr_setsigmask(&mut attrs.0, &signals))?;
+            libc::sigaddset(&mut signals, libc::SIGPIPE);
+            check(libc::posix_spawnattr_setsigdefault(&mut attrs.0, &signals))?;
+            check(libc::posix_spawnattr_setpgroup(&mut attrs.0, 0))?;
+            let flags = libc::POSIX_SPAWN_SETPGROUP
+                | libc::POSIX_SPAWN_SETSIGMASK
+                | libc::POSIX_SPAWN_SETSIGDEF;
+            check(libc::posix_spawnattr_setflags(&mut attrs.0, flags as _))?;
+            Ok(attrs)
+        }
+    }
+}
 
 impl Drop for Attributes {
     fn drop(&mut self) {
@@ -283,6 +351,8 @@ pub struct Child {
 
 enum Pidfd {
     NotYet,
+    /// Opened by [`Child::wait_exiting`], not yet registered with tokio.
+    Unregistered(OwnedFd),
     Open(AsyncFd<OwnedFd>),
     Unavailable,
 }
@@ -296,20 +366,33 @@ impl Child {
         }
     }
 
-    fn open_pidfd(pid: libc::pid_t) -> Pidfd {
+    fn open_pidfd(pid: libc::pid_t) -> Option<OwnedFd> {
         // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
         // or -1; the pid is our unreaped child, so it cannot have been reused.
         // No flags: it is only polled for readiness, never read.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if fd < 0 {
-            return Pidfd::Unavailable;
-        }
-        // SAFETY: a descriptor pidfd_open just returned, owned by nobody
-        // else; the OwnedFd keeps it open for as long as the AsyncFd.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        match unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
-            Ok(fd) => Pidfd::Open(fd),
-            Err(_) => Pidfd::Unavailable,
+        // SAFETY: a descriptor pidfd_open just returned, owned by nobody else.
+        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    /// The pidfd registered with tokio, opened first if need be.
+    fn register_pidfd(&mut self) {
+        let fd = match std::mem::replace(&mut self.pidfd, Pidfd::Unavailable) {
+            Pidfd::NotYet => Child::open_pidfd(self.pid),
+            Pidfd::Unregistered(fd) => Some(fd),
+            open @ (Pidfd::Open(_) | Pidfd::Unavailable) => {
+                self.pidfd = open;
+                return;
+            }
+        };
+        if let Some(fd) = fd {
+            // SAFETY: the OwnedFd is ours alone and keeps the descriptor open
+            // for as long as the AsyncFd.
+            if let Ok(fd) =
+                unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            {
+                self.pidfd = Pidfd::Open(fd);
+            }
         }
     }
 
@@ -323,9 +406,7 @@ impl Child {
         if let Some(status) = self.status {
             return Ok(status);
         }
-        if matches!(self.pidfd, Pidfd::NotYet) {
-            self.pidfd = Child::open_pidfd(self.pid);
-        }
+        self.register_pidfd();
         let mut poll_delay = Duration::from_millis(1);
         loop {
             match &self.pidfd {
@@ -339,7 +420,7 @@ impl Child {
                     }
                     ready.clear_ready();
                 }
-                Pidfd::NotYet | Pidfd::Unavailable => {
+                Pidfd::NotYet | Pidfd::Unregistered(_) | Pidfd::Unavailable => {
                     if let Some(status) = self.try_wait()? {
                         return Ok(status);
                     }
@@ -348,6 +429,39 @@ impl Child {
                 }
             }
         }
+    }
+
+    /// For a child known to be exiting (its output has just closed): waits
+    /// for its exit on this thread, for at most `limit`, and reaps it. The
+    /// pipe closes a few microseconds before the process can be reaped; this
+    /// sleeps until it can be, as a blocking `waitpid` would, where yielding
+    /// the CPU instead could hand it to any other runnable process for a
+    /// whole time slice. A child still running after `limit` (one that closed
+    /// its output and runs on) is left to [`Child::wait`].
+    pub fn wait_exiting(&mut self, limit: Duration) -> io::Result<Option<ExitStatus>> {
+        if let Some(status) = self.try_wait()? {
+            return Ok(Some(status));
+        }
+        if matches!(self.pidfd, Pidfd::NotYet) {
+            self.pidfd = match Child::open_pidfd(self.pid) {
+                Some(fd) => Pidfd::Unregistered(fd),
+                None => Pidfd::Unavailable,
+            };
+        }
+        let Pidfd::Unregistered(fd) = &self.pidfd else {
+            return Ok(None);
+        };
+        let mut poll = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = limit.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: one pollfd that lives across the call; the descriptor is
+        // open. An interrupted or failed poll only means we reap below and
+        // find the child still running.
+        unsafe { libc::poll(&mut poll, 1, millis) };
+        self.try_wait()
     }
 
     /// The exit status if the child has exited, without waiting.

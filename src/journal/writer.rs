@@ -1,10 +1,12 @@
 //! The journal writer: records are written where they are made, and made
 //! durable with group commit on a thread of the writer's own.
 //!
-//! Whoever has a record (a step's task, the session) serializes it, masks it
-//! and writes it to the backend under a lock: no thread hop per record, so a
-//! step costs the executor no wake-up of another thread. Records made in the
-//! same turn of the executor share one `write`. Durability is the
+//! Whoever has a record (a step's task, the session) hands it over under a
+//! lock: no thread hop per record, so a step costs the executor no wake-up of
+//! another thread. Records made in the same turn of the executor are
+//! serialized, masked and written together at its end, in one `write`: after
+//! the step that finished has made way for the next one, not between the two.
+//! Durability is the
 //! sync thread's job: asked for a sync, it takes everything written so far
 //! as one [`SyncJob`], runs it outside the lock (an `fdatasync`, or an upload
 //! for a remote state) while later records go on being written, and then
@@ -68,10 +70,13 @@ enum Request {
 /// The journal as the writers and the sync thread share it.
 struct Journal {
     backend: Box<dyn JournalBackend>,
+    masker: Arc<Masker>,
     folded: Folded,
-    /// Records made in the executor's current turn, written together at its
-    /// end (see [`JournalWriter::write`]).
-    pending: Vec<u8>,
+    /// Records made in the executor's current turn, serialized and written
+    /// together at its end (see [`JournalWriter::write`]).
+    pending: Vec<Record>,
+    /// The lines of `pending`, a buffer kept from one write to the next.
+    lines: Vec<u8>,
     /// A task is on its way to write `pending`.
     flush_scheduled: bool,
     /// Written since the last sync job was taken.
@@ -84,7 +89,8 @@ struct Journal {
 }
 
 impl Journal {
-    /// Writes what is pending to the backend.
+    /// Serializes and masks what is pending, folds it into the view, and
+    /// writes it to the backend.
     fn write_pending(&mut self) -> Result<(), String> {
         if let Some(error) = &self.failed {
             return Err(error.clone());
@@ -92,8 +98,28 @@ impl Journal {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let result = self.backend.write(&self.pending);
-        self.pending.clear();
+        let mut pending = std::mem::take(&mut self.pending);
+        let mut lines = std::mem::take(&mut self.lines);
+        lines.clear();
+        for record in pending.drain(..) {
+            let line = serde_json::to_string(&record).unwrap_or_default();
+            // Fold what the journal holds: the masked record.
+            let record = match self.masker.mask(&line) {
+                std::borrow::Cow::Borrowed(_) => {
+                    lines.extend_from_slice(line.as_bytes());
+                    record
+                }
+                std::borrow::Cow::Owned(text) => {
+                    lines.extend_from_slice(text.as_bytes());
+                    serde_json::from_str(&text).unwrap_or(record)
+                }
+            };
+            lines.push(b'\n');
+            self.fold(record);
+        }
+        self.pending = pending;
+        let result = self.backend.write(&lines);
+        self.lines = lines;
         match result {
             Ok(()) => {
                 self.unsynced = true;
@@ -103,6 +129,17 @@ impl Journal {
                 self.fail(error.to_string());
                 Err(error.to_string())
             }
+        }
+    }
+
+    fn fold(&mut self, record: Record) {
+        match (&mut self.folded, record) {
+            (None, Record::Header(header)) => {
+                let view = RunView::new(&header);
+                self.folded = Some((header, view));
+            }
+            (Some((_, view)), record) => view.apply(&record),
+            (None, _) => {}
         }
     }
 
@@ -119,7 +156,6 @@ impl Journal {
 pub struct JournalWriter {
     journal: Arc<Mutex<Journal>>,
     requests: mpsc::Sender<Request>,
-    masker: Arc<Masker>,
 }
 
 /// Owns the sync thread; joining it closes the journal.
@@ -157,8 +193,10 @@ impl JournalWriter {
     ) -> (JournalWriter, WriterThread) {
         let journal = Arc::new(Mutex::new(Journal {
             backend,
+            masker,
             folded,
             pending: Vec::new(),
+            lines: Vec::new(),
             flush_scheduled: false,
             unsynced: false,
             waiters: Vec::new(),
@@ -171,11 +209,7 @@ impl JournalWriter {
             .spawn(move || sync_thread(&thread_journal, &receiver, max_delay))
             .expect("spawn the journal thread");
         (
-            JournalWriter {
-                journal,
-                requests,
-                masker,
-            },
+            JournalWriter { journal, requests },
             WriterThread {
                 handle: Some(handle),
             },
@@ -208,20 +242,8 @@ impl JournalWriter {
         }
     }
 
-    /// Serializes and masks a record (outside the lock), then writes it and
-    /// folds it into the view (under it).
+    /// Adds a record to those pending, to be written at the end of the turn.
     fn write(&self, record: Record, waiter: Option<(Waiter, Durability)>) {
-        let mut line = serde_json::to_string(&record).unwrap_or_default();
-        // Fold what the journal holds: the masked record.
-        let record = match self.masker.mask(&line) {
-            std::borrow::Cow::Borrowed(_) => record,
-            std::borrow::Cow::Owned(text) => {
-                let masked = serde_json::from_str(&text).unwrap_or(record);
-                line = text;
-                masked
-            }
-        };
-        line.push('\n');
         let mut journal = lock(&self.journal);
         if let Some(error) = &journal.failed {
             if let Some((waiter, _)) = waiter {
@@ -229,13 +251,15 @@ impl JournalWriter {
             }
             return;
         }
-        journal.pending.extend_from_slice(line.as_bytes());
+        journal.pending.push(record);
         // Records made in the same turn of the executor (steps that finish
         // together, a burst of instant steps) go out in one write at its end,
-        // from a task that first lets every ready task run; outside the
-        // runtime, at once. A record is in memory only for that turn, as it
-        // was in a channel before; a sync writes what is pending first, so no
-        // durable record waits for the turn to end.
+        // from a task that first lets every ready task run: the step that
+        // takes a finished one's slot starts before either's record is
+        // serialized. Outside the runtime, at once. A record is in memory
+        // only for that turn, as it was in a channel before; a sync writes
+        // what is pending first, so no durable record waits for the turn to
+        // end.
         let schedule = match tokio::runtime::Handle::try_current() {
             Ok(runtime) if !journal.flush_scheduled => Some(runtime),
             Ok(_) => None,
@@ -253,14 +277,6 @@ impl JournalWriter {
                 journal.flush_scheduled = false;
                 let _ = journal.write_pending();
             });
-        }
-        match (&mut journal.folded, record) {
-            (None, Record::Header(header)) => {
-                let view = RunView::new(&header);
-                journal.folded = Some((header, view));
-            }
-            (Some((_, view)), record) => view.apply(&record),
-            (None, _) => {}
         }
         let Some((waiter, durability)) = waiter else {
             return;
