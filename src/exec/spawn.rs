@@ -39,9 +39,10 @@ const DEFAULT_PATH: &str = "/bin:/usr/bin";
 ///
 /// For the executor's threads: their work is a few microseconds between a
 /// step's exit and the next step's start, and on a machine that the steps
-/// themselves keep busy, a woken executor thread waited on average ~120
-/// microseconds for a CPU (`/proc/PID/task/TID/schedstat`, 10,000 short
-/// steps on two cores), every one of them on the path to the next start. A
+/// themselves keep busy, the executor thread spent 2.5 s runnable but
+/// waiting for a CPU over 10,000 short steps on two cores (~250 us a step,
+/// `/proc/PID/task/TID/schedstat`; 0.75 s with this), all of it on the path
+/// to the next start. A
 /// short slice lets it preempt a step's process when woken; it asks for no
 /// more CPU than it had (the weight, and so the share, stays that of nice 0),
 /// and needs no privilege. The steps' processes keep the default.
