@@ -42,10 +42,11 @@ const DEFAULT_PATH: &str = "/bin:/usr/bin";
 /// themselves keep busy, the executor thread spent 2.5 s runnable but
 /// waiting for a CPU over 10,000 short steps on two cores (~250 us a step,
 /// `/proc/PID/task/TID/schedstat`; 0.75 s with this), all of it on the path
-/// to the next start. A
-/// short slice lets it preempt a step's process when woken; it asks for no
-/// more CPU than it had (the weight, and so the share, stays that of nice 0),
-/// and needs no privilege. The steps' processes keep the default.
+/// to the next start. A short slice lets it preempt a step's process when
+/// woken; it asks for no more CPU than it had (the weight, and so the share,
+/// stays that of nice 0), and needs no privilege. The steps' processes keep
+/// the default. (On the benchmark's wall time no effect came out of the
+/// machine's noise: `docs/performance.md`.)
 pub fn prefer_short_slices() {
     #[repr(C)]
     struct SchedAttr {
