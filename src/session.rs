@@ -189,7 +189,6 @@ fn runtime() -> Result<tokio::runtime::Runtime, SessionError> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads((cores / 2).max(1))
-        .on_thread_start(crate::exec::spawn::prefer_short_slices)
         .enable_all()
         .build()
         .map_err(SessionError::Runtime)

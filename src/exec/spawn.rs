@@ -32,53 +32,6 @@ use tokio::io::unix::AsyncFd;
 /// Used to look a program up when no `PATH` is set at all (as `execvp` does).
 const DEFAULT_PATH: &str = "/bin:/usr/bin";
 
-/// Asks the scheduler to treat the calling thread as one that runs in short
-/// bursts (EEVDF's slice, Linux 6.12 and later; older kernels take the call
-/// and ignore it), and to give every process or thread it starts the usual
-/// slice and priority again (`SCHED_RESET_ON_FORK`).
-///
-/// For the executor's threads: their work is a few microseconds between a
-/// step's exit and the next step's start, and on a machine that the steps
-/// themselves keep busy, the executor thread spent 2.5 s runnable but
-/// waiting for a CPU over 10,000 short steps on two cores (~250 us a step,
-/// `/proc/PID/task/TID/schedstat`; 0.75 s with this), all of it on the path
-/// to the next start. A short slice lets it preempt a step's process when
-/// woken; it asks for no more CPU than it had (the weight, and so the share,
-/// stays that of nice 0), and needs no privilege. The steps' processes keep
-/// the default. (On the benchmark's wall time no effect came out of the
-/// machine's noise: `docs/performance.md`.)
-pub fn prefer_short_slices() {
-    #[repr(C)]
-    struct SchedAttr {
-        size: u32,
-        policy: u32,
-        flags: u64,
-        nice: i32,
-        priority: u32,
-        runtime: u64,
-        deadline: u64,
-        period: u64,
-    }
-    const SCHED_FLAG_RESET_ON_FORK: u64 = 0x01;
-    /// The shortest slice the kernel takes.
-    const SLICE_NS: u64 = 100_000;
-    let attr = SchedAttr {
-        size: std::mem::size_of::<SchedAttr>() as u32,
-        policy: libc::SCHED_OTHER as u32,
-        flags: SCHED_FLAG_RESET_ON_FORK,
-        nice: 0,
-        priority: 0,
-        runtime: SLICE_NS,
-        deadline: 0,
-        period: 0,
-    };
-    // SAFETY: sched_setattr reads `size` bytes of a valid sched_attr (the
-    // layout of its first version, 48 bytes) for the calling thread (pid 0).
-    // A kernel that refuses (an old one, a seccomp filter) changes nothing:
-    // the thread keeps its defaults, which is fine.
-    unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
-}
-
 /// What every child of the run starts from.
 pub struct Spawner {
     /// Phoenix's environment as `KEY=VALUE` strings, with each key's length.
@@ -654,41 +607,6 @@ mod tests {
         assert!(status.unwrap().success());
         let (status, _) = run(&spawner, "/nonexistent/program", &[], &[]);
         assert_eq!(status.unwrap_err().kind(), io::ErrorKind::NotFound);
-    }
-
-    /// `se.slice` from a `/proc/.../sched` text (kernels with EEVDF and
-    /// scheduler debugging only).
-    fn slice(sched: &str) -> Option<u64> {
-        let line = sched.lines().find(|l| l.starts_with("se.slice"))?;
-        line.split(':').nth(1)?.trim().parse().ok()
-    }
-
-    #[test]
-    fn a_short_slice_is_the_executors_alone() {
-        // On a thread of its own: the setting stays with the thread.
-        std::thread::spawn(|| {
-            let own = || slice(&std::fs::read_to_string("/proc/thread-self/sched").ok()?);
-            let Some(before) = own() else {
-                eprintln!("no se.slice in /proc: nothing to check on this kernel");
-                return;
-            };
-            prefer_short_slices();
-            let after = own().unwrap();
-            if after == before {
-                eprintln!("this kernel keeps one slice for all: nothing to check");
-                return;
-            }
-            assert!(after < before, "{after} < {before}");
-            let spawner = Spawner::new().unwrap();
-            let (_, text) = run(&spawner, "cat", &["/proc/self/sched"], &[]);
-            assert_eq!(
-                slice(&text),
-                Some(before),
-                "the child has the default slice"
-            );
-        })
-        .join()
-        .unwrap();
     }
 
     #[test]
