@@ -6,22 +6,23 @@
 //! another thread. Records made in the same turn of the executor are
 //! serialized, masked and written together at its end, in one `write`: after
 //! the step that finished has made way for the next one, not between the two.
-//! Durability is the
-//! sync thread's job: asked for a sync, it takes everything written so far
-//! as one [`SyncJob`], runs it outside the lock (an `fdatasync`, or an upload
-//! for a remote state) while later records go on being written, and then
-//! wakes every caller whose record that job covered. Steps that finish
-//! together share one sync.
+//! Durability is the sync thread's job: asked for a sync, it writes what is
+//! pending, takes everything written so far as one [`SyncJob`], runs it
+//! outside the lock (an `fdatasync`, or an upload for a remote state) while
+//! later records go on being handed over, and then wakes every caller whose
+//! record that job covered. Steps that finish together share one sync.
 //!
-//! A caller may wait "on demand": its record is written at once but synced
+//! A caller may wait "on demand": its record is written with its turn but synced
 //! only when somebody needs it to be ([`JournalWriter::sync`], or a record that
 //! must be durable now), or [`MAX_SYNC_DELAY`] later. The walker uses this for
 //! finished steps: while other steps are ready to fill every slot, nothing
 //! waits for a finish to be durable, and a run of thousands of short steps on
 //! two slots needs a few syncs a second instead of one per step.
 //!
-//! Every record written is also folded into a [`RunView`], so the report at
-//! the end of a run is built from memory instead of reading the journal back.
+//! Every record written is also folded into a [`RunView`] (only once the
+//! backend took it: what is not in the journal is not in the view either), so
+//! the report at the end of a run is built from memory instead of reading the
+//! journal back.
 //!
 //! A failed write or sync stops the journal: nothing after it is written, and
 //! every caller waiting, or writing later, gets the error. A journal with a
@@ -89,8 +90,8 @@ struct Journal {
 }
 
 impl Journal {
-    /// Serializes and masks what is pending, folds it into the view, and
-    /// writes it to the backend.
+    /// Serializes and masks what is pending, writes it to the backend, and
+    /// folds it into the view.
     fn write_pending(&mut self) -> Result<(), String> {
         if let Some(error) = &self.failed {
             return Err(error.clone());
@@ -101,28 +102,29 @@ impl Journal {
         let mut pending = std::mem::take(&mut self.pending);
         let mut lines = std::mem::take(&mut self.lines);
         lines.clear();
-        for record in pending.drain(..) {
-            let line = serde_json::to_string(&record).unwrap_or_default();
-            // Fold what the journal holds: the masked record.
-            let record = match self.masker.mask(&line) {
-                std::borrow::Cow::Borrowed(_) => {
-                    lines.extend_from_slice(line.as_bytes());
-                    record
-                }
+        for record in &mut pending {
+            let line = serde_json::to_string(record).unwrap_or_default();
+            match self.masker.mask(&line) {
+                std::borrow::Cow::Borrowed(_) => lines.extend_from_slice(line.as_bytes()),
                 std::borrow::Cow::Owned(text) => {
                     lines.extend_from_slice(text.as_bytes());
-                    serde_json::from_str(&text).unwrap_or(record)
+                    // Fold what the journal holds: the masked record.
+                    if let Ok(masked) = serde_json::from_str(&text) {
+                        *record = masked;
+                    }
                 }
-            };
+            }
             lines.push(b'\n');
-            self.fold(record);
         }
-        self.pending = pending;
         let result = self.backend.write(&lines);
         self.lines = lines;
         match result {
             Ok(()) => {
                 self.unsynced = true;
+                for record in pending.drain(..) {
+                    self.fold(record);
+                }
+                self.pending = pending;
                 Ok(())
             }
             Err(error) => {
@@ -216,7 +218,8 @@ impl JournalWriter {
         )
     }
 
-    /// Writes a record; it becomes durable with the next sync.
+    /// Hands a record over; it is written with its turn and becomes durable
+    /// with the next sync.
     pub fn append(&self, record: Record) {
         self.write(record, None);
     }
@@ -226,8 +229,9 @@ impl JournalWriter {
         self.append_waiting(record, Durability::Now).await
     }
 
-    /// Writes a record at once; the future it returns ends when the record is
-    /// durable, which for [`Durability::OnDemand`] is at the next sync.
+    /// Hands a record over at once; the future it returns ends when the
+    /// record is durable, which for [`Durability::OnDemand`] is at the next
+    /// sync.
     pub fn append_waiting(
         &self,
         record: Record,
