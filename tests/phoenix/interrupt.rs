@@ -309,3 +309,51 @@ fn group_alive(pgid: i32) -> bool {
             fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string()
         })
 }
+
+#[test]
+fn a_step_gets_default_signals_but_keeps_those_phoenix_was_started_ignoring() {
+    let ws = Workspace::new();
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}{}",
+            shell_step(
+                "look",
+                "provision",
+                "cat /proc/self/status > signals.txt",
+                ""
+            )
+        ),
+    );
+    // Started as `nohup` starts a program: SIGHUP ignored. Phoenix itself
+    // handles SIGINT and SIGTERM; its step must not inherit that, and must
+    // inherit the ignored SIGHUP, as exec would have it.
+    let status = std::process::Command::new("sh")
+        .args(["-c", "trap '' HUP; exec \"$0\" run plan.toml -q"])
+        .arg(env!("CARGO_BIN_EXE_phoenix"))
+        .current_dir(ws.path())
+        .env_remove("PHOENIX_STATE")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let text = std::fs::read_to_string(ws.path().join("signals.txt")).unwrap();
+    let mask = |name: &str| {
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap();
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    let bit = |signal: i32| 1u64 << (signal - 1);
+    assert_eq!(mask("SigCgt:"), 0, "no handler survives: {text}");
+    let ignored = mask("SigIgn:");
+    assert_ne!(
+        ignored & bit(libc::SIGHUP),
+        0,
+        "SIGHUP stays ignored: {text}"
+    );
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGPIPE] {
+        assert_eq!(
+            ignored & bit(signal),
+            0,
+            "signal {signal} is not ignored: {text}"
+        );
+    }
+}
