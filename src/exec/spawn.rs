@@ -323,7 +323,7 @@ impl Attributes {
             // The child resets each signal in this set with one `sigaction`;
             // glibc (2.36) asks about every other one first and then resets
             // it anyway: 120 system calls instead of 64 in the vfork child,
-            // ~15 us of each spawn on this machine, while the executor's
+            // ~20 us of each spawn on this machine, while the executor's
             // thread waits. So the set holds every signal not ignored now:
             // what exec would give the child. An ignored one (SIGHUP under
             // `nohup`) stays ignored; a handler installed after this is still
