@@ -155,7 +155,8 @@ fn unless_lost(
 
 /// Phoenix's own CPU seconds in user space and in the kernel (every thread,
 /// not the steps' processes) and its context switches, voluntary and forced:
-/// what the benchmarks compare with ninja's.
+/// what the benchmarks compare with ninja's. Zero where `getrusage` fails.
+#[derive(Default)]
 struct OwnUsage {
     user_seconds: f64,
     system_seconds: f64,
@@ -166,20 +167,15 @@ struct OwnUsage {
 fn own_usage() -> OwnUsage {
     use nix::sys::resource::{getrusage, UsageWho};
     let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
-    match getrusage(UsageWho::RUSAGE_SELF) {
-        Ok(usage) => OwnUsage {
+    getrusage(UsageWho::RUSAGE_SELF).map_or_else(
+        |_| OwnUsage::default(),
+        |usage| OwnUsage {
             user_seconds: seconds(usage.user_time()),
             system_seconds: seconds(usage.system_time()),
             switches: usage.voluntary_context_switches(),
             forced_switches: usage.involuntary_context_switches(),
         },
-        Err(_) => OwnUsage {
-            user_seconds: 0.0,
-            system_seconds: 0.0,
-            switches: 0,
-            forced_switches: 0,
-        },
-    }
+    )
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, SessionError> {
