@@ -322,7 +322,7 @@ impl Attributes {
             check(libc::posix_spawnattr_setsigmask(&mut attrs.0, &signals))?;
             // The child resets each signal in this set with one `sigaction`;
             // glibc (2.36) asks about every other one first and then resets
-            // it anyway: 120 system calls instead of 64 in the vfork child,
+            // it anyway: 121 `rt_sigaction` calls instead of 62 in the vfork child,
             // ~20 us of each spawn on this machine, while the executor's
             // thread waits. So the set holds every signal not ignored now:
             // what exec would give the child. An ignored one (SIGHUP under
