@@ -1,5 +1,5 @@
-//! Starting a command step's process: `posix_spawn` from an environment
-//! prepared once per run, and waiting for its exit through a pidfd.
+//! Starting a command step's process from an environment prepared once per
+//! run, and waiting for its exit through a pidfd.
 //!
 //! `std::process::Command` copies the whole environment into a map and back
 //! into C strings on every spawn in which a variable changes, and every step
@@ -8,6 +8,12 @@
 //! environment is converted once ([`Spawner`]), a spawn adds only the step's
 //! own variables, and `/dev/null` for stdin is opened once.
 //!
+//! The child is started as glibc's `posix_spawn` starts one, by `clone` with
+//! `CLONE_VM | CLONE_VFORK`: it runs on Phoenix's memory, with this thread
+//! suspended, until its exec. Unlike `posix_spawn`, it runs on a stack kept
+//! for the thread instead of one mapped and unmapped for every child, and
+//! resets the signals it must in one call each.
+//!
 //! What the child gets is what `std` would give it: its own process group,
 //! every signal unblocked and at its default but those Phoenix was started
 //! ignoring (`SIGPIPE`, which Rust ignores, is reset all the same), the
@@ -15,8 +21,8 @@
 //! stdout and stderr to the caller's descriptor, nothing else open (every
 //! descriptor Phoenix opens is close-on-exec).
 //!
-//! The one module allowed `unsafe`: the libc calls above, each with its
-//! reason. Nothing else in Phoenix calls C.
+//! The one module allowed `unsafe`: the libc calls above and the child's code
+//! before exec, each with its reason. Nothing else in Phoenix calls C.
 #![allow(unsafe_code)]
 
 use std::ffi::{CString, OsStr, OsString};
@@ -40,9 +46,8 @@ pub struct Spawner {
     /// Phoenix's own `PATH`, to look programs up when a step does not set one.
     path: Option<OsString>,
     dev_null: OwnedFd,
-    /// The same for every child: its own process group, no signal blocked,
-    /// signals back to their defaults (`SIGPIPE` too).
-    attributes: Attributes,
+    /// The signals a child sets back to their defaults before exec.
+    defaults: Vec<libc::c_int>,
 }
 
 /// One child to start.
@@ -74,7 +79,7 @@ impl Spawner {
             base,
             path: std::env::var_os("PATH"),
             dev_null,
-            attributes: Attributes::new()?,
+            defaults: default_signals(),
         })
     }
 
@@ -127,26 +132,38 @@ impl Spawner {
         envp.extend(added.iter().map(|entry| entry.as_ptr()));
         envp.push(std::ptr::null());
 
-        let stdin = self.dev_null.as_raw_fd();
-        let output = request.output.as_raw_fd();
-        let mut pid: libc::pid_t = 0;
-        let code = FILE_ACTIONS.with_borrow_mut(|cache| {
-            let actions = cache.get(stdin, output, &cwd)?;
-            // SAFETY: every pointer handed to libc points into a CString or a
-            // vector that lives until the end of this block; the file actions
-            // and attributes are initialised, and only read by posix_spawn.
-            Ok::<_, io::Error>(unsafe {
-                libc::posix_spawn(
-                    &mut pid,
-                    program.as_ptr(),
-                    &actions.0,
-                    &self.attributes.0,
-                    argv.as_ptr() as *const *mut libc::c_char,
-                    envp.as_ptr() as *const *mut libc::c_char,
-                )
-            })
+        let mut args = ChildArgs {
+            program: program.as_ptr(),
+            argv: argv.as_ptr(),
+            envp: envp.as_ptr(),
+            cwd: cwd.as_ptr(),
+            stdin: self.dev_null.as_raw_fd(),
+            output: request.output.as_raw_fd(),
+            defaults: self.defaults.as_ptr(),
+            defaults_len: self.defaults.len(),
+            error: 0,
+        };
+        let pid = STACK.with_borrow_mut(|stack| {
+            let top = match stack {
+                Some(stack) => stack.top(),
+                None => stack.insert(ChildStack::new()?).top(),
+            };
+            // SAFETY: every pointer in `args` points into a CString or a
+            // vector that lives until the end of this function, and the child
+            // is done with them (exec'd or exited) when clone returns:
+            // CLONE_VFORK suspends this thread until then. The stack is this
+            // thread's own, unused while it is suspended.
+            unsafe { start_child(top, &mut args) }
         })?;
-        check(code)?;
+        // SAFETY: written by the child, which has exec'd or exited by now.
+        let error = unsafe { std::ptr::read_volatile(&args.error) };
+        if error != 0 {
+            // The child got no further than its setup or exec and has exited.
+            let mut status = 0;
+            // SAFETY: reaps our own child, which has exited.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            return Err(io::Error::from_raw_os_error(error));
+        }
         Ok(Child::new(pid))
     }
 
@@ -215,148 +232,193 @@ fn c_string(bytes: &[u8]) -> io::Result<CString> {
     })
 }
 
-fn check(code: libc::c_int) -> io::Result<()> {
-    match code {
-        0 => Ok(()),
-        code => Err(io::Error::from_raw_os_error(code)),
+/// Every signal not ignored now, and `SIGPIPE`, which Rust ignores: what a
+/// child resets before exec. Resetting only handled signals would be what
+/// exec gives, but a child cannot tell which are handled without asking
+/// about each (glibc's `posix_spawn` asks, then resets: 121 calls a child
+/// where this takes 62). A signal Phoenix was started ignoring (SIGHUP
+/// under `nohup`) stays ignored in its steps, as exec would leave it.
+fn default_signals() -> Vec<libc::c_int> {
+    let mut signals = Vec::new();
+    for signal in 1..=libc::SIGRTMAX() {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        let mut action = std::mem::MaybeUninit::<libc::sigaction>::uninit();
+        // SAFETY: a query only; the answer is read only when it succeeded.
+        // It fails for glibc's own signals, which a child leaves alone.
+        let handled = unsafe {
+            libc::sigaction(signal, std::ptr::null(), action.as_mut_ptr()) == 0
+                && action.assume_init().sa_sigaction != libc::SIG_IGN
+        };
+        if handled || signal == libc::SIGPIPE {
+            signals.push(signal);
+        }
     }
+    signals
 }
 
 thread_local! {
-    /// File actions already built on this thread, by the descriptors and the
-    /// directory they set up: the same few serve every child of a run (pipes
-    /// reuse the lowest free descriptors). Building them anew cost each spawn
-    /// an allocation and, in glibc, a `getrlimit` per descriptor checked.
-    static FILE_ACTIONS: std::cell::RefCell<ActionsCache> = const {
-        std::cell::RefCell::new(ActionsCache(Vec::new()))
+    /// The stack every child started from this thread runs on until its
+    /// exec: mapped once, where `posix_spawn` maps and unmaps one for every
+    /// child (two system calls in a process with many mappings, and the
+    /// child's first touches of it as page faults, all while this thread
+    /// waits).
+    static STACK: std::cell::RefCell<Option<ChildStack>> = const {
+        std::cell::RefCell::new(None)
     };
 }
 
-/// At most [`ActionsCache::SIZE`] file actions, the oldest dropped first.
-struct ActionsCache(Vec<(libc::c_int, libc::c_int, CString, FileActions)>);
-
-impl ActionsCache {
-    const SIZE: usize = 16;
-
-    /// The actions that give a child `stdin` as its stdin, `output` as its
-    /// stdout and stderr, and `cwd` as its directory.
-    fn get(
-        &mut self,
-        stdin: libc::c_int,
-        output: libc::c_int,
-        cwd: &CString,
-    ) -> io::Result<&FileActions> {
-        let found = self
-            .0
-            .iter()
-            .position(|(i, o, dir, _)| *i == stdin && *o == output && dir == cwd);
-        let index = match found {
-            Some(index) => index,
-            None => {
-                let actions = FileActions::new(stdin, output, cwd)?;
-                if self.0.len() == Self::SIZE {
-                    self.0.remove(0);
-                }
-                self.0.push((stdin, output, cwd.clone(), actions));
-                self.0.len() - 1
-            }
-        };
-        Ok(&self.0[index].3)
-    }
+/// A stack for children, with an unmapped page below it: a child that
+/// overflowed it would fault instead of writing over Phoenix's memory.
+struct ChildStack {
+    base: *mut libc::c_void,
 }
 
-struct FileActions(libc::posix_spawn_file_actions_t);
+impl ChildStack {
+    /// What a child needs before exec is a few `libc` calls deep: glibc's
+    /// `posix_spawn` gives it 32 KiB and the arguments' size.
+    const SIZE: usize = 64 * 1024;
+    const GUARD: usize = 4096;
 
-impl FileActions {
-    fn new(stdin: libc::c_int, output: libc::c_int, cwd: &CString) -> io::Result<FileActions> {
-        // SAFETY: the actions are initialised before use (and destroyed by
-        // Drop); glibc copies the directory's path.
+    fn new() -> io::Result<ChildStack> {
+        // SAFETY: a fresh anonymous mapping, owned by the ChildStack and
+        // unmapped by its Drop; the guard is its lowest page.
         unsafe {
-            let mut actions = std::mem::MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
-            check(libc::posix_spawn_file_actions_init(actions.as_mut_ptr()))?;
-            let mut actions = FileActions(actions.assume_init());
-            check(libc::posix_spawn_file_actions_adddup2(
-                &mut actions.0,
-                stdin,
+            let base = libc::mmap(
+                std::ptr::null_mut(),
+                Self::GUARD + Self::SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
                 0,
-            ))?;
-            check(libc::posix_spawn_file_actions_adddup2(
-                &mut actions.0,
-                output,
-                1,
-            ))?;
-            check(libc::posix_spawn_file_actions_adddup2(
-                &mut actions.0,
-                output,
-                2,
-            ))?;
-            check(libc::posix_spawn_file_actions_addchdir_np(
-                &mut actions.0,
-                cwd.as_ptr(),
-            ))?;
-            Ok(actions)
-        }
-    }
-}
-
-impl Drop for FileActions {
-    fn drop(&mut self) {
-        // SAFETY: initialised by posix_spawn_file_actions_init.
-        unsafe { libc::posix_spawn_file_actions_destroy(&mut self.0) };
-    }
-}
-
-struct Attributes(libc::posix_spawnattr_t);
-
-impl Attributes {
-    fn new() -> io::Result<Attributes> {
-        // SAFETY: the attributes and the signal set are initialised before
-        // use; the attributes are destroyed by Drop.
-        unsafe {
-            let mut attrs = std::mem::MaybeUninit::<libc::posix_spawnattr_t>::uninit();
-            check(libc::posix_spawnattr_init(attrs.as_mut_ptr()))?;
-            let mut attrs = Attributes(attrs.assume_init());
-            let mut signals = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-            libc::sigemptyset(signals.as_mut_ptr());
-            let mut signals = signals.assume_init();
-            check(libc::posix_spawnattr_setsigmask(&mut attrs.0, &signals))?;
-            // The child resets each signal in this set with one `sigaction`;
-            // glibc (2.36) asks about every other one first and then resets
-            // it anyway: 121 `rt_sigaction` calls instead of 62 in the vfork child,
-            // ~20 us of each spawn on this machine, while the executor's
-            // thread waits. So the set holds every signal not ignored now:
-            // what exec would give the child. An ignored one (SIGHUP under
-            // `nohup`) stays ignored; a handler installed after this is still
-            // found and reset by glibc's own check.
-            for signal in 1..=libc::SIGRTMAX() {
-                if signal == libc::SIGKILL || signal == libc::SIGSTOP {
-                    continue;
-                }
-                let mut action = std::mem::MaybeUninit::<libc::sigaction>::uninit();
-                if libc::sigaction(signal, std::ptr::null(), action.as_mut_ptr()) == 0
-                    && action.assume_init().sa_sigaction != libc::SIG_IGN
-                {
-                    // Fails for glibc's own signals, which it handles itself.
-                    libc::sigaddset(&mut signals, signal);
-                }
+            );
+            if base == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
             }
-            libc::sigaddset(&mut signals, libc::SIGPIPE);
-            check(libc::posix_spawnattr_setsigdefault(&mut attrs.0, &signals))?;
-            check(libc::posix_spawnattr_setpgroup(&mut attrs.0, 0))?;
-            let flags = libc::POSIX_SPAWN_SETPGROUP
-                | libc::POSIX_SPAWN_SETSIGMASK
-                | libc::POSIX_SPAWN_SETSIGDEF;
-            check(libc::posix_spawnattr_setflags(&mut attrs.0, flags as _))?;
-            Ok(attrs)
+            let stack = ChildStack { base };
+            if libc::mprotect(base, Self::GUARD, libc::PROT_NONE) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(stack)
         }
+    }
+
+    /// Where a child's stack starts: stacks grow down.
+    fn top(&self) -> *mut libc::c_void {
+        // SAFETY: one past the end of the mapping.
+        unsafe { self.base.cast::<u8>().add(Self::GUARD + Self::SIZE).cast() }
     }
 }
 
-impl Drop for Attributes {
+impl Drop for ChildStack {
     fn drop(&mut self) {
-        // SAFETY: initialised by posix_spawnattr_init.
-        unsafe { libc::posix_spawnattr_destroy(&mut self.0) };
+        // SAFETY: the mapping made in new, used by no child any more (a
+        // child is done with it before clone returns).
+        unsafe { libc::munmap(self.base, Self::GUARD + Self::SIZE) };
     }
+}
+
+/// What the child reads between clone and exec, on the parent's stack.
+#[repr(C)]
+struct ChildArgs {
+    program: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    cwd: *const libc::c_char,
+    stdin: libc::c_int,
+    output: libc::c_int,
+    defaults: *const libc::c_int,
+    defaults_len: usize,
+    /// The errno of the setup step or the exec that failed; 0 if exec ran.
+    error: libc::c_int,
+}
+
+/// Starts a child on `stack` with `CLONE_VM | CLONE_VFORK`, as `posix_spawn`
+/// does: it shares Phoenix's memory and this thread waits until it has
+/// exec'd or exited. Every signal is blocked across the clone, so that no
+/// handler of Phoenix's can run in the child before it has reset them.
+///
+/// # Safety
+/// `stack` is the top of a stack no one else uses while this runs, and the
+/// pointers in `args` are valid until it returns.
+unsafe fn start_child(stack: *mut libc::c_void, args: &mut ChildArgs) -> io::Result<libc::pid_t> {
+    let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    libc::sigfillset(all.as_mut_ptr());
+    // The raw call blocks glibc's own signals as well, as posix_spawn does.
+    set_signal_mask(all.as_ptr(), old.as_mut_ptr());
+    let pid = libc::clone(
+        child_main,
+        stack,
+        libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+        (args as *mut ChildArgs).cast(),
+    );
+    let clone_error = io::Error::last_os_error();
+    set_signal_mask(old.as_ptr(), std::ptr::null_mut());
+    if pid == -1 {
+        return Err(clone_error);
+    }
+    Ok(pid)
+}
+
+/// `rt_sigprocmask(SIG_SETMASK)` without glibc's filter of its own signals.
+///
+/// # Safety
+/// `set` is a valid signal set; `old` is null or writable.
+unsafe fn set_signal_mask(set: *const libc::sigset_t, old: *mut libc::sigset_t) {
+    // The kernel's set is 64 bits, the first word of glibc's.
+    libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, set, old, 8);
+}
+
+/// The child, from clone to exec. It runs on Phoenix's memory while the
+/// thread that started it waits, so it calls only what is safe there (no
+/// allocation, no lock, no panic): each signal back to its default, its own
+/// process group, stdin, stdout and stderr, the directory, the signal mask
+/// emptied, exec. A step that fails leaves its errno for the parent and
+/// exits 127.
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the ChildArgs that start_child was given, alive and
+    // not touched by the suspended parent until this child execs or exits;
+    // every call is async-signal-safe, on descriptors and strings the
+    // parent prepared.
+    unsafe {
+        let args = arg.cast::<ChildArgs>();
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = libc::SIG_DFL;
+        for i in 0..(*args).defaults_len {
+            libc::sigaction(*(*args).defaults.add(i), &action, std::ptr::null_mut());
+        }
+        let stdin = (*args).stdin;
+        let output = (*args).output;
+        let ok = libc::setpgid(0, 0) == 0
+            && redirect(stdin, 0)
+            && redirect(output, 1)
+            && redirect(output, 2)
+            && libc::chdir((*args).cwd) == 0;
+        if ok {
+            let mut none = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(none.as_mut_ptr());
+            set_signal_mask(none.as_ptr(), std::ptr::null_mut());
+            libc::execve((*args).program, (*args).argv, (*args).envp);
+        }
+        let errno = *libc::__errno_location();
+        let error = if errno == 0 { libc::EINVAL } else { errno };
+        std::ptr::write_volatile(&mut (*args).error, error);
+        libc::_exit(127)
+    }
+}
+
+/// `fd` as descriptor `target` of the child, kept open across exec.
+///
+/// # Safety
+/// In the child only, before exec.
+unsafe fn redirect(fd: libc::c_int, target: libc::c_int) -> bool {
+    if fd == target {
+        // dup2 onto itself would leave close-on-exec set.
+        return libc::fcntl(fd, libc::F_SETFD, 0) == 0;
+    }
+    libc::dup2(fd, target) == target
 }
 
 /// A started child, not yet reaped.
@@ -645,6 +707,44 @@ mod tests {
             0,
             "SIGPIPE is not ignored: {text}"
         );
+    }
+
+    #[test]
+    fn the_child_starts_with_no_signal_blocked() {
+        let spawner = Spawner::new().unwrap();
+        // Every signal is blocked while the child is set up.
+        let (_, text) = run(&spawner, "cat", &["/proc/self/status"], &[]);
+        let blocked: Vec<&str> = text
+            .lines()
+            .filter(|line| line.starts_with("SigBlk:"))
+            .collect();
+        assert_eq!(blocked, ["SigBlk:\t0000000000000000"]);
+    }
+
+    #[test]
+    fn a_child_that_cannot_start_is_an_error_of_the_spawn() {
+        use std::os::unix::fs::PermissionsExt;
+        let spawner = Spawner::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("not-executable");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (_reader, writer) = std::io::pipe().unwrap();
+        let spawn = |program: &Path, cwd: &Path| {
+            spawner
+                .spawn(&SpawnRequest {
+                    program: program.as_os_str(),
+                    args: &[],
+                    env: &[],
+                    cwd,
+                    output: writer.as_fd(),
+                })
+                .map(|child| child.id())
+        };
+        let denied = spawn(&script, dir.path()).unwrap_err();
+        assert_eq!(denied.kind(), io::ErrorKind::PermissionDenied);
+        let no_dir = spawn(Path::new("/bin/true"), &dir.path().join("gone")).unwrap_err();
+        assert_eq!(no_dir.kind(), io::ErrorKind::NotFound);
     }
 
     #[test]
