@@ -232,12 +232,14 @@ fn c_string(bytes: &[u8]) -> io::Result<CString> {
     })
 }
 
-/// Every signal not ignored now, and `SIGPIPE`, which Rust ignores: what a
-/// child resets before exec. Resetting only handled signals would be what
-/// exec gives, but a child cannot tell which are handled without asking
+/// Every signal not ignored now, `SIGPIPE`, which Rust ignores, and `SIGINT`
+/// and `SIGTERM`, whose handlers a run installs, perhaps after this over an
+/// ignored one: what a child resets before exec, so that no handler of
+/// Phoenix's is left to run in it. Resetting only handled signals would be
+/// what exec gives, but a child cannot tell which are handled without asking
 /// about each (glibc's `posix_spawn` asks, then resets: 121 calls a child
-/// where this takes 62). A signal Phoenix was started ignoring (SIGHUP
-/// under `nohup`) stays ignored in its steps, as exec would leave it.
+/// where this takes 62). A signal Phoenix was started ignoring (SIGHUP under
+/// `nohup`) stays ignored in its steps, as exec would leave it.
 fn default_signals() -> Vec<libc::c_int> {
     let mut signals = Vec::new();
     for signal in 1..=libc::SIGRTMAX() {
@@ -251,7 +253,7 @@ fn default_signals() -> Vec<libc::c_int> {
             libc::sigaction(signal, std::ptr::null(), action.as_mut_ptr()) == 0
                 && action.assume_init().sa_sigaction != libc::SIG_IGN
         };
-        if handled || signal == libc::SIGPIPE {
+        if handled || [libc::SIGPIPE, libc::SIGINT, libc::SIGTERM].contains(&signal) {
             signals.push(signal);
         }
     }
