@@ -139,8 +139,7 @@ impl Spawner {
             cwd: cwd.as_ptr(),
             stdin: self.dev_null.as_raw_fd(),
             output: request.output.as_raw_fd(),
-            defaults: self.defaults.as_ptr(),
-            defaults_len: self.defaults.len(),
+            defaults: self.defaults.as_slice(),
             error: 0,
         };
         let pid = STACK.with_borrow_mut(|stack| {
@@ -330,8 +329,7 @@ struct ChildArgs {
     cwd: *const libc::c_char,
     stdin: libc::c_int,
     output: libc::c_int,
-    defaults: *const libc::c_int,
-    defaults_len: usize,
+    defaults: *const [libc::c_int],
     /// The errno of the setup step or the exec that failed; 0 if exec ran.
     error: libc::c_int,
 }
@@ -388,8 +386,8 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         let args = arg.cast::<ChildArgs>();
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = libc::SIG_DFL;
-        for i in 0..(*args).defaults_len {
-            libc::sigaction(*(*args).defaults.add(i), &action, std::ptr::null_mut());
+        for &signal in &*(*args).defaults {
+            libc::sigaction(signal, &action, std::ptr::null_mut());
         }
         let stdin = (*args).stdin;
         let output = (*args).output;
