@@ -6,6 +6,11 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::{Event, Shared};
 
+/// The signals a run handles: a child resets them before exec (see
+/// `spawn::default_signals`), so a handler for any other signal must be
+/// added here.
+pub const WATCHED: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
+
 /// Watches for signals for as long as the run lives. The first cancels the
 /// run's interrupt token: no new step starts, running children get SIGTERM (then
 /// SIGKILL after the grace period), the journal is flushed and the lock
@@ -13,8 +18,8 @@ use super::{Event, Shared};
 pub fn watch(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let (Ok(mut interrupt), Ok(mut terminate)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
+            signal(SignalKind::from_raw(WATCHED[0])),
+            signal(SignalKind::from_raw(WATCHED[1])),
         ) else {
             return;
         };

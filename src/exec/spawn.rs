@@ -231,14 +231,20 @@ fn c_string(bytes: &[u8]) -> io::Result<CString> {
     })
 }
 
-/// Every signal not ignored now, `SIGPIPE`, which Rust ignores, and `SIGINT`
-/// and `SIGTERM`, whose handlers a run installs, perhaps after this over an
-/// ignored one: what a child resets before exec, so that no handler of
-/// Phoenix's is left to run in it. Resetting only handled signals would be
-/// what exec gives, but a child cannot tell which are handled without asking
-/// about each (glibc's `posix_spawn` asks, then resets: 121 calls a child
-/// where this takes 62). A signal Phoenix was started ignoring (SIGHUP under
-/// `nohup`) stays ignored in its steps, as exec would leave it.
+/// The signals a child resets before exec, so that no handler of Phoenix's
+/// is left to run in it between unblocking its signals and exec: every
+/// signal with a handler now (Rust's `SIGSEGV` and `SIGBUS`), those a run
+/// installs handlers for later ([`super::signals::WATCHED`], and `SIGCHLD`,
+/// which `tokio::process` handles where pidfds are missing), perhaps over an
+/// ignored one, and `SIGPIPE`, which
+/// Rust ignores. A signal at its default is left alone: it stays at its
+/// default through exec. So is one Phoenix was started ignoring (SIGHUP
+/// under `nohup`), as exec would leave it. That is a handful of calls a
+/// child, where resetting every signal not ignored took 62 (and glibc's
+/// `posix_spawn`, which asks about each first, 121).
+///
+/// A handler Phoenix installs after a run has started must be for one of
+/// [`INSTALLED_LATER`]'s signals.
 fn default_signals() -> Vec<libc::c_int> {
     let mut signals = Vec::new();
     for signal in 1..=libc::SIGRTMAX() {
@@ -250,14 +256,23 @@ fn default_signals() -> Vec<libc::c_int> {
         // It fails for glibc's own signals, which a child leaves alone.
         let handled = unsafe {
             libc::sigaction(signal, std::ptr::null(), action.as_mut_ptr()) == 0
-                && action.assume_init().sa_sigaction != libc::SIG_IGN
+                && ![libc::SIG_IGN, libc::SIG_DFL].contains(&action.assume_init().sa_sigaction)
         };
-        if handled || [libc::SIGPIPE, libc::SIGINT, libc::SIGTERM].contains(&signal) {
+        if handled || INSTALLED_LATER.contains(&signal) {
             signals.push(signal);
         }
     }
     signals
 }
+
+/// The signals whose handlers a run may install after its children's reset
+/// list is made, and `SIGPIPE`, at its default in every step.
+const INSTALLED_LATER: [libc::c_int; 4] = [
+    libc::SIGPIPE,
+    libc::SIGCHLD,
+    super::signals::WATCHED[0],
+    super::signals::WATCHED[1],
+];
 
 thread_local! {
     /// The stack every child started from this thread runs on until its
@@ -707,6 +722,40 @@ mod tests {
             0,
             "SIGPIPE is not ignored: {text}"
         );
+    }
+
+    #[test]
+    fn every_handler_a_run_installs_is_reset_in_its_children() {
+        // The list is made before the run installs its handlers.
+        let spawner = Spawner::new().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let _watched: Vec<_> = crate::exec::signals::WATCHED
+                .iter()
+                .map(|&signal| {
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(signal))
+                        .unwrap()
+                })
+                .collect();
+            // tokio's process driver handles SIGCHLD.
+            let status = tokio::process::Command::new("true").status().await;
+            assert!(status.unwrap().success());
+        });
+        for signal in 1..=libc::SIGRTMAX() {
+            let mut action = std::mem::MaybeUninit::<libc::sigaction>::uninit();
+            // SAFETY: a query only, read only when it succeeded.
+            let handled = unsafe {
+                libc::sigaction(signal, std::ptr::null(), action.as_mut_ptr()) == 0
+                    && ![libc::SIG_IGN, libc::SIG_DFL].contains(&action.assume_init().sa_sigaction)
+            };
+            assert!(
+                !handled || spawner.defaults.contains(&signal),
+                "signal {signal} has a handler that a child would keep until exec"
+            );
+        }
     }
 
     #[test]
