@@ -36,8 +36,11 @@ type Group = (Vec<Step>, Diagnostics);
 /// Below this many steps one parse is fast enough.
 const FROM_STEPS: usize = 5_000;
 /// Steps per group: small enough that a few groups' trees are a fraction of
-/// the whole, large enough that a group's copy and thread hand-off cost nothing.
-const GROUP_STEPS: usize = 5_000;
+/// the whole and that a thread held up (by a busy core) leaves its share to
+/// the others, large enough that a group's copy and thread hand-off cost
+/// nothing. (5,000 made two groups of a 10,000-step plan, one a thread; a
+/// run waited for the slower, 57-110 ms in 3 of 10 loads against 22-30 ms.)
+const GROUP_STEPS: usize = 1_000;
 
 /// The plan read in groups, or `None` when it must be read whole.
 pub(super) fn load(source: &Arc<SourceFile>, dir: &Path, overrides: &Overrides) -> Option<Loaded> {
