@@ -251,18 +251,22 @@ fn default_signals() -> Vec<libc::c_int> {
         if signal == libc::SIGKILL || signal == libc::SIGSTOP {
             continue;
         }
-        let mut action = std::mem::MaybeUninit::<libc::sigaction>::uninit();
-        // SAFETY: a query only; the answer is read only when it succeeded.
-        // It fails for glibc's own signals, which a child leaves alone.
-        let handled = unsafe {
-            libc::sigaction(signal, std::ptr::null(), action.as_mut_ptr()) == 0
-                && ![libc::SIG_IGN, libc::SIG_DFL].contains(&action.assume_init().sa_sigaction)
-        };
-        if handled || INSTALLED_LATER.contains(&signal) {
+        if has_handler(signal) || INSTALLED_LATER.contains(&signal) {
             signals.push(signal);
         }
     }
     signals
+}
+
+/// Whether `signal` has a handler now (neither ignored nor at its default).
+fn has_handler(signal: libc::c_int) -> bool {
+    let mut action = std::mem::MaybeUninit::<libc::sigaction>::uninit();
+    // SAFETY: a query only; the answer is read only when it succeeded. It
+    // fails for glibc's own signals, which a child leaves alone.
+    unsafe {
+        libc::sigaction(signal, std::ptr::null(), action.as_mut_ptr()) == 0
+            && ![libc::SIG_IGN, libc::SIG_DFL].contains(&action.assume_init().sa_sigaction)
+    }
 }
 
 /// The signals whose handlers a run may install after its children's reset
@@ -745,14 +749,8 @@ mod tests {
             assert!(status.unwrap().success());
         });
         for signal in 1..=libc::SIGRTMAX() {
-            let mut action = std::mem::MaybeUninit::<libc::sigaction>::uninit();
-            // SAFETY: a query only, read only when it succeeded.
-            let handled = unsafe {
-                libc::sigaction(signal, std::ptr::null(), action.as_mut_ptr()) == 0
-                    && ![libc::SIG_IGN, libc::SIG_DFL].contains(&action.assume_init().sa_sigaction)
-            };
             assert!(
-                !handled || spawner.defaults.contains(&signal),
+                !has_handler(signal) || spawner.defaults.contains(&signal),
                 "signal {signal} has a handler that a child would keep until exec"
             );
         }
