@@ -236,9 +236,8 @@ fn c_string(bytes: &[u8]) -> io::Result<CString> {
 /// signal with a handler now (Rust's `SIGSEGV` and `SIGBUS`), those a run
 /// installs handlers for later ([`super::signals::WATCHED`], and `SIGCHLD`,
 /// which `tokio::process` handles where pidfds are missing), perhaps over an
-/// ignored one, and `SIGPIPE`, which
-/// Rust ignores. A signal at its default is left alone: it stays at its
-/// default through exec. So is one Phoenix was started ignoring (SIGHUP
+/// ignored one, and `SIGPIPE`, which Rust ignores. A signal at its default
+/// is left alone: it stays at its default through exec. So is one Phoenix was started ignoring (SIGHUP
 /// under `nohup`), as exec would leave it. That is a handful of calls a
 /// child, where resetting every signal not ignored took 62 (and glibc's
 /// `posix_spawn`, which asks about each first, 121).
@@ -744,7 +743,7 @@ mod tests {
                         .unwrap()
                 })
                 .collect();
-            // tokio's process driver handles SIGCHLD.
+            // tokio's process handling (SIGCHLD, where pidfds are missing).
             let status = tokio::process::Command::new("true").status().await;
             assert!(status.unwrap().success());
         });
