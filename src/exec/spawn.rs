@@ -237,24 +237,17 @@ fn c_string(bytes: &[u8]) -> io::Result<CString> {
 /// installs handlers for later ([`super::signals::WATCHED`], and `SIGCHLD`,
 /// which `tokio::process` handles where pidfds are missing), perhaps over an
 /// ignored one, and `SIGPIPE`, which Rust ignores. A signal at its default
-/// is left alone: it stays at its default through exec. So is one Phoenix was started ignoring (SIGHUP
-/// under `nohup`), as exec would leave it. That is a handful of calls a
-/// child, where resetting every signal not ignored took 62 (and glibc's
-/// `posix_spawn`, which asks about each first, 121).
+/// is left alone: it stays at its default through exec. So is one Phoenix
+/// was started ignoring (SIGHUP under `nohup`), as exec would leave it. That
+/// is a handful of calls a child, where resetting every signal not ignored
+/// took 62 (and glibc's `posix_spawn`, which asks about each first, 121).
 ///
 /// A handler Phoenix installs after a run has started must be for one of
 /// [`INSTALLED_LATER`]'s signals.
 fn default_signals() -> Vec<libc::c_int> {
-    let mut signals = Vec::new();
-    for signal in 1..=libc::SIGRTMAX() {
-        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
-            continue;
-        }
-        if has_handler(signal) || INSTALLED_LATER.contains(&signal) {
-            signals.push(signal);
-        }
-    }
-    signals
+    (1..=libc::SIGRTMAX())
+        .filter(|signal| has_handler(*signal) || INSTALLED_LATER.contains(signal))
+        .collect()
 }
 
 /// Whether `signal` has a handler now (neither ignored nor at its default).
