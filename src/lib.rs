@@ -45,6 +45,7 @@ pub mod cli;
 pub mod exec;
 pub mod exit_codes;
 pub mod graph;
+pub mod hugepages;
 pub mod journal;
 pub mod plan;
 pub mod report;

@@ -9,6 +9,8 @@ use phoenix::exit_codes;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // Until the first step starts: see phoenix::hugepages.
+    phoenix::hugepages::suspend();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {

@@ -687,6 +687,9 @@ impl Session<'_> {
         checks: Option<Vec<usize>>,
         folded: crate::journal::writer::Folded,
     ) -> Result<SessionEnd, SessionError> {
+        // The steps' programs get the machine's huge-page policy, not the one
+        // Phoenix reads plans under.
+        crate::hugepages::restore();
         let run_dir = self.state.run_dir(&self.run_id);
         let info = RunInfo {
             id: self.run_id.clone(),
@@ -797,6 +800,8 @@ impl Session<'_> {
         drop(shared);
         runtime.shutdown_timeout(std::time::Duration::from_secs(1));
         let folded = thread.join();
+        // No step runs after this: the report is built as the plan was read.
+        crate::hugepages::suspend();
         let usage = own_usage();
         tracing::debug!(
             elapsed = ?started.elapsed(),

@@ -456,6 +456,40 @@ fn command_steps_get_their_environment_directory_and_clear_errors() {
     assert!(stderr.contains("no-such-dir"), "{stderr}");
 }
 
+/// Phoenix reads plans with transparent huge pages off (`hugepages.rs`), a
+/// setting that passes through exec: a step's process gets the setting the
+/// test process has, not that one.
+#[test]
+fn steps_get_the_huge_page_setting_phoenix_was_started_with() {
+    let thp_line = |status: &str| {
+        status
+            .lines()
+            .find(|line| line.starts_with("THP_enabled:"))
+            .map(|line| {
+                line.split_whitespace()
+                    .last()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+    };
+    let ours = std::fs::read_to_string("/proc/self/status").unwrap();
+    let Some(expected) = thp_line(&ours) else {
+        // Kernels before 6.8 do not show the setting.
+        return;
+    };
+    let ws = Workspace::new();
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}{}",
+            shell_step("thp", "provision", "cat /proc/self/status > status", "")
+        ),
+    );
+    ws.expect(["run", "plan.toml"], 0);
+    let theirs = std::fs::read_to_string(ws.path().join("status")).unwrap();
+    assert_eq!(thp_line(&theirs), Some(expected), "{theirs}");
+}
+
 /// A step that leaves a process running (a daemon started without
 /// redirecting its output) finishes when its own process does, and what the
 /// daemon prints while Phoenix runs still lands in the step's log.
