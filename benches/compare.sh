@@ -31,15 +31,10 @@ run_one() {
   [ "$who" = ninja ] || line+=" ($own)"
 }
 bins=("$@")
+source benches/rounds.sh
 for round in $(seq "$rounds"); do
   line="round $round:"
-  # The order turns each round, so that no build always follows the same one.
-  order=(ninja); for i in "${!bins[@]}"; do order+=("bin$((i + 1))"); done
-  shift_by=$(( (round - 1) % ${#order[@]} ))
-  order=("${order[@]:shift_by}" "${order[@]:0:shift_by}")
-  for who in "${order[@]}"; do
-    if [ "$who" = ninja ]; then run_one ninja; else run_one "$who" "${bins[${who#bin} - 1]}"; fi
-  done
+  run_round "$round" "${bins[@]}"
   echo "$line"
 done
 python3 - "$work/times" "$@" <<'PY'
