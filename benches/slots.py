@@ -66,7 +66,7 @@ def summary(names):
 
     ninja = medians("ninja")
     print(f"medians of {len(rows['ninja'])} rounds: " + ", ".join(labels))
-    print(f"ninja: " + "  ".join(f"{v:g}" for v in ninja))
+    print("ninja: " + "  ".join(f"{v:g}" for v in ninja))
     for i, name in enumerate(names, 1):
         mine = medians(f"bin{i}")
         added = (mine[0] - ninja[0]) + (mine[3] - ninja[3])
