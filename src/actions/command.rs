@@ -70,11 +70,8 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
     for (key, value) in &spec.env {
         step_env.push((key.as_str(), ctx.render(value)?));
     }
-    let output_file = ctx
-        .shared
-        .run
-        .tmp
-        .join(format!("{}.{}.out", ctx.step.id.value, ctx.attempt));
+    let output_name = format!("{}.{}.out", ctx.step.id.value, ctx.attempt);
+    let output_file = ctx.shared.run.tmp.join(&output_name);
     let run = &ctx.shared.run;
     let mut env: Vec<(&str, &OsStr)> = step_env
         .iter()
@@ -124,6 +121,7 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
         }
     };
     let spawner = ctx.shared.spawner().map_err(spawn_error)?;
+    let output_files = ctx.shared.output_files();
     let mut child = spawner
         .spawn(&SpawnRequest {
             program: OsStr::new(&program),
@@ -198,7 +196,11 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
         path: ctx.log_path.clone(),
         source,
     })?;
-    let outputs = read_outputs(&output_file);
+    let outputs = if output_files.take(OsStr::new(&output_name)) {
+        read_outputs(&output_file)
+    } else {
+        Outputs::new()
+    };
     if ctx.cancel.is_cancelled() {
         return Err(ActionError::Interrupted);
     }

@@ -29,6 +29,7 @@ pub mod attempt;
 pub mod chaos;
 pub mod context;
 pub mod events;
+pub mod outputs;
 pub mod process;
 pub mod scheduler;
 pub mod secrets;
@@ -84,6 +85,7 @@ pub struct Shared {
     pub concurrency: usize,
     http: std::sync::OnceLock<reqwest::Client>,
     spawner: std::sync::OnceLock<spawn::Spawner>,
+    output_files: std::sync::OnceLock<outputs::OutputFiles>,
 }
 
 impl Shared {
@@ -118,6 +120,7 @@ impl Shared {
             concurrency,
             http: std::sync::OnceLock::new(),
             spawner: std::sync::OnceLock::new(),
+            output_files: std::sync::OnceLock::new(),
         }
     }
 
@@ -129,6 +132,14 @@ impl Shared {
         }
         let spawner = spawn::Spawner::new()?;
         Ok(self.spawner.get_or_init(|| spawner))
+    }
+
+    /// The watch on `run.tmp` that tells which steps wrote their
+    /// `PHOENIX_OUTPUT` file (begun at the first command step, before its
+    /// process starts).
+    pub fn output_files(&self) -> &outputs::OutputFiles {
+        self.output_files
+            .get_or_init(|| outputs::OutputFiles::watch(&self.run.tmp))
     }
 
     /// One HTTP client for the run: connections are reused between steps.

@@ -37,6 +37,45 @@ fn outputs_flow_to_dependents_and_status_reports_them() {
 }
 
 #[test]
+fn outputs_arrive_however_the_file_was_made() {
+    // Phoenix opens a step's PHOENIX_OUTPUT file only when an inotify watch
+    // saw its name made: written, renamed into place, made by a grandchild,
+    // by steps running side by side.
+    let ws = Workspace::new();
+    let plan = format!(
+        "{HEADER}{}{}{}{}{}",
+        shell_step("written", "provision", "echo a=1 > \"$PHOENIX_OUTPUT\"", ""),
+        shell_step(
+            "renamed",
+            "provision",
+            "echo b=2 > staged.$$ && mv staged.$$ \"$PHOENIX_OUTPUT\"",
+            ""
+        ),
+        shell_step(
+            "grandchild",
+            "provision",
+            "sh -c 'echo c=3 >> \"$PHOENIX_OUTPUT\"' & wait",
+            ""
+        ),
+        shell_step("silent", "provision", "true", ""),
+        shell_step(
+            "use",
+            "configure",
+            "echo {{ steps.written.outputs.a }}{{ steps.renamed.outputs.b }}{{ steps.grandchild.outputs.c }} > used.txt",
+            "needs = [\"written\", \"renamed\", \"grandchild\", \"silent\"]"
+        ),
+    );
+    ws.write("plan.toml", &plan);
+    ws.expect(["run", "plan.toml"], 0);
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("used.txt")).unwrap(),
+        "123\n"
+    );
+    let status = ws.status();
+    assert_eq!(status["steps"][3]["outputs"], serde_json::json!({}));
+}
+
+#[test]
 fn a_failed_run_resumes_where_it_stopped() {
     let ws = Workspace::new();
     let plan = |fix: &str| {

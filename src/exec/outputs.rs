@@ -1,0 +1,167 @@
+//! Which command steps wrote their `PHOENIX_OUTPUT` file, told by the kernel
+//! instead of found out by opening every step's file after it exits.
+//!
+//! Most steps write no outputs, and opening a file that is not there is a
+//! failed lookup of a name never seen before: the filesystem is searched and
+//! a negative dentry allocated, a few microseconds each time, the largest
+//! single cost of a short step after starting its process. Here one inotify
+//! watch on the run's `tmp` directory reports every name made there
+//! (created, linked or renamed in); after a step's process has exited, the
+//! events are read (one non-blocking `read`, which finds nothing for most
+//! steps) and the file is opened only if its name was among them.
+//!
+//! A file made by a process is reported before the call that made it returns,
+//! so by the time the step's process is reaped, its file's event is queued.
+//! Whenever the watch cannot be sure (no inotify, the event queue overflowed,
+//! the directory was removed or moved, too many names never read), every file
+//! is opened, as without a watch.
+
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
+use std::path::Path;
+use std::sync::Mutex;
+
+use nix::errno::Errno;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+
+/// Names made in the directory and not yet taken: past this, the watch stops
+/// keeping them and every file is opened (something other than steps' output
+/// files is filling the directory).
+const MAX_UNTAKEN: usize = 4096;
+
+/// The watch on one run's `PHOENIX_OUTPUT` directory.
+pub struct OutputFiles {
+    watch: Option<Mutex<Watch>>,
+}
+
+struct Watch {
+    inotify: Inotify,
+    /// Names made in the directory since the watch began, not yet taken.
+    made: HashSet<OsString>,
+    /// The watch has missed something: every file must be opened from now on.
+    blind: bool,
+}
+
+impl OutputFiles {
+    /// Starts watching `dir`. Without inotify (or with its limits reached)
+    /// the run goes on without a watch.
+    pub fn watch(dir: &Path) -> OutputFiles {
+        let flags = AddWatchFlags::IN_CREATE
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_DELETE_SELF
+            | AddWatchFlags::IN_MOVE_SELF
+            | AddWatchFlags::IN_ONLYDIR;
+        let watch = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .and_then(|inotify| inotify.add_watch(dir, flags).map(|_| inotify));
+        match watch {
+            Ok(inotify) => OutputFiles {
+                watch: Some(Mutex::new(Watch {
+                    inotify,
+                    made: HashSet::new(),
+                    blind: false,
+                })),
+            },
+            Err(errno) => {
+                tracing::debug!(%errno, dir = %dir.display(), "no inotify watch: every output file is opened");
+                OutputFiles { watch: None }
+            }
+        }
+    }
+
+    /// Whether the file `name` in the directory may exist: false only when
+    /// the watch has seen every name made there since it began, and not this
+    /// one. A name it has seen is taken: asked again, the answer is false
+    /// unless the name was made again. Call once the process that could write
+    /// the file has exited.
+    pub fn take(&self, name: &OsStr) -> bool {
+        let Some(watch) = &self.watch else {
+            return true;
+        };
+        let mut watch = watch.lock().unwrap_or_else(|e| e.into_inner());
+        watch.read_events();
+        if watch.blind {
+            return true;
+        }
+        watch.made.remove(name)
+    }
+}
+
+impl Watch {
+    /// Reads every event queued so far.
+    fn read_events(&mut self) {
+        while !self.blind {
+            let events = match self.inotify.read_events() {
+                Ok(events) => events,
+                Err(Errno::EAGAIN) => return,
+                Err(Errno::EINTR) => continue,
+                Err(_) => {
+                    self.blind = true;
+                    return;
+                }
+            };
+            for event in events {
+                let lost = AddWatchFlags::IN_Q_OVERFLOW
+                    | AddWatchFlags::IN_IGNORED
+                    | AddWatchFlags::IN_DELETE_SELF
+                    | AddWatchFlags::IN_MOVE_SELF;
+                match event.name {
+                    _ if event.mask.intersects(lost) => self.blind = true,
+                    Some(name) => {
+                        self.made.insert(name);
+                    }
+                    None => {}
+                }
+            }
+            if self.made.len() > MAX_UNTAKEN {
+                self.blind = true;
+            }
+        }
+        // Nothing is asked of a blind watch again: its names can go.
+        self.made = HashSet::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OutputFiles;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn a_name_is_taken_once_it_was_made_and_only_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = OutputFiles::watch(dir.path());
+        assert!(files.watch.is_some(), "inotify is there on Linux");
+        assert!(!files.take(OsStr::new("a.1.out")));
+        std::fs::write(dir.path().join("a.1.out"), "k=v\n").unwrap();
+        std::fs::write(dir.path().join("elsewhere"), "").unwrap();
+        std::fs::write(dir.path().join("staged"), "k=v\n").unwrap();
+        std::fs::rename(dir.path().join("staged"), dir.path().join("b.1.out")).unwrap();
+        std::fs::hard_link(dir.path().join("elsewhere"), dir.path().join("c.1.out")).unwrap();
+        assert!(files.take(OsStr::new("a.1.out")));
+        assert!(!files.take(OsStr::new("a.1.out")), "taken already");
+        assert!(files.take(OsStr::new("b.1.out")), "renamed into place");
+        assert!(files.take(OsStr::new("c.1.out")), "linked into place");
+        assert!(!files.take(OsStr::new("d.1.out")));
+    }
+
+    #[test]
+    fn a_watch_that_lost_its_directory_says_every_file_may_exist() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("tmp");
+        std::fs::create_dir(&dir).unwrap();
+        let files = OutputFiles::watch(&dir);
+        assert!(!files.take(OsStr::new("a.1.out")));
+        std::fs::rename(&dir, parent.path().join("moved")).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        assert!(files.take(OsStr::new("a.1.out")));
+        assert!(files.take(OsStr::new("never.out")));
+    }
+
+    #[test]
+    fn no_directory_means_no_watch_and_every_file_is_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = OutputFiles::watch(&dir.path().join("missing"));
+        assert!(files.watch.is_none());
+        assert!(files.take(OsStr::new("a.1.out")));
+    }
+}
