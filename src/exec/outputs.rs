@@ -86,6 +86,19 @@ impl OutputFiles {
     }
 }
 
+impl Drop for OutputFiles {
+    /// Closing an inotify instance waits for the kernel to retire its watch
+    /// (a grace period of several milliseconds): that is done on a thread of
+    /// its own while the run writes its report, not in line before it.
+    fn drop(&mut self) {
+        if let Some(watch) = self.watch.take() {
+            let _ = std::thread::Builder::new()
+                .name("inotify".into())
+                .spawn(move || drop(watch));
+        }
+    }
+}
+
 impl Watch {
     /// Reads every event queued so far.
     fn read_events(&mut self) {
