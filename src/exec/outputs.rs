@@ -18,6 +18,7 @@
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -40,6 +41,9 @@ struct Watch {
     made: HashSet<OsString>,
     /// The watch has missed something: every file must be opened from now on.
     blind: bool,
+    /// Read into, kept from one step to the next. Room for 4,096 bytes of
+    /// events, at least one with the longest name (16 + 256 bytes).
+    buffer: Vec<u8>,
 }
 
 impl OutputFiles {
@@ -59,6 +63,7 @@ impl OutputFiles {
                     inotify,
                     made: HashSet::new(),
                     blind: false,
+                    buffer: vec![0; 4096],
                 })),
             },
             Err(errno) => {
@@ -102,28 +107,40 @@ impl Drop for OutputFiles {
 impl Watch {
     /// Reads every event queued so far.
     fn read_events(&mut self) {
+        // inotify's records: wd (i32), mask, cookie and len (u32), then `len`
+        // bytes of name padded with NULs.
+        const HEADER: usize = 16;
+        let lost = AddWatchFlags::IN_Q_OVERFLOW
+            | AddWatchFlags::IN_IGNORED
+            | AddWatchFlags::IN_DELETE_SELF
+            | AddWatchFlags::IN_MOVE_SELF;
         while !self.blind {
-            let events = match self.inotify.read_events() {
-                Ok(events) => events,
+            let read = match nix::unistd::read(&self.inotify, &mut self.buffer) {
+                Ok(read) => read,
                 Err(Errno::EAGAIN) => return,
                 Err(Errno::EINTR) => continue,
                 Err(_) => {
                     self.blind = true;
-                    return;
+                    break;
                 }
             };
-            for event in events {
-                let lost = AddWatchFlags::IN_Q_OVERFLOW
-                    | AddWatchFlags::IN_IGNORED
-                    | AddWatchFlags::IN_DELETE_SELF
-                    | AddWatchFlags::IN_MOVE_SELF;
-                match event.name {
-                    _ if event.mask.intersects(lost) => self.blind = true,
-                    Some(name) => {
-                        self.made.insert(name);
-                    }
-                    None => {}
+            let mut events = &self.buffer[..read];
+            while events.len() >= HEADER {
+                let field =
+                    |at: usize| u32::from_ne_bytes(events[at..at + 4].try_into().expect("4 bytes"));
+                let mask = AddWatchFlags::from_bits_truncate(field(4));
+                let len = field(12) as usize;
+                let Some(name) = events.get(HEADER..HEADER + len) else {
+                    self.blind = true;
+                    break;
+                };
+                let name = &name[..name.iter().position(|b| *b == 0).unwrap_or(len)];
+                if mask.intersects(lost) {
+                    self.blind = true;
+                } else if !name.is_empty() {
+                    self.made.insert(OsStr::from_bytes(name).to_os_string());
                 }
+                events = &events[HEADER + len..];
             }
             if self.made.len() > MAX_UNTAKEN {
                 self.blind = true;
@@ -155,6 +172,28 @@ mod tests {
         assert!(files.take(OsStr::new("b.1.out")), "renamed into place");
         assert!(files.take(OsStr::new("c.1.out")), "linked into place");
         assert!(!files.take(OsStr::new("d.1.out")));
+    }
+
+    #[test]
+    fn names_are_read_across_many_reads_and_too_many_untaken_blind_the_watch() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = OutputFiles::watch(dir.path());
+        // 200 events of 16 + 64 bytes: several reads of the 4 KB buffer.
+        let name = |i: usize| format!("{i:0>60}.out");
+        for i in 0..200 {
+            std::fs::write(dir.path().join(name(i)), "").unwrap();
+        }
+        for i in 0..200 {
+            assert!(files.take(OsStr::new(&name(i))), "{}", name(i));
+        }
+        assert!(!files.take(OsStr::new("other.out")));
+        for i in 0..=super::MAX_UNTAKEN {
+            std::fs::write(dir.path().join(format!("{i}")), "").unwrap();
+        }
+        assert!(
+            files.take(OsStr::new("other.out")),
+            "blind: opens every file"
+        );
     }
 
     #[test]
