@@ -12,6 +12,7 @@
 //!
 //! A file made by a process is reported before the call that made it returns,
 //! so by the time the step's process is reaped, its file's event is queued.
+//! Files already there when the watch begins (a resumed run's) count as made.
 //! Whenever the watch cannot be sure (no inotify, the event queue overflowed,
 //! the directory was removed or moved, too many names never read), every file
 //! is opened, as without a watch.
@@ -57,12 +58,25 @@ impl OutputFiles {
             | AddWatchFlags::IN_ONLYDIR;
         let watch = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .and_then(|inotify| inotify.add_watch(dir, flags).map(|_| inotify));
+        // Files there before the watch (a resumed run's, left by a process
+        // that was killed before it read them) count as made: listed after
+        // the watch began, so that none falls between the two.
+        let watch = watch.and_then(|inotify| {
+            let made = std::fs::read_dir(dir)
+                .and_then(|entries| {
+                    entries
+                        .map(|entry| entry.map(|entry| entry.file_name()))
+                        .collect::<std::io::Result<HashSet<_>>>()
+                })
+                .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(Errno::EIO as i32)))?;
+            Ok((inotify, made))
+        });
         match watch {
-            Ok(inotify) => OutputFiles {
+            Ok((inotify, made)) => OutputFiles {
                 watch: Some(Mutex::new(Watch {
                     inotify,
-                    made: HashSet::new(),
-                    blind: false,
+                    blind: made.len() > MAX_UNTAKEN,
+                    made,
                     buffer: vec![0; 4096],
                 })),
             },
@@ -194,6 +208,18 @@ mod tests {
             files.take(OsStr::new("other.out")),
             "blind: opens every file"
         );
+    }
+
+    #[test]
+    fn files_there_before_the_watch_count_as_made() {
+        // A killed run's step wrote its file; the resumed attempt appends to
+        // it (no new name is made) and its outputs must still be read.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.2.out"), "k=old\n").unwrap();
+        let files = OutputFiles::watch(dir.path());
+        std::fs::write(dir.path().join("a.2.out"), "k=new\n").unwrap();
+        assert!(files.take(OsStr::new("a.2.out")));
+        assert!(!files.take(OsStr::new("b.1.out")));
     }
 
     #[test]
