@@ -15,7 +15,10 @@
 //! Files already there when the watch begins (a resumed run's) count as made.
 //! Whenever the watch cannot be sure (no inotify, the event queue overflowed,
 //! the directory was removed or moved, too many names never read), every file
-//! is opened, as without a watch.
+//! is opened, as without a watch. So it is when the directory is on a
+//! filesystem another machine may write to (NFS, SMB, FUSE, anything not on
+//! the list of local ones): inotify reports only what this machine's calls
+//! made, and a step may write its outputs through `ssh` to a shared state.
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
@@ -51,6 +54,15 @@ impl OutputFiles {
     /// Starts watching `dir`. Without inotify (or with its limits reached)
     /// the run goes on without a watch.
     pub fn watch(dir: &Path) -> OutputFiles {
+        // `f_type` is a `long` on glibc, other widths elsewhere.
+        #[allow(clippy::unnecessary_cast)]
+        match nix::sys::statfs::statfs(dir) {
+            Ok(fs) if local(fs.filesystem_type().0 as i64) => {}
+            _ => {
+                tracing::debug!(dir = %dir.display(), "not a local filesystem: every output file is opened");
+                return OutputFiles { watch: None };
+            }
+        }
         let flags = AddWatchFlags::IN_CREATE
             | AddWatchFlags::IN_MOVED_TO
             | AddWatchFlags::IN_DELETE_SELF
@@ -103,6 +115,22 @@ impl OutputFiles {
         }
         watch.made.remove(name)
     }
+}
+
+/// Filesystems only this machine writes to, by `statfs` magic: ext2-4, XFS,
+/// Btrfs, tmpfs, F2FS, ZFS, bcachefs and overlayfs (a container's root).
+fn local(magic: i64) -> bool {
+    const LOCAL: [i64; 8] = [
+        0xEF53,     // ext2, ext3, ext4
+        0x58465342, // XFS
+        0x9123683E, // Btrfs
+        0x01021994, // tmpfs
+        0xF2F52010, // F2FS
+        0x2FC12FC1, // ZFS
+        0xCA451A4E, // bcachefs
+        0x794C7630, // overlayfs
+    ];
+    LOCAL.contains(&magic)
 }
 
 impl Drop for OutputFiles {
@@ -233,6 +261,15 @@ mod tests {
         std::fs::create_dir(&dir).unwrap();
         assert!(files.take(OsStr::new("a.1.out")));
         assert!(files.take(OsStr::new("never.out")));
+    }
+
+    #[test]
+    fn only_local_filesystems_are_watched() {
+        assert!(super::local(0xEF53), "ext4");
+        assert!(super::local(0x01021994), "tmpfs");
+        assert!(!super::local(0x6969), "NFS");
+        assert!(!super::local(0xFE534D42), "SMB2");
+        assert!(!super::local(0x65735546), "FUSE");
     }
 
     #[test]
