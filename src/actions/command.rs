@@ -121,6 +121,7 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
         }
     };
     let spawner = ctx.shared.spawner().map_err(spawn_error)?;
+    // The watch must begin before the first child can write its file.
     let output_files = ctx.shared.output_files();
     let mut child = spawner
         .spawn(&SpawnRequest {

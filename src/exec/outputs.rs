@@ -51,49 +51,15 @@ struct Watch {
 }
 
 impl OutputFiles {
-    /// Starts watching `dir`. Without inotify (or with its limits reached)
-    /// the run goes on without a watch.
+    /// Starts watching `dir`. Without a watch (inotify missing or at its
+    /// limits, or not a local filesystem), every output file is opened.
     pub fn watch(dir: &Path) -> OutputFiles {
-        // `f_type` is a `long` on glibc, other widths elsewhere.
-        #[allow(clippy::unnecessary_cast)]
-        match nix::sys::statfs::statfs(dir) {
-            Ok(fs) if local(fs.filesystem_type().0 as i64) => {}
-            _ => {
-                tracing::debug!(dir = %dir.display(), "not a local filesystem: every output file is opened");
-                return OutputFiles { watch: None };
-            }
-        }
-        let flags = AddWatchFlags::IN_CREATE
-            | AddWatchFlags::IN_MOVED_TO
-            | AddWatchFlags::IN_DELETE_SELF
-            | AddWatchFlags::IN_MOVE_SELF
-            | AddWatchFlags::IN_ONLYDIR;
-        let watch = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
-            .and_then(|inotify| inotify.add_watch(dir, flags).map(|_| inotify));
-        // Files there before the watch (a resumed run's, left by a process
-        // that was killed before it read them) count as made: listed after
-        // the watch began, so that none falls between the two.
-        let watch = watch.and_then(|inotify| {
-            let made = std::fs::read_dir(dir)
-                .and_then(|entries| {
-                    entries
-                        .map(|entry| entry.map(|entry| entry.file_name()))
-                        .collect::<std::io::Result<HashSet<_>>>()
-                })
-                .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(Errno::EIO as i32)))?;
-            Ok((inotify, made))
-        });
-        match watch {
-            Ok((inotify, made)) => OutputFiles {
-                watch: Some(Mutex::new(Watch {
-                    inotify,
-                    blind: made.len() > MAX_UNTAKEN,
-                    made,
-                    buffer: vec![0; 4096],
-                })),
+        match Watch::begin(dir) {
+            Ok(watch) => OutputFiles {
+                watch: Some(Mutex::new(watch)),
             },
-            Err(errno) => {
-                tracing::debug!(%errno, dir = %dir.display(), "no inotify watch: every output file is opened");
+            Err(error) => {
+                tracing::debug!(%error, dir = %dir.display(), "no inotify watch: every output file is opened");
                 OutputFiles { watch: None }
             }
         }
@@ -147,6 +113,38 @@ impl Drop for OutputFiles {
 }
 
 impl Watch {
+    fn begin(dir: &Path) -> std::io::Result<Watch> {
+        // `f_type` is a `long` on glibc, other widths elsewhere.
+        #[allow(clippy::unnecessary_cast)]
+        let magic = nix::sys::statfs::statfs(dir)?.filesystem_type().0 as i64;
+        if !local(magic) {
+            return Err(std::io::Error::other(format!(
+                "filesystem {magic:#x} is not one only this machine writes to"
+            )));
+        }
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        inotify.add_watch(
+            dir,
+            AddWatchFlags::IN_CREATE
+                | AddWatchFlags::IN_MOVED_TO
+                | AddWatchFlags::IN_DELETE_SELF
+                | AddWatchFlags::IN_MOVE_SELF
+                | AddWatchFlags::IN_ONLYDIR,
+        )?;
+        // Files there before the watch (a resumed run's, left by a process
+        // that was killed before it read them) count as made: listed after
+        // the watch began, so that none falls between the two.
+        let made = std::fs::read_dir(dir)?
+            .map(|entry| entry.map(|entry| entry.file_name()))
+            .collect::<std::io::Result<HashSet<_>>>()?;
+        Ok(Watch {
+            inotify,
+            blind: made.len() > MAX_UNTAKEN,
+            made,
+            buffer: vec![0; 4096],
+        })
+    }
+
     /// Reads every event queued so far.
     fn read_events(&mut self) {
         // inotify's records: wd (i32), mask, cookie and len (u32), then `len`
