@@ -22,6 +22,7 @@ use crate::journal::reader::{RunView, StepState};
 use crate::journal::record::{
     ChangedStep, Header, InDoubt, Record, Resumed, RunResult, SkipReason, FORMAT_VERSION,
 };
+use crate::journal::writer::IdleWrites;
 use crate::journal::{
     JournalError, JournalWriter, LockError, LockInfo, RunLog, StateError, StateLock, StateStore,
 };
@@ -178,7 +179,8 @@ fn own_usage() -> OwnUsage {
     )
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, SessionError> {
+/// The run's runtime; `idle` writes the journal whenever it runs out of work.
+fn runtime(idle: &IdleWrites) -> Result<tokio::runtime::Runtime, SessionError> {
     // The executor itself needs little CPU: the steps' processes and the
     // blocking threads (hashing, unpacking) do the work. Half the cores, so
     // that spawning and reaping children does not contend with itself.
@@ -194,7 +196,11 @@ fn runtime() -> Result<tokio::runtime::Runtime, SessionError> {
         builder.worker_threads(workers);
         builder
     };
-    builder.enable_all().build().map_err(SessionError::Runtime)
+    builder
+        .on_thread_park(idle.hook())
+        .enable_all()
+        .build()
+        .map_err(SessionError::Runtime)
 }
 
 pub fn run(
@@ -704,7 +710,9 @@ impl Session<'_> {
         let masker = Arc::new(Masker::default());
         let backend = self.state.journal(&self.run_id)?;
         let (writer, thread) = JournalWriter::start(backend, Arc::clone(&masker), folded);
-        let runtime = runtime()?;
+        let idle = IdleWrites::default();
+        let writer = writer.written_when_idle(idle.clone());
+        let runtime = runtime(&idle)?;
         let shared = Arc::new(Shared::new(
             Arc::clone(&self.plan),
             info,

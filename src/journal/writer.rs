@@ -3,9 +3,10 @@
 //!
 //! Whoever has a record (a step's task, the session) hands it over under a
 //! lock: no thread hop per record, so a step costs the executor no wake-up of
-//! another thread. Records made in the same turn of the executor are
-//! serialized, masked and written together at its end, in one `write`: after
-//! the step that finished has made way for the next one, not between the two.
+//! another thread. Records made while the executor has tasks to run are
+//! serialized, masked and written together when it has none left, in one
+//! `write` just before its thread sleeps ([`IdleWrites`]): after the step
+//! that finished has made way for the next one, not between the two.
 //! Durability is the sync thread's job: asked for a sync, it writes what is
 //! pending, takes everything written so far as one [`SyncJob`], runs it
 //! outside the lock (an `fdatasync`, or an upload for a remote state) while
@@ -73,13 +74,12 @@ struct Journal {
     backend: Box<dyn JournalBackend>,
     masker: Arc<Masker>,
     folded: Folded,
-    /// Records made in the executor's current turn, serialized and written
-    /// together at its end (see [`JournalWriter::write`]).
+    /// Records handed over and not yet written (see [`JournalWriter::write`]).
     pending: Vec<Record>,
     /// The lines of `pending`, a buffer kept from one write to the next.
     lines: Vec<u8>,
-    /// A task is on its way to write `pending`.
-    flush_scheduled: bool,
+    /// `pending` is due with the runtime's [`IdleWrites`].
+    write_scheduled: bool,
     /// Written since the last sync job was taken.
     unsynced: bool,
     /// Callers whose records are in (written, or pending), waiting for the
@@ -158,6 +158,48 @@ impl Journal {
 pub struct JournalWriter {
     journal: Arc<Mutex<Journal>>,
     requests: mpsc::Sender<Request>,
+    /// Where records made on the runtime wait to be written; without it,
+    /// each is written at once.
+    idle: Option<IdleWrites>,
+}
+
+/// At most this many records wait in memory for the runtime to run out of
+/// work: a runtime kept busy (a burst of instant steps) writes them then.
+const MAX_PENDING: usize = 256;
+
+/// The journals whose records wait for the runtime to run out of work.
+///
+/// Installed as the runtime's `on_thread_park` hook ([`IdleWrites::hook`])
+/// and given to its writers ([`JournalWriter::written_when_idle`]): a step
+/// that finishes and the step that takes its slot run in the same stretch
+/// of work, and their records are written after both, once the thread has
+/// nothing left to run and is about to wait for events. The child of the
+/// next step is then running while the journal is written, instead of
+/// waiting for it.
+#[derive(Clone, Default)]
+pub struct IdleWrites {
+    /// Journals with records pending, each at most once.
+    due: Arc<Mutex<Vec<Arc<Mutex<Journal>>>>>,
+}
+
+impl IdleWrites {
+    /// What the runtime runs before a thread of its parks.
+    pub fn hook(&self) -> impl Fn() + Send + Sync + 'static {
+        let idle = self.clone();
+        move || idle.write_due()
+    }
+
+    fn write_due(&self) {
+        // A journal's lock is taken under this one, never the other way round
+        // (see JournalWriter::write).
+        let mut due = self.due.lock().unwrap_or_else(PoisonError::into_inner);
+        for journal in due.drain(..) {
+            let mut journal = lock(&journal);
+            journal.write_scheduled = false;
+            // A failure stops the journal: every caller hears of it.
+            let _ = journal.write_pending();
+        }
+    }
 }
 
 /// Owns the sync thread; joining it closes the journal.
@@ -199,7 +241,7 @@ impl JournalWriter {
             folded,
             pending: Vec::new(),
             lines: Vec::new(),
-            flush_scheduled: false,
+            write_scheduled: false,
             unsynced: false,
             waiters: Vec::new(),
             failed: None,
@@ -211,15 +253,26 @@ impl JournalWriter {
             .spawn(move || sync_thread(&thread_journal, &receiver, max_delay))
             .expect("spawn the journal thread");
         (
-            JournalWriter { journal, requests },
+            JournalWriter {
+                journal,
+                requests,
+                idle: None,
+            },
             WriterThread {
                 handle: Some(handle),
             },
         )
     }
 
-    /// Hands a record over; it is written with its turn and becomes durable
-    /// with the next sync.
+    /// Leaves the records made on a runtime for `idle` to write: the
+    /// runtime must run [`IdleWrites::hook`] before it parks.
+    pub fn written_when_idle(mut self, idle: IdleWrites) -> JournalWriter {
+        self.idle = Some(idle);
+        self
+    }
+
+    /// Hands a record over; it is written when the runtime runs out of work
+    /// and becomes durable with the next sync.
     pub fn append(&self, record: Record) {
         self.write(record, None);
     }
@@ -246,7 +299,8 @@ impl JournalWriter {
         }
     }
 
-    /// Adds a record to those pending, to be written at the end of the turn.
+    /// Adds a record to those pending, written when the runtime runs out of
+    /// work, or at once outside one.
     fn write(&self, record: Record, waiter: Option<(Waiter, Durability)>) {
         let mut journal = lock(&self.journal);
         if let Some(error) = &journal.failed {
@@ -256,38 +310,38 @@ impl JournalWriter {
             return;
         }
         journal.pending.push(record);
-        // Records made in the same turn of the executor (steps that finish
-        // together, a burst of instant steps) go out in one write at its end,
-        // from a task that first lets every ready task run: the step that
-        // takes a finished one's slot starts before either's record is
-        // serialized. Outside the runtime, at once. A record is in memory
-        // only for that turn, as it was in a channel before; a sync writes
-        // what is pending first, so no durable record waits for the turn to
-        // end.
-        let schedule = match tokio::runtime::Handle::try_current() {
-            Ok(runtime) if !journal.flush_scheduled => Some(runtime),
-            Ok(_) => None,
-            Err(_) => {
+        // A record is in memory only until the runtime runs out of work, as
+        // it was in a channel before; a sync writes what is pending first, so
+        // no durable record waits for that.
+        let register = match &self.idle {
+            Some(idle)
+                if journal.pending.len() < MAX_PENDING
+                    && tokio::runtime::Handle::try_current().is_ok() =>
+            {
+                (!std::mem::replace(&mut journal.write_scheduled, true)).then_some(idle)
+            }
+            _ => {
                 let _ = journal.write_pending();
                 None
             }
         };
-        if let Some(runtime) = schedule {
-            journal.flush_scheduled = true;
-            let shared = Arc::clone(&self.journal);
-            runtime.spawn(async move {
-                tokio::task::yield_now().await;
-                let mut journal = lock(&shared);
-                journal.flush_scheduled = false;
-                let _ = journal.write_pending();
-            });
+        let waiting = waiter.map(|(waiter, durability)| {
+            let first = journal.waiters.is_empty();
+            journal.waiters.push(waiter);
+            (durability, first)
+        });
+        drop(journal);
+        if let Some(idle) = register {
+            // After the journal's lock is let go: IdleWrites takes it under
+            // its own.
+            idle.due
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Arc::clone(&self.journal));
         }
-        let Some((waiter, durability)) = waiter else {
+        let Some((durability, first)) = waiting else {
             return;
         };
-        let first = journal.waiters.is_empty();
-        journal.waiters.push(waiter);
-        drop(journal);
         // The sync thread wakes only when there is something for it to do:
         // most records cost no wake-up at all.
         match durability {
@@ -413,7 +467,7 @@ mod tests {
 
     use chrono::Utc;
 
-    use super::{Durability, JournalWriter};
+    use super::{Durability, IdleWrites, JournalWriter, MAX_PENDING};
     use crate::journal::record::Record;
     use crate::journal::JournalBackend;
 
@@ -543,19 +597,68 @@ mod tests {
         assert_eq!(calls.take(), [("write", 1), ("sync", 0)]);
     }
 
-    #[tokio::test]
-    async fn records_made_in_one_turn_share_one_write() {
+    #[test]
+    fn records_wait_for_the_runtime_to_run_out_of_work() {
+        let idle = IdleWrites::default();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .on_thread_park(idle.hook())
+            .enable_all()
+            .build()
+            .unwrap();
         let (writer, thread, calls) = start(NEVER);
-        for step in ["a", "b", "c"] {
-            writer.append(record(step));
-        }
-        assert_eq!(calls.take(), [], "written before the turn ended");
-        calls_reach(&calls, 1).await;
-        assert_eq!(calls.take(), [("write", 3)]);
-        // A durable record does not wait for the turn: the sync writes it.
-        writer.append(record("d"));
-        writer.append_durable(record("e")).await.unwrap();
-        assert_eq!(calls.take(), [("write", 2), ("sync", 0)]);
+        let writer = writer.written_when_idle(idle);
+        // The test runs as a task: the runtime runs out of work (and parks)
+        // only when no task and not the `block_on` future itself has any.
+        let test = {
+            let (writer, calls) = (writer.clone(), calls.clone());
+            async move {
+                // Three tasks hand a record over each, and a fourth looks before
+                // the runtime has run out of work.
+                let tasks: Vec<_> = ["a", "b", "c"]
+                    .map(|step| {
+                        let writer = writer.clone();
+                        tokio::spawn(async move { writer.append(record(step)) })
+                    })
+                    .into();
+                let early = tokio::spawn({
+                    let calls = calls.clone();
+                    async move { calls.take() }
+                });
+                for task in tasks {
+                    task.await.unwrap();
+                }
+                assert_eq!(early.await.unwrap(), [], "written while tasks were left");
+                // Waiting for a timer, the runtime has nothing to run.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                assert_eq!(calls.take(), [("write", 3)]);
+
+                // A durable record does not wait: the sync writes what is pending.
+                writer.append(record("d"));
+                writer.append_durable(record("e")).await.unwrap();
+                assert_eq!(calls.take(), [("write", 2), ("sync", 0)]);
+
+                // A runtime that never runs out of work holds no more than
+                // MAX_PENDING records.
+                let writer = writer.clone();
+                let burst = tokio::spawn(async move {
+                    for n in 0..=MAX_PENDING {
+                        writer.append(record(&n.to_string()));
+                    }
+                });
+                let during = tokio::spawn({
+                    let calls = calls.clone();
+                    async move { calls.take() }
+                });
+                burst.await.unwrap();
+                assert_eq!(during.await.unwrap(), [("write", MAX_PENDING)]);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                assert_eq!(calls.take(), [("write", 1)]);
+            }
+        };
+        runtime.block_on(runtime.spawn(test)).unwrap();
+        // Outside the runtime, a record is written at once.
+        writer.append(record("f"));
+        assert_eq!(calls.take(), [("write", 1)]);
         drop(writer);
         thread.join();
     }
