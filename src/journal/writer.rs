@@ -13,7 +13,7 @@
 //! later records go on being handed over, and then wakes every caller whose
 //! record that job covered. Steps that finish together share one sync.
 //!
-//! A caller may wait "on demand": its record is written with its turn but synced
+//! A caller may wait "on demand": its record is written with the others but synced
 //! only when somebody needs it to be ([`JournalWriter::sync`], or a record that
 //! must be durable now), or [`MAX_SYNC_DELAY`] later. The walker uses this for
 //! finished steps: while other steps are ready to fill every slot, nothing
