@@ -41,6 +41,8 @@ pub mod option {
 
 /// The text of `at` in `buf`, or `None` for a year outside 0..=9999.
 fn format<'b>(at: &DateTime<Utc>, buf: &'b mut [u8; 30]) -> Option<&'b str> {
+    // Each of DateTime's own accessors adds the (zero) offset again.
+    let at = at.naive_utc();
     let year = u32::try_from(at.year()).ok().filter(|y| *y <= 9999)?;
     // A leap second shows as nanoseconds past 999,999,999, as chrono keeps it.
     let nanos = at.nanosecond();

@@ -25,6 +25,7 @@
 //! before exec, each with its reason. Nothing else in Phoenix calls C.
 #![allow(unsafe_code)]
 
+use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -41,8 +42,10 @@ const DEFAULT_PATH: &str = "/bin:/usr/bin";
 
 /// What every child of the run starts from.
 pub struct Spawner {
-    /// Phoenix's environment as `KEY=VALUE` strings, with each key's length.
-    base: Vec<(usize, CString)>,
+    /// Phoenix's environment as `KEY=VALUE` strings, each key once.
+    base: Vec<CString>,
+    /// Where each key of `base` is: a step's variable replaces that entry.
+    positions: HashMap<Vec<u8>, usize, foldhash::fast::RandomState>,
     /// Phoenix's own `PATH`, to look programs up when a step does not set one.
     path: Option<OsString>,
     dev_null: OwnedFd,
@@ -65,18 +68,25 @@ pub struct SpawnRequest<'a> {
 
 impl Spawner {
     pub fn new() -> io::Result<Spawner> {
-        let base = std::env::vars_os()
-            .filter_map(|(key, value)| {
-                let key_len = key.len();
-                let mut entry = key.into_vec();
-                entry.push(b'=');
-                entry.extend_from_slice(value.as_bytes());
-                CString::new(entry).ok().map(|entry| (key_len, entry))
-            })
-            .collect();
+        let mut base = Vec::new();
+        let mut positions = HashMap::default();
+        for (key, value) in std::env::vars_os() {
+            // A key set twice is passed on once, as `getenv` reads it: first.
+            if positions.contains_key(key.as_bytes()) {
+                continue;
+            }
+            let mut entry = key.as_bytes().to_vec();
+            entry.push(b'=');
+            entry.extend_from_slice(value.as_bytes());
+            if let Ok(entry) = CString::new(entry) {
+                positions.insert(key.into_vec(), base.len());
+                base.push(entry);
+            }
+        }
         let dev_null = std::fs::File::open("/dev/null")?.into();
         Ok(Spawner {
             base,
+            positions,
             path: std::env::var_os("PATH"),
             dev_null,
             defaults: default_signals(),
@@ -87,75 +97,52 @@ impl Spawner {
     /// there, not executable) or of the directory change.
     pub fn spawn(&self, request: &SpawnRequest<'_>) -> io::Result<Child> {
         let program = self.resolve(request)?;
-        let program = c_string(program.as_os_str().as_bytes())?;
-        let name = c_string(request.program.as_bytes())?;
-        let args = request
-            .args
-            .iter()
-            .map(|arg| c_string(arg.as_bytes()))
-            .collect::<io::Result<Vec<_>>>()?;
-        // A later entry replaces an earlier one of the same name (Phoenix's
-        // own variables come after the step's `env`).
-        let mut env: Vec<&(&str, &OsStr)> = Vec::with_capacity(request.env.len());
-        for entry in request.env.iter().rev() {
-            if !env.iter().any(|(key, _)| *key == entry.0) {
-                env.push(entry);
+        let (pid, error) = EXEC.with_borrow_mut(|exec| {
+            exec.clear();
+            exec.push(&[program.as_os_str().as_bytes()])?;
+            exec.push(&[request.cwd.as_os_str().as_bytes()])?;
+            exec.push(&[request.program.as_bytes()])?;
+            for arg in request.args {
+                exec.push(&[arg.as_bytes()])?;
             }
-        }
-        let added = env
-            .iter()
-            .map(|(key, value)| {
-                let mut entry = Vec::with_capacity(key.len() + 1 + value.len());
-                entry.extend_from_slice(key.as_bytes());
-                entry.push(b'=');
-                entry.extend_from_slice(value.as_bytes());
-                c_string(&entry)
-            })
-            .collect::<io::Result<Vec<_>>>()?;
-        let cwd = c_string(request.cwd.as_os_str().as_bytes())?;
-
-        let mut argv: Vec<*const libc::c_char> = Vec::with_capacity(args.len() + 2);
-        argv.push(name.as_ptr());
-        argv.extend(args.iter().map(|arg| arg.as_ptr()));
-        argv.push(std::ptr::null());
-        let mut envp: Vec<*const libc::c_char> =
-            Vec::with_capacity(self.base.len() + added.len() + 1);
-        envp.extend(
-            self.base
-                .iter()
-                .filter(|(key_len, entry)| {
-                    let key = &entry.as_bytes()[..*key_len];
-                    !request.env.iter().any(|(k, _)| k.as_bytes() == key)
-                })
-                .map(|(_, entry)| entry.as_ptr()),
-        );
-        envp.extend(added.iter().map(|entry| entry.as_ptr()));
-        envp.push(std::ptr::null());
-
-        let mut args = ChildArgs {
-            program: program.as_ptr(),
-            argv: argv.as_ptr(),
-            envp: envp.as_ptr(),
-            cwd: cwd.as_ptr(),
-            stdin: self.dev_null.as_raw_fd(),
-            output: request.output.as_raw_fd(),
-            defaults: self.defaults.as_slice(),
-            error: 0,
-        };
-        let pid = STACK.with_borrow_mut(|stack| {
-            let top = match stack {
-                Some(stack) => stack.top(),
-                None => stack.insert(ChildStack::new()?).top(),
+            let first_variable = exec.starts.len();
+            for (i, (key, value)) in request.env.iter().enumerate() {
+                // A later entry replaces an earlier one of the same name
+                // (Phoenix's own variables come after the step's `env`).
+                if request.env[i + 1..].iter().any(|(later, _)| later == key) {
+                    continue;
+                }
+                exec.push(&[key.as_bytes(), b"=", value.as_bytes()])?;
+            }
+            exec.point(first_variable, self, request.env);
+            let mut args = ChildArgs {
+                program: exec.string(0),
+                argv: exec.argv.as_ptr(),
+                envp: exec.envp.as_ptr(),
+                cwd: exec.string(1),
+                stdin: self.dev_null.as_raw_fd(),
+                output: request.output.as_raw_fd(),
+                defaults: self.defaults.as_slice(),
+                error: 0,
             };
-            // SAFETY: every pointer in `args` points into a CString or a
-            // vector that lives until the end of this function, and the child
-            // is done with them (exec'd or exited) when clone returns:
-            // CLONE_VFORK suspends this thread until then. The stack is this
-            // thread's own, unused while it is suspended.
-            unsafe { start_child(top, &mut args) }
+            let pid = STACK.with_borrow_mut(|stack| {
+                let top = match stack {
+                    Some(stack) => stack.top(),
+                    None => stack.insert(ChildStack::new()?).top(),
+                };
+                // SAFETY: every pointer in `args` points into `exec` (not
+                // changed again before the child is done), `self.base` or
+                // `self.defaults`, and the child is done with them (exec'd or
+                // exited) when clone returns: CLONE_VFORK suspends this
+                // thread until then. The stack is this thread's own, unused
+                // while it is suspended.
+                unsafe { start_child(top, &mut args) }
+            })?;
+            exec.trim();
+            // SAFETY: written by the child, which has exec'd or exited by now.
+            let error = unsafe { std::ptr::read_volatile(&args.error) };
+            Ok::<_, io::Error>((pid, error))
         })?;
-        // SAFETY: written by the child, which has exec'd or exited by now.
-        let error = unsafe { std::ptr::read_volatile(&args.error) };
         if error != 0 {
             // The child got no further than its setup or exec and has exited.
             let mut status = 0;
@@ -223,12 +210,14 @@ fn executable(path: &Path) -> Option<bool> {
 }
 
 fn c_string(bytes: &[u8]) -> io::Result<CString> {
-    CString::new(bytes).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "an argument, a variable or a path holds a NUL byte",
-        )
-    })
+    CString::new(bytes).map_err(|_| nul_error())
+}
+
+fn nul_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "an argument, a variable or a path holds a NUL byte",
+    )
 }
 
 /// The signals a child resets before exec, so that no handler of Phoenix's
@@ -279,6 +268,90 @@ thread_local! {
     static STACK: std::cell::RefCell<Option<ChildStack>> = const {
         std::cell::RefCell::new(None)
     };
+}
+
+thread_local! {
+    /// What the children started from this thread exec, rebuilt for each.
+    static EXEC: std::cell::RefCell<ExecStrings> = std::cell::RefCell::default();
+}
+
+/// The strings a child's exec reads and the arrays that point at them, in
+/// buffers kept from one child to the next: one buffer holds every string,
+/// where a `CString` each cost nine allocations a step.
+#[derive(Default)]
+struct ExecStrings {
+    /// The program's path, the directory, the arguments (its name first), the
+    /// variables added: each ended by a NUL.
+    bytes: Vec<u8>,
+    /// Where each string starts in `bytes`.
+    starts: Vec<usize>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    /// The entries of the inherited environment the step sets anew.
+    replaced: Vec<usize>,
+}
+
+impl ExecStrings {
+    /// A step with arguments longer than this gives the memory back after.
+    const KEEP: usize = 64 * 1024;
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.starts.clear();
+        self.argv.clear();
+        self.envp.clear();
+        self.replaced.clear();
+    }
+
+    /// Adds one string, made of `parts`.
+    fn push(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        self.starts.push(self.bytes.len());
+        for part in parts {
+            if part.contains(&0) {
+                return Err(nul_error());
+            }
+            self.bytes.extend_from_slice(part);
+        }
+        self.bytes.push(0);
+        Ok(())
+    }
+
+    /// The string pushed `index`th.
+    fn string(&self, index: usize) -> *const libc::c_char {
+        self.bytes[self.starts[index]..].as_ptr().cast()
+    }
+
+    /// Points `argv` at the arguments (the strings from the third up to
+    /// `first_variable`) and `envp` at the inherited variables that `env`
+    /// does not set, then at the ones added. After the last push: `bytes`
+    /// does not move again.
+    fn point(&mut self, first_variable: usize, spawner: &Spawner, env: &[(&str, &OsStr)]) {
+        let argv = self.starts[2..first_variable].iter();
+        self.argv
+            .extend(argv.map(|&start| self.bytes[start..].as_ptr().cast()));
+        self.argv.push(std::ptr::null());
+        let replaced = env
+            .iter()
+            .filter_map(|(key, _)| spawner.positions.get(key.as_bytes()));
+        self.replaced.extend(replaced);
+        let inherited = spawner.base.iter().enumerate();
+        self.envp.extend(
+            inherited
+                .filter(|(i, _)| !self.replaced.contains(i))
+                .map(|(_, entry)| entry.as_ptr()),
+        );
+        let added = self.starts[first_variable..].iter();
+        self.envp
+            .extend(added.map(|&start| self.bytes[start..].as_ptr().cast()));
+        self.envp.push(std::ptr::null());
+    }
+
+    /// Lets a step's long arguments go once its child has exec'd.
+    fn trim(&mut self) {
+        if self.bytes.capacity() > Self::KEEP {
+            *self = ExecStrings::default();
+        }
+    }
 }
 
 /// A stack for children, with an unmapped page below it: a child that
@@ -804,6 +877,29 @@ mod tests {
             assert_eq!(child.wait().await.unwrap().code(), Some(4));
             assert_eq!(child.try_wait().unwrap().and_then(|s| s.code()), Some(4));
         });
+    }
+
+    #[test]
+    fn each_child_gets_only_its_own_arguments_and_variables() {
+        // The strings are built in buffers kept from one child to the next,
+        // and given back past ExecStrings::KEEP.
+        let spawner = Spawner::new().unwrap();
+        let long = "x".repeat(ExecStrings::KEEP + 1);
+        let script = "echo $# ${#1} ${EXTRA:-none}";
+        let expect = |args: &[&str], env: &[(&str, &OsStr)], expected: &str| {
+            let args: Vec<&str> = ["-c", script].iter().chain(args).copied().collect();
+            let (status, text) = run(&spawner, "sh", &args, env);
+            assert!(status.unwrap().success());
+            assert_eq!(text, expected);
+        };
+        let set = [("EXTRA", OsStr::new("set"))];
+        expect(
+            &["sh", &long, "b"],
+            &set,
+            &format!("2 {} set\n", long.len()),
+        );
+        expect(&["sh", "a"], &[], "1 1 none\n");
+        expect(&["sh"], &[], "0 0 none\n");
     }
 
     #[test]

@@ -102,16 +102,24 @@ impl Journal {
         let mut pending = std::mem::take(&mut self.pending);
         let mut lines = std::mem::take(&mut self.lines);
         lines.clear();
+        let masking = !self.masker.is_empty();
         for record in &mut pending {
-            let line = serde_json::to_string(record).unwrap_or_default();
-            match self.masker.mask(&line) {
-                std::borrow::Cow::Borrowed(_) => lines.extend_from_slice(line.as_bytes()),
-                std::borrow::Cow::Owned(text) => {
-                    lines.extend_from_slice(text.as_bytes());
+            // Serialized straight into the buffer. A record does not fail to
+            // serialize (string keys, finite numbers); one that did would
+            // leave its line empty.
+            let start = lines.len();
+            if serde_json::to_writer(&mut lines, record).is_err() {
+                lines.truncate(start);
+            }
+            if masking {
+                let line = std::str::from_utf8(&lines[start..]).unwrap_or_default();
+                if let std::borrow::Cow::Owned(text) = self.masker.mask(line) {
                     // Fold what the journal holds: the masked record.
                     if let Ok(masked) = serde_json::from_str(&text) {
                         *record = masked;
                     }
+                    lines.truncate(start);
+                    lines.extend_from_slice(text.as_bytes());
                 }
             }
             lines.push(b'\n');
