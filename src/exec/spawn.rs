@@ -268,9 +268,7 @@ thread_local! {
     static STACK: std::cell::RefCell<Option<ChildStack>> = const {
         std::cell::RefCell::new(None)
     };
-}
 
-thread_local! {
     /// What the children started from this thread exec, rebuilt for each.
     static EXEC: std::cell::RefCell<ExecStrings> = std::cell::RefCell::default();
 }
