@@ -671,6 +671,41 @@ mod tests {
         thread.join();
     }
 
+    #[test]
+    fn a_multi_thread_runtime_writes_when_its_workers_park() {
+        let idle = IdleWrites::default();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .on_thread_park(idle.hook())
+            .enable_all()
+            .build()
+            .unwrap();
+        let (writer, thread, calls) = start(NEVER);
+        let writer = writer.written_when_idle(idle);
+        let task = {
+            let writer = writer.clone();
+            async move {
+                for step in ["a", "b", "c"] {
+                    writer.append(record(step));
+                }
+            }
+        };
+        runtime.block_on(runtime.spawn(task)).unwrap();
+        let limit = Instant::now() + Duration::from_secs(30);
+        let mut written = 0;
+        while written < 3 {
+            assert!(Instant::now() < limit, "records left unwritten");
+            std::thread::sleep(Duration::from_millis(1));
+            for (call, lines) in calls.take() {
+                assert_eq!(call, "write", "nothing asked for a sync");
+                written += lines;
+            }
+        }
+        assert_eq!(written, 3);
+        drop(writer);
+        thread.join();
+    }
+
     #[tokio::test]
     async fn a_failed_sync_stops_the_journal_for_everyone() {
         let (writer, thread) =
