@@ -534,6 +534,26 @@ mod tests {
         (writer, thread, calls)
     }
 
+    /// A writer whose records wait for `builder`'s runtime to run out of
+    /// work, and that runtime.
+    fn start_idle(
+        mut builder: tokio::runtime::Builder,
+    ) -> (
+        tokio::runtime::Runtime,
+        JournalWriter,
+        super::WriterThread,
+        Calls,
+    ) {
+        let idle = IdleWrites::default();
+        let runtime = builder
+            .on_thread_park(idle.hook())
+            .enable_all()
+            .build()
+            .unwrap();
+        let (writer, thread, calls) = start(NEVER);
+        (runtime, writer.written_when_idle(idle), thread, calls)
+    }
+
     /// Waits until the backend has been called `n` times.
     async fn calls_reach(calls: &Calls, n: usize) {
         let limit = Instant::now() + Duration::from_secs(30);
@@ -607,14 +627,8 @@ mod tests {
 
     #[test]
     fn records_wait_for_the_runtime_to_run_out_of_work() {
-        let idle = IdleWrites::default();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .on_thread_park(idle.hook())
-            .enable_all()
-            .build()
-            .unwrap();
-        let (writer, thread, calls) = start(NEVER);
-        let writer = writer.written_when_idle(idle);
+        let (runtime, writer, thread, calls) =
+            start_idle(tokio::runtime::Builder::new_current_thread());
         // The test runs as a task: the runtime runs out of work (and parks)
         // only when no task and not the `block_on` future itself has any.
         let test = {
@@ -673,15 +687,9 @@ mod tests {
 
     #[test]
     fn a_multi_thread_runtime_writes_when_its_workers_park() {
-        let idle = IdleWrites::default();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .on_thread_park(idle.hook())
-            .enable_all()
-            .build()
-            .unwrap();
-        let (writer, thread, calls) = start(NEVER);
-        let writer = writer.written_when_idle(idle);
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(2);
+        let (runtime, writer, thread, calls) = start_idle(builder);
         let task = {
             let writer = writer.clone();
             async move {
