@@ -111,10 +111,7 @@ fn http_requests_expectations_polling_and_outputs() {
         "{}",
         run.stderr()
     );
-    assert_eq!(
-        std::fs::read_to_string(ws.path().join("seen.txt")).unwrap(),
-        "1.2 3\n"
-    );
+    assert_eq!(ws.read("seen.txt"), "1.2 3\n");
     let status = ws.status();
     assert_eq!(state_of(&status, "ready"), "succeeded");
     assert_eq!(state_of(&status, "missing"), "failed");

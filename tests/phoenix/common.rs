@@ -102,6 +102,12 @@ impl Workspace {
         self.dir.path()
     }
 
+    /// The text of a file in the workspace.
+    pub fn read(&self, name: impl AsRef<Path>) -> String {
+        let path = self.path().join(name);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+    }
+
     pub fn write(&self, name: &str, text: &str) -> PathBuf {
         let path = self.path().join(name);
         std::fs::write(&path, text).expect("write");

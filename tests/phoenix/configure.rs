@@ -72,8 +72,7 @@ fn tags_branches_commits_bundles_and_paths() {
     );
     ws.write("plan.toml", &plan);
     ws.expect(["run", "plan.toml"], 0);
-    let read =
-        |d: &str| std::fs::read_to_string(ws.path().join("out").join(d).join("file")).unwrap();
+    let read = |d: &str| ws.read(format!("out/{d}/file"));
     assert_eq!(read("tag"), "v1\n");
     assert_eq!(read("branch"), "v2\n");
     assert_eq!(read("commit"), "v1\n");
@@ -160,14 +159,8 @@ fn submodules_are_checked_out_at_their_pinned_tags() {
         ),
     );
     ws.expect(["run", "plan.toml"], 0);
-    assert_eq!(
-        std::fs::read_to_string(ws.path().join("deployed/a/file")).unwrap(),
-        "v1\n"
-    );
-    assert_eq!(
-        std::fs::read_to_string(ws.path().join("deployed/b/file")).unwrap(),
-        "v2\n"
-    );
+    assert_eq!(ws.read("deployed/a/file"), "v1\n");
+    assert_eq!(ws.read("deployed/b/file"), "v2\n");
     assert_eq!(
         git(&ws.path().join("deployed/a"), &["rev-parse", "HEAD"]),
         a_one
@@ -196,10 +189,7 @@ fn a_resumed_run_keeps_the_frozen_commit_after_the_tag_moved() {
     std::fs::remove_dir_all(ws.path().join("out")).unwrap();
     ws.write("go", "");
     ws.expect(["resume"], 0);
-    assert_eq!(
-        std::fs::read_to_string(ws.path().join("out/file")).unwrap(),
-        "v1\n"
-    );
+    assert_eq!(ws.read("out/file"), "v1\n");
     assert_eq!(ws.outputs("cfg")["commit"], one.as_str());
 }
 
@@ -215,10 +205,7 @@ fn a_failed_checkout_leaves_dest_as_it_was() {
         &format!("{HEADER}{}", git_step("cfg", "repo", missing, "out", "")),
     );
     ws.expect(["run", "plan.toml"], 1);
-    assert_eq!(
-        std::fs::read_to_string(ws.path().join("out/keep.txt")).unwrap(),
-        "precious"
-    );
+    assert_eq!(ws.read("out/keep.txt"), "precious");
     let leftovers: Vec<_> = std::fs::read_dir(ws.path())
         .unwrap()
         .filter_map(|e| e.ok())
@@ -232,10 +219,7 @@ fn a_failed_checkout_leaves_dest_as_it_was() {
     );
     ws.expect(["run", "plan.toml"], 0);
     assert!(!ws.path().join("out/keep.txt").exists());
-    assert_eq!(
-        std::fs::read_to_string(ws.path().join("out/file")).unwrap(),
-        "v2\n"
-    );
+    assert_eq!(ws.read("out/file"), "v2\n");
 }
 
 const CANARY: &str = "tpl-secret-Kx93";
@@ -282,19 +266,13 @@ timeout = \"1m\"
         .args(["run", "plan.toml", "--drill"])
         .run()
         .expect_code(0);
-    let main = std::fs::read_to_string(ws.path().join("rendered/main.conf")).unwrap();
+    let main = ws.read("rendered/main.conf");
     assert_eq!(
         main,
         format!("listen = 5432\npassword = {CANARY}\nfrom = db1\ndrill = yes\n")
     );
-    assert_eq!(
-        std::fs::read_to_string(ws.path().join("rendered/conf.d/extra.conf")).unwrap(),
-        "name = t\n"
-    );
-    assert_eq!(
-        std::fs::read_to_string(ws.path().join("out/single.conf")).unwrap(),
-        "port=5433\n"
-    );
+    assert_eq!(ws.read("rendered/conf.d/extra.conf"), "name = t\n");
+    assert_eq!(ws.read("out/single.conf"), "port=5433\n");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(ws.path().join("rendered/main.conf"))

@@ -385,7 +385,7 @@ fn junit_reads_back_as_suites_and_cases() {
         .args(["report", "--format", "junit", "-o", "junit.xml"])
         .run()
         .expect_code(0);
-    let xml = std::fs::read_to_string(ws.path().join("junit.xml")).unwrap();
+    let xml = ws.read("junit.xml");
     let mut reader = quick_xml::Reader::from_str(&xml);
     let (mut suites, mut cases, mut failures) = (Vec::new(), Vec::new(), Vec::new());
     let mut current_case = String::new();
@@ -437,7 +437,7 @@ fn html_report_has_a_bar_per_step_and_the_target_line() {
         .args(["report", "--format", "html", "-o", "report.html"])
         .run()
         .expect_code(0);
-    let html = std::fs::read_to_string(ws.path().join("report.html")).unwrap();
+    let html = ws.read("report.html");
     assert!(
         !html.contains("http://")
             || html

@@ -262,10 +262,7 @@ fn a_torn_last_line_is_set_aside_and_damage_is_reported() {
         std::fs::read_to_string(side[0].path()).unwrap(),
         "{\"type\":\"started\",\"st"
     );
-    assert_eq!(
-        std::fs::read_to_string(ws.path().join("ledger")).unwrap(),
-        "a\n"
-    );
+    assert_eq!(ws.read("ledger"), "a\n");
 
     // Damage before the last line stops resume with the line number.
     let ws = Workspace::new();
@@ -336,7 +333,7 @@ fn a_step_gets_default_signals_but_keeps_those_phoenix_was_started_ignoring() {
         .status()
         .unwrap();
     assert!(status.success());
-    let text = std::fs::read_to_string(ws.path().join("signals.txt")).unwrap();
+    let text = ws.read("signals.txt");
     let mask = |name: &str| {
         let line = text.lines().find(|l| l.starts_with(name)).unwrap();
         u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()

@@ -61,7 +61,7 @@ fn selection_latest_before_and_match() {
     );
     ws.write("plan.toml", &plan);
     ws.expect(["run", "plan.toml"], 0);
-    let read = |f: &str| std::fs::read_to_string(ws.path().join("out").join(f)).unwrap();
+    let read = |f: &str| ws.read(format!("out/{f}"));
     assert_eq!(read("latest.dump"), "four");
     assert_eq!(read("before.dump"), "two");
     assert_eq!(read("key.dump"), "one");
@@ -130,10 +130,7 @@ fn a_wrong_or_missing_digest_fails_and_leaves_dest_alone() {
         stderr.contains("no backup `missing.dump` in directory"),
         "{stderr}"
     );
-    assert_eq!(
-        std::fs::read_to_string(ws.path().join("out/wrong.dump")).unwrap(),
-        "previous"
-    );
+    assert_eq!(ws.read("out/wrong.dump"), "previous");
     assert!(!ws.path().join("out/nodigest.dump").exists());
     let leftovers: Vec<_> = std::fs::read_dir(ws.path().join("out"))
         .unwrap()
@@ -200,10 +197,7 @@ fn a_resumed_restore_uses_the_backup_it_chose_first() {
     std::fs::remove_file(ws.path().join("out/db.dump")).unwrap();
     ws.write("go", "");
     ws.expect(["resume"], 0);
-    assert_eq!(
-        std::fs::read_to_string(ws.path().join("out/db.dump")).unwrap(),
-        "first"
-    );
+    assert_eq!(ws.read("out/db.dump"), "first");
     assert_eq!(ws.outputs("data")["key"], "pg/db-1.dump");
 }
 
@@ -236,10 +230,7 @@ fn archives_are_unpacked_into_dest_and_replace_it_whole() {
         ),
     );
     ws.expect(["run", "plan.toml"], 0);
-    assert_eq!(
-        std::fs::read_to_string(ws.path().join("restored/conf/app.conf")).unwrap(),
-        "x = 1\n"
-    );
+    assert_eq!(ws.read("restored/conf/app.conf"), "x = 1\n");
     assert!(!ws.path().join("restored/stale").exists());
 }
 

@@ -22,10 +22,7 @@ fn outputs_flow_to_dependents_and_status_reports_them() {
     );
     ws.write("plan.toml", &plan);
     ws.expect(["run", "plan.toml"], 0);
-    assert_eq!(
-        std::fs::read_to_string(ws.path().join("used.txt")).unwrap(),
-        "vpc-42\n"
-    );
+    assert_eq!(ws.read("used.txt"), "vpc-42\n");
     let status = ws.status();
     assert_eq!(status["state"], "succeeded");
     assert_eq!(status["plan"], "t");
@@ -67,10 +64,7 @@ fn outputs_arrive_however_the_file_was_made() {
     );
     ws.write("plan.toml", &plan);
     ws.expect(["run", "plan.toml"], 0);
-    assert_eq!(
-        std::fs::read_to_string(ws.path().join("used.txt")).unwrap(),
-        "123\n"
-    );
+    assert_eq!(ws.read("used.txt"), "123\n");
     let status = ws.status();
     assert_eq!(status["steps"][3]["outputs"], serde_json::json!({}));
 }
@@ -115,7 +109,7 @@ fn a_failed_run_resumes_where_it_stopped() {
 
     ws.write("fixed", "");
     ws.expect(["resume"], 0);
-    let ledger = std::fs::read_to_string(ws.path().join("ledger")).unwrap();
+    let ledger = ws.read("ledger");
     // `first` is not run again; its output comes back from the journal.
     assert_eq!(ledger, "first\nflaky\nflaky\nlast 1\n");
     let status = ws.status();
@@ -167,7 +161,7 @@ fn a_changed_step_and_its_descendants_run_again() {
         stderr.contains("step `after` runs again: it comes after `edited`, which changed"),
         "{stderr}"
     );
-    let ledger = std::fs::read_to_string(ws.path().join("ledger")).unwrap();
+    let ledger = ws.read("ledger");
     assert_eq!(ledger, "base\nv1\nafter\nv2\nafter\n");
 }
 
@@ -271,7 +265,7 @@ fn in_doubt_steps_follow_check_and_idempotent() {
         "{}",
         run.stderr()
     );
-    let ledger = std::fs::read_to_string(ws.path().join("ledger")).unwrap();
+    let ledger = ws.read("ledger");
     assert_eq!(ledger, "checked\nonce\n", "neither in-doubt step ran again");
 }
 
@@ -438,7 +432,7 @@ fn a_closed_output_pipe_does_not_stop_the_run() {
             std::thread::sleep(std::time::Duration::from_millis(20));
         };
         assert_eq!(status.code(), Some(0), "{format}: first line {first:?}");
-        let ledger = std::fs::read_to_string(ws.path().join("ledger")).unwrap();
+        let ledger = ws.read("ledger");
         assert_eq!(ledger, "first\nsecond\n");
     }
 }
@@ -474,7 +468,7 @@ fn command_steps_get_their_environment_directory_and_clear_errors() {
         )),
     );
     ws.expect(["run", "plan.toml"], 0);
-    let ledger = std::fs::read_to_string(ws.path().join("ledger")).unwrap();
+    let ledger = ws.read("ledger");
     let work = ws.path().join("work").canonicalize().unwrap();
     assert_eq!(
         ledger,
@@ -525,7 +519,7 @@ fn steps_get_the_huge_page_setting_phoenix_was_started_with() {
         ),
     );
     ws.expect(["run", "plan.toml"], 0);
-    let theirs = std::fs::read_to_string(ws.path().join("status")).unwrap();
+    let theirs = ws.read("status");
     assert_eq!(thp_line(&theirs), Some(expected), "{theirs}");
 }
 
@@ -556,7 +550,7 @@ fn a_step_that_leaves_a_daemon_finishes_and_its_output_is_still_logged() {
     let start = std::time::Instant::now();
     let run = ws.phoenix().args(["run", "plan.toml"]).run();
     let elapsed = start.elapsed();
-    let group = std::fs::read_to_string(ws.path().join("group")).unwrap();
+    let group = ws.read("group");
     // The daemon's group: the step's own process led it.
     let _ = std::process::Command::new("kill")
         .args(["-s", "KILL", "--", &format!("-{}", group.trim())])
@@ -605,7 +599,7 @@ fn a_step_that_closes_its_output_early_is_waited_for_to_the_end() {
         .args(["run", "plan.toml", "--keep-going"])
         .run();
     run.expect_code(1);
-    let ledger = std::fs::read_to_string(ws.path().join("ledger")).unwrap();
+    let ledger = ws.read("ledger");
     assert_eq!(ledger, "late\n");
     let log = std::fs::read_to_string(ws.run_dir().join("logs/quiet.1.log")).unwrap();
     assert_eq!(log, "before\n");

@@ -195,13 +195,9 @@ fn selection_digests_and_failures_against_s3() {
         .run()
         .expect_code(1);
     let stderr = run.stderr();
+    assert_eq!(ws.read("out/latest.dump"), "second", "digest from metadata");
     assert_eq!(
-        std::fs::read_to_string(ws.path().join("out/latest.dump")).unwrap(),
-        "second",
-        "digest from metadata"
-    );
-    assert_eq!(
-        std::fs::read_to_string(ws.path().join("out/before.dump")).unwrap(),
+        ws.read("out/before.dump"),
         "first",
         "digest from the sidecar"
     );
@@ -408,10 +404,7 @@ fn a_server_that_only_fails_fails_cleanly() {
     );
     let run = phoenix(&ws).args(["run", "plan.toml"]).run().expect_code(1);
     assert!(run.stderr().contains("FAIL db"), "{}", run.stderr());
-    assert_eq!(
-        std::fs::read_to_string(ws.path().join("out/db.dump")).unwrap(),
-        "previous"
-    );
+    assert_eq!(ws.read("out/db.dump"), "previous");
     let leftovers: Vec<_> = std::fs::read_dir(ws.path().join("out"))
         .unwrap()
         .flatten()
