@@ -11,13 +11,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=$1; shift
-work=$(mktemp -d /tmp/phoenix-compare.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-python3 benches/gen_plan.py "$work/plan.toml" --action command --ninja "$work/build.ninja"
+source benches/rounds.sh
+make_work compare
 # One run of ninja (name "ninja") or of the Nth binary (name "binN").
 run_one() {
   local who=$1 bin=${2:-}
-  rm -rf "$work/out" "$work/state" "$work/.ninja_log"; mkdir "$work/out"
+  fresh_outputs
   if [ "$who" = ninja ]; then
     (cd "$work" && /usr/bin/time -f "%e" -o "$work/t" ninja -j2 >/dev/null)
     own=0
@@ -31,7 +30,6 @@ run_one() {
   [ "$who" = ninja ] || line+=" ($own)"
 }
 bins=("$@")
-source benches/rounds.sh
 for round in $(seq "$rounds"); do
   line="round $round:"
   run_round "$round" "${bins[@]}"

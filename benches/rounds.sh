@@ -1,5 +1,8 @@
-# Sourced by the A/B benchmarks (compare.sh, slots.sh).
+# Sourced by the A/B benchmarks (compare.sh, slots.sh, threads.sh).
 #
+#   make_work NAME        sets $work: a scratch directory, removed on exit,
+#                         with the 10,000-step plan.toml and build.ninja
+#   fresh_outputs         empties $work of one run's outputs and state
 #   run_round ROUND BINARY...
 #
 # Calls the sourcing script's `run_one ninja` and `run_one binN BINARY` once
@@ -14,4 +17,15 @@ run_round() {
   for who in "${order[@]}"; do
     if [ "$who" = ninja ]; then run_one ninja; else run_one "$who" "${bins[${who#bin} - 1]}"; fi
   done
+}
+
+make_work() {
+  work=$(mktemp -d "/tmp/phoenix-$1.XXXXXX")
+  trap 'rm -rf "$work"' EXIT
+  python3 benches/gen_plan.py "$work/plan.toml" --action command --ninja "$work/build.ninja"
+}
+
+fresh_outputs() {
+  rm -rf "$work/out" "$work/state" "$work/.ninja_log"
+  mkdir "$work/out"
 }

@@ -22,13 +22,12 @@ cd "$(dirname "$0")/.."
 rounds=$1; shift
 command -v perf >/dev/null || { echo "perf: not installed (apt-get install linux-perf)"; exit 1; }
 command -v ninja >/dev/null || { echo "ninja: not installed (apt-get install ninja-build)"; exit 1; }
-work=$(mktemp -d /tmp/phoenix-slots.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-python3 benches/gen_plan.py "$work/plan.toml" --action command --ninja "$work/build.ninja"
+source benches/rounds.sh
+make_work slots
 : > "$work/figures"
 run_one() {
   local who=$1 bin=${2:-}
-  rm -rf "$work/out" "$work/state" "$work/.ninja_log"; mkdir "$work/out"
+  fresh_outputs
   local command=(ninja -j2)
   [ "$who" = ninja ] || command=("$bin" --state "$work/state" run "$work/plan.toml" --concurrency 2 -q)
   (cd "$work" && perf record -q -o "$work/perf.data" \
@@ -39,7 +38,6 @@ run_one() {
   tail -1 "$work/figures"
 }
 bins=("$@")
-source benches/rounds.sh
 for round in $(seq "$rounds"); do
   run_round "$round" "${bins[@]}"
 done

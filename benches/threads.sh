@@ -12,12 +12,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=$1; shift
 command -v ninja >/dev/null || { echo "ninja: not installed (apt-get install ninja-build)"; exit 1; }
-work=$(mktemp -d /tmp/phoenix-threads.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-python3 benches/gen_plan.py "$work/plan.toml" --action command --ninja "$work/build.ninja"
+source benches/rounds.sh
+make_work threads
 run_one() {
   local who=$1 bin=${2:-}
-  rm -rf "$work/out" "$work/state" "$work/.ninja_log"; mkdir "$work/out"
+  fresh_outputs
   local start pid
   start=$(date +%s%N)
   if [ "$who" = ninja ]; then
@@ -44,7 +43,6 @@ run_one() {
 }
 : > "$work/figures"
 bins=("$@")
-source benches/rounds.sh
 for round in $(seq "$rounds"); do
   run_round "$round" "${bins[@]}"
 done
