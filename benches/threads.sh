@@ -20,25 +20,30 @@ run_one() {
   local start pid
   start=$(date +%s%N)
   if [ "$who" = ninja ]; then
-    (cd "$work" && exec ninja -j2 >/dev/null) & pid=$!
+    ninja -C "$work" -j2 >/dev/null & pid=$!
   else
     "$bin" --state "$work/state" run "$work/plan.toml" --concurrency 2 -q >/dev/null 2>&1 & pid=$!
   fi
   declare -A last=()
-  local task name figures
+  # Read with builtins only: a process started per reading (cat, or sleep)
+  # would take CPU from the run it measures. `read -t` on a pipe nobody
+  # writes is the pause.
+  local task name ran waited pause
+  exec {pause}<> <(:)
   while kill -0 "$pid" 2>/dev/null; do
     for task in /proc/"$pid"/task/*; do
-      name=$(cat "$task/comm" 2>/dev/null) || continue
-      figures=$(cut -d' ' -f1,2 "$task/schedstat" 2>/dev/null) || continue
-      [ -n "$figures" ] && last["$name"]=$figures
+      { read -r name < "$task/comm" && read -r ran waited _ < "$task/schedstat"; } 2>/dev/null || continue
+      # By thread id: the main thread's name changes when it execs.
+      last["${task##*/}"]="$name $ran $waited"
     done
-    sleep 0.02
+    read -r -t 0.02 -u "$pause" _ || true
   done
+  exec {pause}>&-
   wait "$pid"
   local wall=$(( ($(date +%s%N) - start) / 1000000 ))
-  for name in "${!last[@]}"; do
-    set -- ${last[$name]}
-    echo "$who $name $wall $(( $1 / 1000000 )) $(( $2 / 1000000 ))" >> "$work/figures"
+  for task in "${!last[@]}"; do
+    set -- ${last[$task]}
+    echo "$round $who $1 $wall $(( $2 / 1000000 )) $(( $3 / 1000000 ))" >> "$work/figures"
   done
 }
 : > "$work/figures"
@@ -48,13 +53,18 @@ for round in $(seq "$rounds"); do
 done
 python3 - "$work/figures" "$@" <<'PY'
 import collections, statistics, sys
-rows = [l.split() for l in open(sys.argv[1])]
 names = {"ninja": "ninja", **{f"bin{i}": n for i, n in enumerate(sys.argv[2:], 1)}}
-by = collections.defaultdict(lambda: ([], [], []))
-for who, thread, wall, ran, waited in rows:
-    w, r, q = by[(who, thread)]
-    w.append(int(wall)); r.append(int(ran)); q.append(int(waited))
-print("medians: wall ms, ran ms, waited runnable ms")
-for (who, thread), (w, r, q) in sorted(by.items()):
-    print(f"{names[who]:>24} {thread:<16} {statistics.median(w):8.0f} {statistics.median(r):6.0f} {statistics.median(q):6.0f}")
+# Threads of one name (a pool's) add up within a run.
+runs = collections.defaultdict(lambda: [0, 0, 0])
+for line in open(sys.argv[1]):
+    round_, who, thread, wall, ran, waited = line.split()
+    run = runs[(who, thread, round_)]
+    run[0] = int(wall); run[1] += int(ran); run[2] += int(waited)
+by = collections.defaultdict(list)
+for (who, thread, _), figures in runs.items():
+    by[(who, thread)].append(figures)
+print("medians: wall ms, ran ms, waited runnable ms (threads of one name added up)")
+for (who, thread), rows in sorted(by.items()):
+    wall, ran, waited = (statistics.median(column) for column in zip(*rows))
+    print(f"{names[who]:>24} {thread:<16} {wall:8.0f} {ran:6.0f} {waited:6.0f}")
 PY
