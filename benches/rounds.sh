@@ -1,7 +1,8 @@
 # Sourced by the A/B benchmarks (compare.sh, slots.sh, threads.sh).
 #
 #   make_work NAME        sets $work: a scratch directory, removed on exit,
-#                         with the 10,000-step plan.toml and build.ninja
+#                         with the 10,000-step plan.toml and build.ninja;
+#                         exits first if ninja is not installed
 #   fresh_outputs         empties $work of one run's outputs and state
 #   run_round ROUND BINARY...
 #
@@ -20,6 +21,7 @@ run_round() {
 }
 
 make_work() {
+  command -v ninja >/dev/null || { echo "ninja: not installed (apt-get install ninja-build)"; exit 1; }
   work=$(mktemp -d "/tmp/phoenix-$1.XXXXXX")
   trap 'rm -rf "$work"' EXIT
   python3 benches/gen_plan.py "$work/plan.toml" --action command --ninja "$work/build.ninja"

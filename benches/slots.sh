@@ -21,7 +21,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=$1; shift
 command -v perf >/dev/null || { echo "perf: not installed (apt-get install linux-perf)"; exit 1; }
-command -v ninja >/dev/null || { echo "ninja: not installed (apt-get install ninja-build)"; exit 1; }
 source benches/rounds.sh
 make_work slots
 : > "$work/figures"

@@ -11,7 +11,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=$1; shift
-command -v ninja >/dev/null || { echo "ninja: not installed (apt-get install ninja-build)"; exit 1; }
 source benches/rounds.sh
 make_work threads
 run_one() {
@@ -41,6 +40,7 @@ run_one() {
   exec {pause}>&-
   wait "$pid"
   local wall=$(( ($(date +%s%N) - start) / 1000000 ))
+  # `round` is run_round's: bash lets the functions it calls see its locals.
   for task in "${!last[@]}"; do
     set -- ${last[$task]}
     echo "$round $who $1 $wall $(( $2 / 1000000 )) $(( $3 / 1000000 ))" >> "$work/figures"
