@@ -7,7 +7,11 @@
 #   benches/compare.sh ROUNDS BINARY...
 #
 # Prints each round's wall times and, at the end, every binary's median wall
-# time, median own CPU (phoenix's debug line) and median ratio to ninja.
+# time, median own CPU (phoenix's debug line), and its ratios to ninja (and
+# to bin1) round by round: median, mean with its standard error, how many
+# rounds it won and a sign test. A single run here moves by about 8%: a
+# difference of a percent or two needs some 100 rounds to show (LAYERS=20 runs
+# them on 2,000 steps), and one within two standard errors is noise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=$1; shift
@@ -23,7 +27,7 @@ run_one() {
   else
     own=$(RUST_LOG=phoenix=debug /usr/bin/time -f "%e" -o "$work/t" "$bin" --state "$work/state" run "$work/plan.toml" --concurrency 2 -q 2>&1 \
       | grep -o 'cpu_seconds=[0-9.]*' | cut -d= -f2)
-    [ "$(ls "$work/out" | wc -l)" = 10000 ] || { echo "$bin did not make every file"; exit 1; }
+    [ "$(ls "$work/out" | wc -l)" = "$steps" ] || { echo "$bin did not make every file"; exit 1; }
   fi
   echo "$who $(cat "$work/t") $own" >> "$work/times"
   line+=" $who $(cat "$work/t")"
@@ -36,7 +40,20 @@ for round in $(seq "$rounds"); do
   echo "$line"
 done
 python3 - "$work/times" "$@" <<'PY'
-import statistics, sys
+import math, statistics, sys
+
+def sign_test(faster, n):
+    """Two-sided p of `faster` wins in n rounds if either were as likely."""
+    k = min(faster, n - faster)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+def compare(label, ratios):
+    faster = sum(r < 1 for r in ratios)
+    sem = statistics.stdev(ratios) / math.sqrt(len(ratios)) if len(ratios) > 1 else float("nan")
+    print(f"  {label}: median {statistics.median(ratios):.3f}x, mean {statistics.mean(ratios):.3f}x "
+          f"+- {sem:.3f} (standard error), faster in {faster} of {len(ratios)} "
+          f"(sign test p = {sign_test(faster, len(ratios)):.2f})")
+
 rows = [l.split() for l in open(sys.argv[1])]
 names = sys.argv[2:]
 walls, own = {}, {}
@@ -46,7 +63,9 @@ ninja = walls["ninja"]
 print(f"ninja: median {statistics.median(ninja):.2f} s")
 for i, name in enumerate(names, 1):
     w = walls[f"bin{i}"]
-    ratios = [a / b for a, b in zip(w, ninja)]
     print(f"bin{i} {name}: median {statistics.median(w):.2f} s, own CPU {statistics.median(own[f'bin{i}']):.2f} s, "
-          f"ratio to ninja: median {statistics.median(ratios):.3f}x, of medians {statistics.median(w) / statistics.median(ninja):.3f}x")
+          f"of medians {statistics.median(w) / statistics.median(ninja):.3f}x ninja's")
+    compare("round ratio to ninja", [a / b for a, b in zip(w, ninja)])
+    if i > 1:
+        compare("round ratio to bin1", [a / b for a, b in zip(w, walls["bin1"])])
 PY

@@ -1,7 +1,9 @@
 # Sourced by the A/B benchmarks (compare.sh, slots.sh, threads.sh).
 #
 #   make_work NAME        sets $work: a scratch directory, removed on exit,
-#                         with the 10,000-step plan.toml and build.ninja;
+#                         with the 10,000-step plan.toml and build.ninja
+#                         (LAYERS=20 in the environment: 2,000 steps, five
+#                         times the rounds in the same minutes); sets $steps;
 #                         exits first if ninja is not installed
 #   fresh_outputs         empties $work of one run's outputs and state
 #   run_round ROUND BINARY...
@@ -24,7 +26,9 @@ make_work() {
   command -v ninja >/dev/null || { echo "ninja: not installed (apt-get install ninja-build)"; exit 1; }
   work=$(mktemp -d "/tmp/phoenix-$1.XXXXXX")
   trap 'rm -rf "$work"' EXIT
-  python3 benches/gen_plan.py "$work/plan.toml" --action command --ninja "$work/build.ninja"
+  steps=$(( ${LAYERS:-100} * 100 ))
+  python3 benches/gen_plan.py "$work/plan.toml" --action command --ninja "$work/build.ninja" \
+    --layers "${LAYERS:-100}"
 }
 
 fresh_outputs() {

@@ -15,10 +15,19 @@
 /// stopping a rebuild for.
 #[macro_export]
 macro_rules! note {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
+    ($($arg:tt)*) => {
+        $crate::stderr_line(::std::format!($($arg)*))
+    };
+}
+
+/// Writes `line` and its newline to stderr in one `write`. Stderr is not
+/// buffered: `writeln!` makes two, and another process writing to the same
+/// terminal or CI log in between splits the line. A closed stderr is
+/// shrugged off, as in [`note!`].
+pub fn stderr_line(mut line: String) {
+    use std::io::Write as _;
+    line.push('\n');
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 /// `println!` for a command's data, shrugging off a closed stdout

@@ -2,7 +2,6 @@
 //! JSON lines with `--log-format json`. It only consumes executor events.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -59,12 +58,8 @@ impl Terminal {
         let guard = self.bars.lock().unwrap_or_else(|e| e.into_inner());
         match guard.as_ref() {
             // A closed stderr (`phoenix run … 2>&1 | head`) must not stop the run.
-            Some(bars) => bars.multi.suspend(|| {
-                let _ = writeln!(std::io::stderr(), "{text}");
-            }),
-            None => {
-                let _ = writeln!(std::io::stderr(), "{text}");
-            }
+            Some(bars) => bars.multi.suspend(|| crate::stderr_line(text)),
+            None => crate::stderr_line(text),
         }
     }
 
