@@ -13,7 +13,9 @@
 # one.
 run_round() {
   local round=$1; shift
-  local bins=("$@") order=(ninja) i who
+  local bins=() order=(ninja) i who b
+  # Absolute, as some scripts run the binary from inside $work.
+  for b in "$@"; do bins+=("$(realpath "$b")"); done
   for i in "${!bins[@]}"; do order+=("bin$((i + 1))"); done
   local shift_by=$(( (round - 1) % ${#order[@]} ))
   order=("${order[@]:shift_by}" "${order[@]:0:shift_by}")
