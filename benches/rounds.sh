@@ -14,8 +14,11 @@
 run_round() {
   local round=$1; shift
   local bins=() order=(ninja) i who b
-  # Absolute, as some scripts run the binary from inside $work.
-  for b in "$@"; do bins+=("$(realpath "$b")"); done
+  # A path made absolute, as some scripts run the binary from inside $work;
+  # a bare name is left to PATH, which does not depend on the directory.
+  for b in "$@"; do
+    if [[ $b == */* ]]; then bins+=("$(realpath "$b")"); else bins+=("$b"); fi
+  done
   for i in "${!bins[@]}"; do order+=("bin$((i + 1))"); done
   local shift_by=$(( (round - 1) % ${#order[@]} ))
   order=("${order[@]:shift_by}" "${order[@]:0:shift_by}")
