@@ -9,7 +9,10 @@
 # Prints each round's wall times and, at the end, every binary's median wall
 # time, median own CPU (phoenix's debug line), and its ratios to ninja (and
 # to bin1) round by round: median, mean with its standard error, how many
-# rounds it won and a sign test. A single run here moves by about 8%: a
+# rounds it won and a sign test. Then where the time went: the CPU of the
+# whole tree (user + system, the orchestrator and every step) and the cores'
+# idle time (2 x wall - that CPU: both cores free while the build ran), each
+# as a median and as a mean difference to ninja's in the same round. A single run here moves by about 8%: a
 # difference of a percent or two needs some 100 rounds to show (LAYERS=20 runs
 # them on 2,000 steps), and one within two standard errors is noise.
 set -euo pipefail
@@ -22,15 +25,16 @@ run_one() {
   local who=$1 bin=${2:-}
   fresh_outputs
   if [ "$who" = ninja ]; then
-    (cd "$work" && /usr/bin/time -f "%e" -o "$work/t" ninja -j2 >/dev/null)
+    (cd "$work" && /usr/bin/time -f "%e %U %S" -o "$work/t" ninja -j2 >/dev/null)
     own=0
   else
-    own=$(RUST_LOG=phoenix=debug /usr/bin/time -f "%e" -o "$work/t" "$bin" --state "$work/state" run "$work/plan.toml" --concurrency 2 -q 2>&1 \
+    own=$(RUST_LOG=phoenix=debug /usr/bin/time -f "%e %U %S" -o "$work/t" "$bin" --state "$work/state" run "$work/plan.toml" --concurrency 2 -q 2>&1 \
       | grep -o 'cpu_seconds=[0-9.]*' | cut -d= -f2)
     [ "$(ls "$work/out" | wc -l)" = "$steps" ] || { echo "$bin did not make every file"; exit 1; }
   fi
-  echo "$who $(cat "$work/t") $own" >> "$work/times"
-  line+=" $who $(cat "$work/t")"
+  read -r wall user system < "$work/t"
+  echo "$who $wall $own $user $system" >> "$work/times"
+  line+=" $who $wall"
   [ "$who" = ninja ] || line+=" ($own)"
 }
 bins=("$@")
@@ -57,8 +61,11 @@ def compare(label, ratios):
 rows = [l.split() for l in open(sys.argv[1])]
 names = sys.argv[2:]
 walls, own = {}, {}
-for who, wall, cpu in rows:
+tree = {}
+for who, wall, cpu, user, system in rows:
     walls.setdefault(who, []).append(float(wall)); own.setdefault(who, []).append(float(cpu))
+    tree.setdefault(who, []).append(float(user) + float(system))
+idle = {who: [2 * w - c for w, c in zip(walls[who], tree[who])] for who in walls}
 ninja = walls["ninja"]
 print(f"ninja: median {statistics.median(ninja):.2f} s")
 for i, name in enumerate(names, 1):
@@ -68,4 +75,16 @@ for i, name in enumerate(names, 1):
     compare("round ratio to ninja", [a / b for a, b in zip(w, ninja)])
     if i > 1:
         compare("round ratio to bin1", [a / b for a, b in zip(w, walls["bin1"])])
+def difference(series, who, base):
+    d = [a - b for a, b in zip(series[who], series[base])]
+    sem = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
+    return f"median {statistics.median(d):+.3f}, mean {statistics.mean(d):+.3f} +- {sem:.3f} s"
+
+print("where the time went (CPU of the whole tree; idle = 2 x wall - CPU), medians, and the mean")
+print("difference to ninja's (and bin1's) in the same round with its standard error:")
+for who in ["ninja"] + [f"bin{i}" for i in range(1, len(names) + 1)]:
+    line = f"  {who}: CPU {statistics.median(tree[who]):.3f} s, idle {statistics.median(idle[who]):.3f} s"
+    for base in ("ninja", "bin1") if who not in ("ninja", "bin1") else ("ninja",) if who == "bin1" else ():
+        line += f"; to {base}: CPU {difference(tree, who, base)}, idle {difference(idle, who, base)}"
+    print(line)
 PY

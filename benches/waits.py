@@ -14,6 +14,12 @@ after each wake-up, by what woke it:
 and whether the waker ran on the core the thread then ran on ("same core")
 or on the other ("other core"). A wait lasts from the wake-up to the
 thread's next switch onto a CPU. Also: how much and how often it ran.
+
+On this machine's kernel the trace lacks some switches out of the idle task
+(in one run of 2,000 steps, 564 of 1,212 CPUs going idle had no switch back
+recorded). A thread seen on a CPU (an event of its own) without its switch
+there is taken to have been switched in at that event: its wait ends there,
+at the latest, and the count of such cases is printed ("switch-ins missing").
 """
 
 import re
@@ -41,6 +47,7 @@ def main(who, lines):
     woken = None  # (time, kind, waker's cpu) of the pending wake-up
     ran_since = None
     bursts, waits = [], {}
+    missing = 0
     for line in lines:
         match = EVENT.match(line)
         if not match:
@@ -50,8 +57,18 @@ def main(who, lines):
         if main_tid is None:
             if event == "sched_process_exec":
                 main_tid, main_comm = tid, comm
+                ran_since = time
             continue
         fields = dict(FIELD.findall(rest))
+        if tid == main_tid and ran_since is None:
+            # On a CPU without a recorded switch there (see above).
+            missing += 1
+            ran_since = time
+            if woken:
+                start, kind, waker_cpu = woken
+                where = "same core" if waker_cpu == cpu else "other core"
+                waits.setdefault((kind, where), []).append(time - start)
+                woken = None
         if event == "sched_waking" and int(fields["pid"]) == main_tid and tid != main_tid:
             woken = (time, waker_kind(comm, main_comm), cpu)
         elif event == "sched_switch":
@@ -71,7 +88,7 @@ def main(who, lines):
     print(
         f"{who}: ran {1e3 * sum(bursts):.0f} ms in {len(bursts)} bursts "
         f"(median {1e6 * statistics.median(bursts):.0f} us); waited {1e3 * total:.0f} ms "
-        f"after {sum(len(v) for v in waits.values())} wake-ups"
+        f"after {sum(len(v) for v in waits.values())} wake-ups ({missing} switch-ins missing)"
     )
     for (kind, where), v in sorted(waits.items(), key=lambda kv: -sum(kv[1])):
         v.sort()
