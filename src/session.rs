@@ -17,6 +17,7 @@ use crate::actions::approval::{current_user, host_name};
 use crate::exec::chaos::{Chaos, ChaosSpec};
 use crate::exec::scheduler::{self, Start};
 use crate::exec::secrets::Masker;
+use crate::exec::spawn::ShortSlice;
 use crate::exec::{Approvals, Event, EventSink, RunInfo, Shared};
 use crate::journal::reader::{RunView, StepState};
 use crate::journal::record::{
@@ -193,7 +194,10 @@ fn runtime(idle: &IdleWrites) -> Result<tokio::runtime::Runtime, SessionError> {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(workers);
+        // A worker keeps the short slice until it ends with the runtime.
+        builder
+            .worker_threads(workers)
+            .on_thread_start(|| std::mem::forget(ShortSlice::for_this_thread()));
         builder
     };
     builder
@@ -746,6 +750,9 @@ impl Session<'_> {
         }
         let started = std::time::Instant::now();
         let resumed = matches!(first_records.first(), Some(Record::Resumed(_)));
+        // The thread that runs the executor (the current-thread runtime's
+        // only one) starts and reaps the children: see ShortSlice.
+        let short_slice = ShortSlice::for_this_thread();
         let result = runtime.block_on(async {
             for record in first_records {
                 shared
@@ -800,6 +807,7 @@ impl Session<'_> {
                 .map_err(|e| SessionError::JournalWrite(e.to_string()))?;
             Ok::<_, SessionError>(result)
         });
+        drop(short_slice);
         self.events.emit(Event::RunFinished {
             run_id: self.run_id.clone(),
             result: *result.as_ref().unwrap_or(&RunResult::Failed),
