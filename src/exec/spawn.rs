@@ -62,32 +62,48 @@ const DEFAULT_PATH: &str = "/bin:/usr/bin";
 /// docs/performance.md), with no more CPU spent. A kernel that refuses the
 /// call (older, or a seccomp filter) leaves the thread as it was.
 pub struct ShortSlice {
-    set: bool,
+    /// The thread's nice value, when the slice was set.
+    set: Option<libc::c_int>,
 }
 
 impl ShortSlice {
     /// The shortest slice the kernel takes, in nanoseconds.
     const NANOS: u64 = 100_000;
 
+    /// Only for a thread of the normal policy at nice 0 or above: resetting
+    /// on fork would take a real-time policy or a negative nice (a rebuild
+    /// run with `chrt` or `nice -n -5` on purpose) from the steps, and
+    /// `sched_setattr` would take `SCHED_BATCH` or `SCHED_IDLE` from Phoenix.
+    /// Such a thread is left as it is.
     pub fn for_this_thread() -> ShortSlice {
+        // SAFETY: both only read the calling thread's scheduling settings.
+        let (policy, nice) = unsafe {
+            (
+                libc::sched_getscheduler(0),
+                // -1 is also what an error gives: left alone either way.
+                libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t),
+            )
+        };
+        let set = policy == libc::SCHED_OTHER && nice >= 0 && set_slice(Self::NANOS, nice, true);
         ShortSlice {
-            set: set_slice(Self::NANOS),
+            set: set.then_some(nice),
         }
     }
 }
 
 impl Drop for ShortSlice {
     fn drop(&mut self) {
-        if self.set {
-            // 0: the default slice again, still reset for what it starts.
-            set_slice(0);
+        if let Some(nice) = self.set {
+            // The default slice, and no reset on fork: as it was.
+            set_slice(0, nice, false);
         }
     }
 }
 
-/// Sets the calling thread's slice (0 for the default), with
-/// `SCHED_FLAG_RESET_ON_FORK`; whether the kernel took it.
-fn set_slice(nanos: u64) -> bool {
+/// Sets the calling thread's slice (0 for the default) and its nice value
+/// (which `sched_setattr` sets too), resetting both for what it starts if
+/// `reset_on_fork`; whether the kernel took it.
+fn set_slice(nanos: u64, nice: libc::c_int, reset_on_fork: bool) -> bool {
     /// The first version of the kernel's `struct sched_attr` (48 bytes).
     #[repr(C)]
     struct SchedAttr {
@@ -104,10 +120,12 @@ fn set_slice(nanos: u64) -> bool {
     let attr = SchedAttr {
         size: std::mem::size_of::<SchedAttr>() as u32,
         policy: libc::SCHED_OTHER as u32,
-        flags: SCHED_FLAG_RESET_ON_FORK,
-        // The nice value of the thread now: sched_setattr sets it as well.
-        // SAFETY: getpriority reads nothing of ours; for this thread (tid).
-        nice: unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) },
+        flags: if reset_on_fork {
+            SCHED_FLAG_RESET_ON_FORK
+        } else {
+            0
+        },
+        nice,
         priority: 0,
         runtime: nanos,
         deadline: 0,
@@ -870,7 +888,7 @@ mod tests {
             };
             let guard = ShortSlice::for_this_thread();
             let during = own().unwrap();
-            if !guard.set || during == before {
+            if guard.set.is_none() || during == before {
                 eprintln!("this kernel keeps one slice for all: nothing to check");
                 return;
             }
@@ -886,6 +904,39 @@ mod tests {
             assert_eq!(helper, Some(before), "a thread it starts has the default");
             drop(guard);
             assert_eq!(own(), Some(before), "the default again after the guard");
+            // SAFETY: reads this thread's policy (with SCHED_RESET_ON_FORK's bit).
+            let policy = unsafe { libc::sched_getscheduler(0) };
+            assert_eq!(policy, libc::SCHED_OTHER, "no reset on fork any more");
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_thread_of_another_policy_or_nice_keeps_it_and_passes_it_on() {
+        std::thread::spawn(|| {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: sets this thread's policy; SCHED_BATCH needs no privilege.
+            assert_eq!(
+                unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) },
+                0
+            );
+            let guard = ShortSlice::for_this_thread();
+            assert!(guard.set.is_none());
+            // SAFETY: reads this thread's policy.
+            assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_BATCH);
+            drop(guard);
+        })
+        .join()
+        .unwrap();
+        std::thread::spawn(|| {
+            // SAFETY: raises this thread's nice value, which needs no privilege.
+            let tid = unsafe { libc::gettid() } as libc::id_t;
+            assert_eq!(unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 5) }, 0);
+            let _guard = ShortSlice::for_this_thread();
+            let spawner = Spawner::new().unwrap();
+            let (_, text) = run(&spawner, "sh", &["-c", "ps -o ni= -p $$"], &[]);
+            assert_eq!(text.trim(), "5", "the child keeps the nice value");
         })
         .join()
         .unwrap();
