@@ -12,9 +12,11 @@
 # rounds it won and a sign test. Then where the time went: the CPU of the
 # whole tree (user + system, the orchestrator and every step) and the cores'
 # idle time (2 x wall - that CPU: both cores free while the build ran), each
-# as a median and as a mean difference to ninja's in the same round. A single run here moves by about 8%: a
-# difference of a percent or two needs some 100 rounds to show (LAYERS=20 runs
-# them on 2,000 steps), and one within two standard errors is noise.
+# as a median and as its difference to ninja's (and bin1's) in the same
+# rounds. A single run here moves by about 8%: a difference of a percent or
+# two in wall time needs some 100 rounds to show (LAYERS=20 runs them on
+# 2,000 steps), and one within two standard errors is noise; the idle time
+# is steadier (a standard error of about 0.01 s over 30-40 rounds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=$1; shift
@@ -30,7 +32,7 @@ run_one() {
   else
     own=$(RUST_LOG=phoenix=debug /usr/bin/time -f "%e %U %S" -o "$work/t" "$bin" --state "$work/state" run "$work/plan.toml" --concurrency 2 -q 2>&1 \
       | grep -o 'cpu_seconds=[0-9.]*' | cut -d= -f2)
-    [ "$(ls "$work/out" | wc -l)" = "$steps" ] || { echo "$bin did not make every file"; exit 1; }
+    check_outputs "$bin"
   fi
   read -r wall user system < "$work/t"
   echo "$who $wall $own $user $system" >> "$work/times"
@@ -51,11 +53,14 @@ def sign_test(faster, n):
     k = min(faster, n - faster)
     return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
 
+def sem(values):
+    """The standard error of the mean."""
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+
 def compare(label, ratios):
     faster = sum(r < 1 for r in ratios)
-    sem = statistics.stdev(ratios) / math.sqrt(len(ratios)) if len(ratios) > 1 else float("nan")
     print(f"  {label}: median {statistics.median(ratios):.3f}x, mean {statistics.mean(ratios):.3f}x "
-          f"+- {sem:.3f} (standard error), faster in {faster} of {len(ratios)} "
+          f"+- {sem(ratios):.3f} (standard error), faster in {faster} of {len(ratios)} "
           f"(sign test p = {sign_test(faster, len(ratios)):.2f})")
 
 rows = [l.split() for l in open(sys.argv[1])]
@@ -77,14 +82,14 @@ for i, name in enumerate(names, 1):
         compare("round ratio to bin1", [a / b for a, b in zip(w, walls["bin1"])])
 def difference(series, who, base):
     d = [a - b for a, b in zip(series[who], series[base])]
-    sem = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
-    return f"median {statistics.median(d):+.3f}, mean {statistics.mean(d):+.3f} +- {sem:.3f} s"
+    return f"median {statistics.median(d):+.3f}, mean {statistics.mean(d):+.3f} +- {sem(d):.3f} s"
 
 print("where the time went (CPU of the whole tree; idle = 2 x wall - CPU), medians, and the mean")
 print("difference to ninja's (and bin1's) in the same round with its standard error:")
 for who in ["ninja"] + [f"bin{i}" for i in range(1, len(names) + 1)]:
     line = f"  {who}: CPU {statistics.median(tree[who]):.3f} s, idle {statistics.median(idle[who]):.3f} s"
-    for base in ("ninja", "bin1") if who not in ("ninja", "bin1") else ("ninja",) if who == "bin1" else ():
+    bases = {"ninja": (), "bin1": ("ninja",)}.get(who, ("ninja", "bin1"))
+    for base in bases:
         line += f"; to {base}: CPU {difference(tree, who, base)}, idle {difference(idle, who, base)}"
     print(line)
 PY

@@ -1,4 +1,4 @@
-# Sourced by the A/B benchmarks (compare.sh, slots.sh, threads.sh).
+# Sourced by the A/B benchmarks (compare.sh, slots.sh, threads.sh, waits.sh).
 #
 #   make_work NAME        sets $work: a scratch directory, removed on exit,
 #                         with the 10,000-step plan.toml and build.ninja
@@ -6,6 +6,7 @@
 #                         times the rounds in the same minutes); sets $steps;
 #                         exits first if ninja is not installed
 #   fresh_outputs         empties $work of one run's outputs and state
+#   check_outputs WHO     exits unless WHO's run made every step's file
 #   run_round ROUND BINARY...
 #
 # Calls the sourcing script's `run_one ninja` and `run_one binN BINARY` once
@@ -39,4 +40,8 @@ make_work() {
 fresh_outputs() {
   rm -rf "$work/out" "$work/state" "$work/.ninja_log"
   mkdir "$work/out"
+}
+
+check_outputs() {
+  [ "$(ls "$work/out" | wc -l)" = "$steps" ] || { echo "$1 did not make every file"; exit 1; }
 }

@@ -32,7 +32,7 @@ run_one() {
   (cd "$work" && perf record -q -o "$work/perf.data" \
     -e sched:sched_process_fork -e sched:sched_process_exec -e sched:sched_process_exit \
     "${command[@]}" >/dev/null 2>"$work/stderr") || { cat "$work/stderr"; exit 1; }
-  [ "$(ls "$work/out" | wc -l)" = "$steps" ] || { echo "$who did not make every file"; exit 1; }
+  check_outputs "$who"
   perf script -i "$work/perf.data" 2>/dev/null | python3 benches/slots.py "$who" >> "$work/figures"
   tail -1 "$work/figures"
 }

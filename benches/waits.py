@@ -48,6 +48,17 @@ def main(who, lines):
     ran_since = None
     bursts, waits = [], {}
     missing = 0
+
+    def switched_in(time, cpu):
+        """The thread got a CPU: its pending wait, if any, ends now."""
+        nonlocal ran_since, woken
+        ran_since = time
+        if woken:
+            start, kind, waker_cpu = woken
+            where = "same core" if waker_cpu == cpu else "other core"
+            waits.setdefault((kind, where), []).append(time - start)
+            woken = None
+
     for line in lines:
         match = EVENT.match(line)
         if not match:
@@ -61,20 +72,10 @@ def main(who, lines):
             continue
         fields = dict(FIELD.findall(rest))
 
-        def switched_in():
-            """The thread got a CPU: its pending wait, if any, ends now."""
-            nonlocal ran_since, woken
-            ran_since = time
-            if woken:
-                start, kind, waker_cpu = woken
-                where = "same core" if waker_cpu == cpu else "other core"
-                waits.setdefault((kind, where), []).append(time - start)
-                woken = None
-
         if tid == main_tid and ran_since is None:
             # On a CPU without a recorded switch there (see above).
             missing += 1
-            switched_in()
+            switched_in(time, cpu)
         if event == "sched_waking" and int(fields["pid"]) == main_tid and tid != main_tid:
             woken = (time, waker_kind(comm, main_comm), cpu)
         elif event == "sched_switch":
@@ -82,7 +83,7 @@ def main(who, lines):
                 bursts.append(time - ran_since)
                 ran_since = None
             if int(fields["next_pid"]) == main_tid:
-                switched_in()
+                switched_in(time, cpu)
     if main_tid is None or not bursts:
         sys.exit(f"{who}: no exec or no run of its main thread in the trace")
     total = sum(sum(v) for v in waits.values())

@@ -24,7 +24,7 @@ run_one() {
   (cd "$work" && perf record -q -a -o "$work/perf.data" \
     -e sched:sched_process_exec -e sched:sched_waking -e sched:sched_switch \
     "${command[@]}" >/dev/null 2>"$work/stderr") || { cat "$work/stderr"; exit 1; }
-  [ "$(ls "$work/out" | wc -l)" = "$steps" ] || { echo "$who did not make every file"; exit 1; }
+  check_outputs "$who"
   perf script -i "$work/perf.data" -F comm,tid,cpu,time,event,trace 2>/dev/null \
     | python3 benches/waits.py "${bin:-ninja}"
 }
