@@ -86,6 +86,8 @@ pub struct Shared {
     http: std::sync::OnceLock<reqwest::Client>,
     spawner: std::sync::OnceLock<spawn::Spawner>,
     output_files: std::sync::OnceLock<outputs::OutputFiles>,
+    /// The run's last steps are starting: see `last_steps`.
+    last_steps: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -121,6 +123,7 @@ impl Shared {
             http: std::sync::OnceLock::new(),
             spawner: std::sync::OnceLock::new(),
             output_files: std::sync::OnceLock::new(),
+            last_steps: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -138,8 +141,25 @@ impl Shared {
     /// `PHOENIX_OUTPUT` file (begun at the first command step, before its
     /// process starts).
     pub fn output_files(&self) -> &outputs::OutputFiles {
-        self.output_files
-            .get_or_init(|| outputs::OutputFiles::watch(&self.run.tmp))
+        self.output_files.get_or_init(|| {
+            if self.last_steps.load(std::sync::atomic::Ordering::Relaxed) {
+                outputs::OutputFiles::unwatched()
+            } else {
+                outputs::OutputFiles::watch(&self.run.tmp)
+            }
+        })
+    }
+
+    /// Told by the walker when few steps are left to start: what is kept up
+    /// for many steps, and costs time to take down at the end, is taken down
+    /// while they run (the watch on `PHOENIX_OUTPUT` files: its last steps,
+    /// at most a few dozen, open their files instead).
+    pub fn last_steps(&self) {
+        self.last_steps
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(files) = self.output_files.get() {
+            files.stop();
+        }
     }
 
     /// One HTTP client for the run: connections are reused between steps.

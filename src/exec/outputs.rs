@@ -19,6 +19,7 @@
 //! filesystem another machine may write to (NFS, SMB, FUSE, anything not on
 //! the list of local ones): inotify reports only what this machine's calls
 //! made, and a step may write its outputs through `ssh` to a shared state.
+//! And so it is for a run's last few dozen steps (`OutputFiles::stop`).
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
@@ -27,7 +28,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use nix::errno::Errno;
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 
 /// Names made in the directory and not yet taken: past this, the watch stops
 /// keeping them and every file is opened (something other than steps' output
@@ -41,6 +42,9 @@ pub struct OutputFiles {
 
 struct Watch {
     inotify: Inotify,
+    wd: WatchDescriptor,
+    /// The watch was taken off the directory: see `stop`.
+    stopped: bool,
     /// Names made in the directory since the watch began, not yet taken.
     made: HashSet<OsString>,
     /// The watch has missed something: every file must be opened from now on.
@@ -65,6 +69,11 @@ impl OutputFiles {
         }
     }
 
+    /// No watch: every output file is opened (a run with few steps left).
+    pub fn unwatched() -> OutputFiles {
+        OutputFiles { watch: None }
+    }
+
     /// Whether the file `name` in the directory may exist: false only when
     /// the watch has seen every name made there since it began, and not this
     /// one. A name it has seen is taken: asked again, the answer is false
@@ -80,6 +89,25 @@ impl OutputFiles {
             return true;
         }
         watch.made.remove(name)
+    }
+
+    /// Stops watching: from now on every file may exist, and each is opened.
+    /// For the run's last steps. The kernel retires a watch after a grace
+    /// period (5-15 ms on this project's machine), and closing an instance
+    /// waits for that: a watch taken off while the last steps run is gone
+    /// by the time the run ends, instead of holding up its exit.
+    pub fn stop(&self) {
+        let Some(watch) = &self.watch else {
+            return;
+        };
+        let mut watch = watch.lock().unwrap_or_else(|e| e.into_inner());
+        if !watch.stopped {
+            watch.stopped = true;
+            watch.blind = true;
+            watch.made = HashSet::new();
+            let wd = watch.wd;
+            let _ = watch.inotify.rm_watch(wd);
+        }
     }
 }
 
@@ -100,11 +128,16 @@ fn local(magic: i64) -> bool {
 }
 
 impl Drop for OutputFiles {
-    /// Closing an inotify instance waits for the kernel to retire its watch
-    /// (a grace period of several milliseconds): that is done on a thread of
-    /// its own while the run writes its report, not in line before it.
+    /// Closing an inotify instance whose watch is still on waits for the
+    /// kernel to retire it (a run that ended before its last steps): that is
+    /// done on a thread of its own while the run writes its report, not in
+    /// line before it.
     fn drop(&mut self) {
-        if let Some(watch) = self.watch.take() {
+        let Some(watch) = self.watch.take() else {
+            return;
+        };
+        let stopped = watch.lock().is_ok_and(|w| w.stopped);
+        if !stopped {
             let _ = std::thread::Builder::new()
                 .name("inotify".into())
                 .spawn(move || drop(watch));
@@ -123,7 +156,7 @@ impl Watch {
             )));
         }
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
-        inotify.add_watch(
+        let wd = inotify.add_watch(
             dir,
             AddWatchFlags::IN_CREATE
                 | AddWatchFlags::IN_MOVED_TO
@@ -139,6 +172,8 @@ impl Watch {
             .collect::<std::io::Result<HashSet<_>>>()?;
         Ok(Watch {
             inotify,
+            wd,
+            stopped: false,
             blind: made.len() > MAX_UNTAKEN,
             made,
             buffer: vec![0; 4096],
@@ -234,6 +269,19 @@ mod tests {
             files.take(OsStr::new("other.out")),
             "blind: opens every file"
         );
+    }
+
+    #[test]
+    fn a_stopped_watch_says_every_file_may_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = OutputFiles::watch(dir.path());
+        std::fs::write(dir.path().join("a.1.out"), "k=v\n").unwrap();
+        files.stop();
+        files.stop();
+        assert!(files.take(OsStr::new("a.1.out")));
+        assert!(files.take(OsStr::new("never.out")));
+        std::fs::write(dir.path().join("b.1.out"), "k=v\n").unwrap();
+        assert!(files.take(OsStr::new("b.1.out")));
     }
 
     #[test]

@@ -69,6 +69,10 @@ struct Walker {
     sync_asked: bool,
     running: usize,
     running_main: usize,
+    /// Steps not started yet (nor skipped), and whether the run was told
+    /// that few are left.
+    waiting: usize,
+    last_steps_told: bool,
     fail_stop: bool,
     interrupted: bool,
     paused: bool,
@@ -117,6 +121,11 @@ pub async fn execute(shared: Arc<Shared>, starts: Vec<Start>) -> RunResult {
         sync_asked: false,
         running: 0,
         running_main: 0,
+        waiting: starts
+            .iter()
+            .filter(|s| matches!(s, Start::Pending { .. }))
+            .count(),
+        last_steps_told: false,
         fail_stop: false,
         interrupted: false,
         paused: false,
@@ -171,6 +180,7 @@ impl Walker {
         let interrupt = self.shared.interrupt.clone();
         loop {
             self.start_ready(&tx);
+            self.tell_last_steps();
             self.sync_if_idle();
             if self.running == 0 {
                 if self.release_teardown() {
@@ -225,6 +235,7 @@ impl Walker {
                 *used += 1;
             }
             self.state[i] = State::Running;
+            self.waiting -= 1;
             self.released[i] = false;
             self.in_flight += 1;
             self.running += 1;
@@ -239,6 +250,18 @@ impl Walker {
             ));
         }
         self.ready.extend(deferred);
+    }
+
+    /// Tells the run once few steps are left to start: enough that they take
+    /// a while even when short (16 rounds of the concurrency limit, at least
+    /// 64 steps), few enough that what the run stops keeping up for them
+    /// costs nothing.
+    fn tell_last_steps(&mut self) {
+        let few = (16 * self.shared.concurrency).max(64);
+        if !self.last_steps_told && self.waiting <= few {
+            self.last_steps_told = true;
+            self.shared.last_steps();
+        }
     }
 
     /// Asks the journal to sync when a slot would otherwise stay empty (or the
@@ -406,6 +429,7 @@ impl Walker {
     /// resume runs it again) and on the terminal.
     fn skip(&mut self, i: usize, cause: &str, reason: String) {
         self.state[i] = State::Skipped;
+        self.waiting -= 1;
         let step = &self.shared.plan.steps[i];
         self.shared.journal.append(Record::Skipped {
             step: step.id.value.clone(),

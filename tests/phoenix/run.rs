@@ -37,10 +37,22 @@ fn outputs_flow_to_dependents_and_status_reports_them() {
 fn outputs_arrive_however_the_file_was_made() {
     // Phoenix opens a step's PHOENIX_OUTPUT file only when an inotify watch
     // saw its name made: written, renamed into place, made by a grandchild,
-    // by steps running side by side.
+    // by steps running side by side. The watch is on until at most 64 steps
+    // are left to start (16 rounds of `--concurrency 2`; their files are
+    // opened): 70 steps follow.
     let ws = Workspace::new();
+    let after: String = (0..70)
+        .map(|i| {
+            shell_step(
+                &format!("after{i}"),
+                "configure",
+                "true",
+                "needs = [\"use\"]",
+            )
+        })
+        .collect();
     let plan = format!(
-        "{HEADER}{}{}{}{}{}",
+        "{HEADER}{}{}{}{}{}{after}",
         shell_step("written", "provision", "echo a=1 > \"$PHOENIX_OUTPUT\"", ""),
         shell_step(
             "renamed",
@@ -63,7 +75,7 @@ fn outputs_arrive_however_the_file_was_made() {
         ),
     );
     ws.write("plan.toml", &plan);
-    ws.expect(["run", "plan.toml"], 0);
+    ws.expect(["run", "plan.toml", "--concurrency", "2"], 0);
     assert_eq!(ws.read("used.txt"), "123\n");
     let status = ws.status();
     assert_eq!(status["steps"][3]["outputs"], serde_json::json!({}));
