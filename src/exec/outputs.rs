@@ -103,8 +103,8 @@ impl OutputFiles {
         let mut watch = watch.lock().unwrap_or_else(|e| e.into_inner());
         if !watch.stopped {
             watch.stopped = true;
+            // Blind: the next `take` lets the names go.
             watch.blind = true;
-            watch.made = HashSet::new();
             let wd = watch.wd;
             let _ = watch.inotify.rm_watch(wd);
         }
