@@ -14,6 +14,7 @@ use petgraph::Direction;
 
 use crate::plan::model::{Phase, Plan};
 
+#[derive(Debug)]
 pub struct StepGraph {
     graph: DiGraph<usize, ()>,
 }

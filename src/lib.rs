@@ -30,6 +30,15 @@ pub fn stderr_line(mut line: String) {
     let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
+/// How many CPUs this process may use (its affinity and cgroup quota; one if
+/// that cannot be read). Read once: `std::thread::available_parallelism`
+/// reads the cgroup files again on every call, and a run asks twice before
+/// its first step (the plan's parse threads, the runtime's workers).
+pub fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// `println!` for a command's data, shrugging off a closed stdout
 /// (`phoenix history | head -1`) instead of panicking.
 #[macro_export]

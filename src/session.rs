@@ -185,7 +185,7 @@ fn runtime(idle: &IdleWrites) -> Result<tokio::runtime::Runtime, SessionError> {
     // The executor itself needs little CPU: the steps' processes and the
     // blocking threads (hashing, unpacking) do the work. Half the cores, so
     // that spawning and reaping children does not contend with itself.
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()) / 2;
+    let workers = crate::cores() / 2;
     let mut builder = if workers <= 1 {
         // One worker runs every task alone either way; the current-thread
         // runtime does it without the work-stealing scheduler's bookkeeping
@@ -339,7 +339,7 @@ pub fn resume(
     }
 
     // Steps whose definition changed, and everything after them, run again.
-    let graph = crate::graph::StepGraph::new(&plan);
+    let graph = plan.graph();
     let mut changed = Vec::new();
     let mut changed_roots = Vec::new();
     for (i, step) in plan.steps.iter().enumerate() {

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::{load_valid, CliResult, GlobalArgs, TextOrJson, VarArgs};
 use crate::exit_codes;
-use crate::graph::{schedule, StepGraph};
+use crate::graph::schedule;
 use crate::plan::Plan;
 
 #[derive(Args, Debug)]
@@ -198,7 +198,7 @@ pub fn run(global: &GlobalArgs, args: PlanArgs) -> CliResult {
 }
 
 fn preview<'a>(plan: &'a Plan, drill: bool, measured: &BTreeMap<String, Duration>) -> PlanJson<'a> {
-    let graph = StepGraph::new(plan);
+    let graph = plan.graph();
     let source = if measured.is_empty() {
         DurationSource::Estimate
     } else {
@@ -218,7 +218,7 @@ fn preview<'a>(plan: &'a Plan, drill: bool, measured: &BTreeMap<String, Duration
         .enumerate()
         .map(|(i, s)| (s.id.as_str(), duration(i)))
         .collect();
-    let sched = schedule(plan, &graph, |i| plan.steps[i].applies(drill), duration);
+    let sched = schedule(plan, graph, |i| plan.steps[i].applies(drill), duration);
     let id = |i: &usize| plan.steps[*i].id.as_str();
     let predicted = sched.predicted.as_secs_f64();
     let target = plan.rto.as_ref().map(|r| r.value.as_secs_f64());

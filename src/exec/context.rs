@@ -77,7 +77,7 @@ pub fn build_full(shared: &Shared, step: &Step) -> Result<minijinja::Value, Acti
     let mut steps = Map::new();
     {
         let outputs = shared.outputs.read().unwrap_or_else(|e| e.into_inner());
-        for ancestor in shared.graph.ancestors(index).ones() {
+        for ancestor in shared.plan.graph().ancestors(index).ones() {
             let id = &plan.steps[ancestor].id.value;
             let values = outputs.get(id).cloned().unwrap_or_default();
             steps.insert(id.clone(), json!({ "outputs": values }));

@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::graph::StepGraph;
 use crate::journal::record::Outputs;
 use crate::journal::JournalWriter;
 use crate::plan::interpolate::RenderError;
@@ -66,7 +65,6 @@ pub struct Approvals {
 /// Everything the steps of one run share.
 pub struct Shared {
     pub plan: Arc<Plan>,
-    pub graph: StepGraph,
     pub run: RunInfo,
     pub journal: JournalWriter,
     pub events: Arc<dyn EventSink>,
@@ -105,7 +103,6 @@ impl Shared {
     ) -> Self {
         let secrets = secrets::Secrets::new(plan.secrets.clone(), plan.dir.clone());
         Shared {
-            graph: StepGraph::new(&plan),
             plan,
             run,
             journal,

@@ -135,7 +135,8 @@ pub async fn execute(shared: Arc<Shared>, starts: Vec<Start>) -> RunResult {
     for i in 0..n {
         let count = walker
             .shared
-            .graph
+            .plan
+            .graph()
             .dependencies(i)
             .filter(|&d| {
                 !walker.state[d].satisfies() && (!walker.teardown[i] || walker.teardown[d])
@@ -155,7 +156,8 @@ pub async fn execute(shared: Arc<Shared>, starts: Vec<Start>) -> RunResult {
 /// on long chains start first, which keeps the makespan near the critical path.
 fn priorities(shared: &Shared) -> Vec<u64> {
     let plan = &shared.plan;
-    let order = shared.graph.topological_order().unwrap_or_default();
+    let graph = plan.graph();
+    let order = graph.topological_order().unwrap_or_default();
     let mut level = vec![0u64; plan.steps.len()];
     for &i in order.iter().rev() {
         let own = plan.steps[i]
@@ -163,12 +165,7 @@ fn priorities(shared: &Shared) -> Vec<u64> {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0)
             + 1;
-        let after = shared
-            .graph
-            .dependents(i)
-            .map(|d| level[d])
-            .max()
-            .unwrap_or(0);
+        let after = graph.dependents(i).map(|d| level[d]).max().unwrap_or(0);
         level[i] = own + after;
     }
     level
@@ -361,7 +358,7 @@ impl Walker {
     }
 
     fn unblock_dependents(&mut self, i: usize) {
-        let dependents: Vec<usize> = self.shared.graph.dependents(i).collect();
+        let dependents: Vec<usize> = self.shared.plan.graph().dependents(i).collect();
         for d in dependents {
             if self.teardown[d] && !self.teardown[i] {
                 continue;
@@ -413,7 +410,7 @@ impl Walker {
     /// of the run: a failed rebuild step does not skip the teardown).
     fn skip_downstream(&mut self, failed: usize) {
         let failed_id = self.shared.plan.steps[failed].id.value.clone();
-        let downstream = self.shared.graph.descendants_of([failed]);
+        let downstream = self.shared.plan.graph().descendants_of([failed]);
         for d in downstream.ones() {
             if d == failed
                 || self.state[d] != State::Waiting

@@ -75,9 +75,9 @@ impl StateStore for LocalState {
         if dir.exists() {
             return Err(StateError::RunExists(run_id.to_string()));
         }
-        for sub in ["logs", "work", "tmp"] {
-            make_dir(&dir.join(sub))?;
-        }
+        // Its `logs`, `work` and `tmp` are made where the run executes
+        // (`Session::execute`), as they are for a run kept in S3.
+        make_dir(&dir)?;
         let plan = dir.join("plan.toml");
         let mut file = create_private(&plan).map_err(StateError::io("write", &plan))?;
         file.write_all(plan_text.as_bytes())

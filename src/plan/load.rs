@@ -267,6 +267,7 @@ fn read_plan(
         stores,
         store_texts,
         steps,
+        graph: std::sync::OnceLock::new(),
     })
 }
 

@@ -5,13 +5,14 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
 
 use super::source::{SourceFile, Span, Spanned};
 use crate::actions::Action;
+use crate::graph::StepGraph;
 
 /// The rebuild phases, in dependency order, and the drill-only teardown.
 #[derive(
@@ -91,9 +92,17 @@ pub struct Plan {
     /// The strings of store tables that hold `{{`: checked like step strings.
     pub store_texts: Vec<Spanned<String>>,
     pub steps: Vec<Step>,
+    /// The step graph, built once: by validation, or by the first caller of
+    /// [`Plan::graph`]. A loaded plan's steps and their `needs` do not change.
+    pub(crate) graph: OnceLock<StepGraph>,
 }
 
 impl Plan {
+    /// The graph of the plan's steps (see [`StepGraph`]).
+    pub fn graph(&self) -> &StepGraph {
+        self.graph.get_or_init(|| StepGraph::new(self))
+    }
+
     pub fn step(&self, id: &str) -> Option<&Step> {
         self.steps.iter().find(|s| s.id.value == id)
     }

@@ -139,6 +139,8 @@ pub fn check(plan: &mut Plan, diags: &mut Diagnostics) {
     }
 
     check_expressions(plan, &graph, diags);
+    // Kept for the run, `phoenix plan` and resume: built once a plan.
+    let _ = plan.graph.set(graph);
 }
 
 /// Every `{{ }}` in step and store strings: syntax, and that each name it reads

@@ -21,7 +21,8 @@ pub struct HistoryEntry {
 }
 
 /// Every run that can be read, oldest first. A run's figures come from its
-/// `report.json` when it has one, else from its journal.
+/// journal (as `phoenix report` builds them), not from its `report.json`:
+/// a run that is still going, or was interrupted, has none yet.
 pub fn collect(state: &dyn StateStore) -> Vec<HistoryEntry> {
     let holder = state.lock_holder();
     let mut entries: Vec<HistoryEntry> = state

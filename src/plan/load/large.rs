@@ -64,11 +64,7 @@ pub(super) fn load(source: &Arc<SourceFile>, dir: &Path, overrides: &Overrides) 
     let results: Vec<Mutex<Option<Group>>> = groups.iter().map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
     let whole = AtomicBool::new(false);
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 8)
-        .min(groups.len());
+    let threads = crate::cores().clamp(1, 8).min(groups.len());
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| loop {
