@@ -204,7 +204,7 @@ pub fn render(report: &Report, history: &[HistoryEntry]) -> String {
         result = escape(&report.result),
         started = status.started_at.format("%Y-%m-%d %H:%M:%SZ"),
         finished = status.finished_at.map(|f| format!(", finished {}", f.format("%Y-%m-%d %H:%M:%SZ"))).unwrap_or_default(),
-        resumes = if status.resumes > 0 { format!(" · resumed {} times", status.resumes) } else { String::new() },
+        resumes = status.resumed().map(|r| format!(" · {r}")).unwrap_or_default(),
         rto = objective("RTO", &report.rto),
         rpo = objective("RPO", &report.rpo),
         steps = status.steps.len(),

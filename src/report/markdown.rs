@@ -45,11 +45,10 @@ pub fn render(report: &Report) -> String {
         report.result,
         time(Some(status.started_at)),
         time(status.finished_at),
-        if status.resumes > 0 {
-            format!(", resumed {} times", status.resumes)
-        } else {
-            String::new()
-        }
+        status
+            .resumed()
+            .map(|r| format!(", {r}"))
+            .unwrap_or_default()
     );
     out.push_str("| objective | target | actual | met |\n|---|---|---|---|\n");
     out.push_str(&target_row("RTO", &report.rto));

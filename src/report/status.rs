@@ -25,6 +25,17 @@ pub struct Status {
     pub steps: Vec<StepStatus>,
 }
 
+impl Status {
+    /// "resumed once", "resumed 3 times"; nothing for a run never resumed.
+    pub fn resumed(&self) -> Option<String> {
+        match self.resumes {
+            0 => None,
+            1 => Some("resumed once".into()),
+            n => Some(format!("resumed {n} times")),
+        }
+    }
+}
+
 #[derive(Serialize)]
 pub struct StepStatus {
     pub id: String,
@@ -115,11 +126,10 @@ pub fn render_text(status: &Status) -> String {
         .finished_at
         .map(|f| format!(", finished {}", f.format("%Y-%m-%d %H:%M:%SZ")))
         .unwrap_or_default();
-    let resumes = if status.resumes > 0 {
-        format!(", resumed {} times", status.resumes)
-    } else {
-        String::new()
-    };
+    let resumes = status
+        .resumed()
+        .map(|r| format!(", {r}"))
+        .unwrap_or_default();
     let _ = writeln!(
         out,
         "started {}{finished}{resumes}",
