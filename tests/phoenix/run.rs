@@ -128,7 +128,11 @@ fn a_failed_run_resumes_where_it_stopped() {
     assert_eq!(status["state"], "succeeded");
     assert_eq!(status["resumes"], 1);
     let text = ws.expect(["status"], 0);
-    assert!(text.stdout().contains(", resumed once"), "{}", text.stdout());
+    assert!(
+        text.stdout().contains(", resumed once"),
+        "{}",
+        text.stdout()
+    );
     // Resuming a finished run is refused.
     let run_id = status["run_id"].as_str().unwrap().to_string();
     let again = ws.expect(["resume", &run_id], 1);
