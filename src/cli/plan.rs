@@ -294,9 +294,9 @@ fn render_text(plan: &Plan, view: &PlanJson<'_>) -> String {
             path.join(" -> ")
         }
     );
-    let predicted = humantime::format_duration(Duration::from_secs(
-        view.predicted_rto_seconds.round() as u64,
-    ));
+    // As the critical path's steps are shown: a plan of short steps predicts
+    // "0.3s", not "0s".
+    let predicted = crate::report::markdown::duration(view.predicted_rto_seconds);
     match (view.rto_target_seconds, view.rto_met) {
         (Some(target), Some(met)) => {
             let target = humantime::format_duration(Duration::from_secs(target.round() as u64));

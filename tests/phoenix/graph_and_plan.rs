@@ -1,6 +1,6 @@
 //! `phoenix graph` and `phoenix plan`: outputs that need no execution.
 
-use crate::common::{repo_root, Phoenix};
+use crate::common::{repo_root, shell_step, Phoenix, Workspace, HEADER};
 
 #[test]
 fn graph_dot_groups_steps_by_phase() {
@@ -50,6 +50,31 @@ fn plan_shows_waves_critical_path_and_rto() {
     assert!(
         !text.contains("destroy"),
         "teardown is not part of a recovery: {text}"
+    );
+}
+
+#[test]
+fn a_plan_of_short_steps_predicts_tenths_of_a_second() {
+    let ws = Workspace::new();
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}{}{}",
+            shell_step("a", "provision", "true", "estimate = \"300ms\""),
+            shell_step(
+                "b",
+                "provision",
+                "true",
+                "needs = [\"a\"]\nestimate = \"1200ms\""
+            ),
+        ),
+    );
+    let run = ws.expect(["plan", "plan.toml"], 0);
+    assert!(
+        run.stdout()
+            .contains("predicted RTO: 1.5s against target 10m: within target"),
+        "{}",
+        run.stdout()
     );
 }
 
