@@ -873,17 +873,7 @@ async fn run_checks(
         let passed = match rendered {
             Some(args) if !args.is_empty() => {
                 let log = shared.run.logs.join(format!("{}.check.log", step.id.value));
-                let mut command = tokio::process::Command::new(&args[0]);
-                command
-                    .args(&args[1..])
-                    .current_dir(&shared.plan.dir)
-                    .stdin(std::process::Stdio::null());
-                if let Ok(file) = crate::journal::local::create_private(&log) {
-                    if let Ok(err) = file.try_clone() {
-                        command.stdout(file).stderr(err);
-                    }
-                }
-                matches!(command.status().await, Ok(status) if status.success())
+                run_check(&args, &shared.plan.dir, log, Arc::clone(&shared.masker)).await
             }
             _ => false,
         };
@@ -914,6 +904,54 @@ async fn run_checks(
         )));
     }
     Ok(())
+}
+
+/// Runs a step's `check`; whether it exited 0. Its output goes to `log`
+/// through the secret masker, as a step's does: a check that prints what it
+/// probes (a connection string, a token from its environment) must not put
+/// a secret in the state.
+async fn run_check(args: &[String], dir: &Path, log: PathBuf, masker: Arc<Masker>) -> bool {
+    let Ok((reader, writer)) = std::io::pipe() else {
+        return false;
+    };
+    let Ok(stderr) = writer.try_clone() else {
+        return false;
+    };
+    let mut command = tokio::process::Command::new(&args[0]);
+    command
+        .args(&args[1..])
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .stderr(stderr);
+    let child = command.spawn();
+    // The command holds the pipe's write ends: closed, the copy sees the end.
+    drop(command);
+    let Ok(mut child) = child else {
+        return false;
+    };
+    let Ok(reader) = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()) else {
+        return child.wait().await.is_ok_and(|s| s.success());
+    };
+    // Copied while the check runs, so that a full pipe never stops it.
+    let mut copier = Box::pin(crate::actions::command::copy_masked(reader, log, masker));
+    let mut copied = false;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            _ = &mut copier, if !copied => copied = true,
+        }
+    };
+    // Something the check started may keep the pipe: its output goes on into
+    // the log in the background.
+    if !copied
+        && tokio::time::timeout(std::time::Duration::from_millis(500), &mut copier)
+            .await
+            .is_err()
+    {
+        tokio::spawn(copier);
+    }
+    status.is_ok_and(|s| s.success())
 }
 
 /// Where a run stands: the journal folded, plus whether it is live.

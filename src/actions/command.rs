@@ -242,10 +242,12 @@ fn read_outputs(path: &Path) -> Outputs {
         .collect()
 }
 
-/// Copies a child's output to its log, masking secrets. Text is held back until
-/// a line ends (or a long line fills the buffer, keeping back enough bytes that
-/// no secret is split between two writes). The log is created on the first byte.
-async fn copy_masked(
+/// Copies a child's output to its log, masking secrets. Text is held back
+/// until a line ends (or a long line fills the buffer), and is never cut
+/// inside a secret or before one the next read may complete
+/// ([`crate::exec::secrets::Masker::safe_cut`]): a secret split between two
+/// writes would be masked in neither. The log is created on the first byte.
+pub(crate) async fn copy_masked(
     mut stream: impl tokio::io::AsyncRead + Unpin,
     path: PathBuf,
     masker: std::sync::Arc<crate::exec::secrets::Masker>,
@@ -274,9 +276,14 @@ async fn copy_masked(
         }
         let cut = match pending.iter().rposition(|b| *b == b'\n') {
             Some(newline) => newline + 1,
-            None if pending.len() > LIMIT => pending.len() - masker.longest().max(1) + 1,
+            None if pending.len() > LIMIT => pending.len(),
             None => continue,
         };
+        // Never inside a secret, nor before one the next read may complete.
+        let cut = masker.safe_cut(&pending, cut);
+        if cut == 0 {
+            continue;
+        }
         write(&pending[..cut]);
         pending.drain(..cut);
     }

@@ -32,13 +32,30 @@ impl Masker {
         self.values.read().map(|v| v.is_empty()).unwrap_or(false)
     }
 
-    /// The length of the longest secret: how much text a streaming masker must
-    /// hold back so that no secret is split across two writes.
-    pub fn longest(&self) -> usize {
-        self.values
-            .read()
-            .map(|v| v.first().map(String::len).unwrap_or(0))
-            .unwrap_or(0)
+    /// Where a stream's text may be cut, at `cut` or before it, so that no
+    /// secret is split between what is written now and what is held back: the
+    /// cut is moved back to the start of any secret that crosses it, whole in
+    /// `text` or running on past its end (the rest may come with the next
+    /// read). What is written before the cut is then masked whole, and the
+    /// held-back part begins with the secret, to be masked once it is complete.
+    pub fn safe_cut(&self, text: &[u8], mut cut: usize) -> usize {
+        let values = self.values.read().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let before = cut;
+            for value in values.iter().map(String::as_bytes) {
+                // Each start from which `value` would cross the cut.
+                for start in cut.saturating_sub(value.len() - 1)..cut {
+                    let end = (start + value.len()).min(text.len());
+                    if text[start..end] == value[..end - start] {
+                        cut = start;
+                        break;
+                    }
+                }
+            }
+            if cut == before {
+                return cut;
+            }
+        }
     }
 
     pub fn mask<'a>(&self, text: &'a str) -> Cow<'a, str> {
@@ -142,5 +159,33 @@ mod tests {
         masker.add("hunter2-extended");
         assert_eq!(masker.mask("a hunter2-extended b hunter2"), "a *** b ***");
         assert_eq!(masker.mask("nothing here"), "nothing here");
+    }
+
+    #[test]
+    fn a_cut_never_splits_a_secret() {
+        let masker = Masker::default();
+        masker.add("canary-42");
+        masker.add("alpha\nbeta");
+        masker.add("abc");
+        masker.add("cde");
+        let cut = |text: &str, at: usize| masker.safe_cut(text.as_bytes(), at);
+        // Nothing crosses the cut: it stays.
+        assert_eq!(cut("plain text", 5), 5);
+        assert_eq!(cut("yy canary-42 zz", 15), 15);
+        // A whole secret across it (one byte before it, or all but one).
+        assert_eq!(cut("yy canary-42 zz", 4), 3);
+        assert_eq!(cut("yy canary-42 zz", 11), 3);
+        // A secret that may go on in the next read is held back whole.
+        assert_eq!(cut("yy cana", 7), 3);
+        assert_eq!(cut("head alpha\n", 11), 5);
+        // Secrets that overlap: back to the first one's start.
+        assert_eq!(cut("xxabcde", 4), 2);
+        assert_eq!(cut("xxabcde", 5), 2);
+        // Written up to the cut and masked, then the rest once complete: no
+        // part of a secret is ever written unmasked.
+        let text = "yy canary-42 zz";
+        let at = cut(text, 4);
+        assert_eq!(masker.mask(&text[..at]), "yy ");
+        assert_eq!(masker.mask(&text[at..]), "*** zz");
     }
 }

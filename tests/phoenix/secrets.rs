@@ -75,3 +75,87 @@ fn secrets_never_reach_state_logs_or_output() {
         .unwrap();
     assert_eq!(as_output["outputs"]["leaked"], "***");
 }
+
+/// Output comes in reads of whatever the pipe holds: a secret that arrives
+/// across two of them, or sits where a long line is cut, is masked all the
+/// same, and a secret of several lines is masked whole.
+#[test]
+fn secrets_split_between_reads_are_masked() {
+    let ws = Workspace::new();
+    ws.write(
+        "key.pem",
+        "-----BEGIN KEY-----\nQq77-key-body\n-----END KEY-----\n",
+    );
+    // A line longer than the 64 KB the log copier holds, in two writes, the
+    // second ending just past a secret; then a key of three lines, printed
+    // with a pause inside it.
+    let long_line = "python3 -c \"import os,sys,time; w=sys.stdout.write; f=sys.stdout.flush; \
+        w('y'*65000); f(); time.sleep(0.3); w('y'*600+os.environ['CANARY_TOKEN']+'zzzzz'); f(); \
+        time.sleep(0.3); w('\\n')\"";
+    let key = "printf 'key: -----BEGIN KEY-----\\nQq77-key-body\\n'; sleep 0.3; \
+        printf -- '-----END KEY----- done\\n'";
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}\n[secrets]\ntoken = {{ env = \"CANARY_TOKEN\" }}\nkey = {{ file = \"key.pem\" }}\n{}{}",
+            shell_step("long_line", "provision", long_line, ""),
+            shell_step("key", "provision", key, ""),
+        ),
+    );
+    ws.phoenix()
+        .env("CANARY_TOKEN", CANARY)
+        .args(["run", "plan.toml"])
+        .run()
+        .expect_code(0);
+    let logs = ws.run_dir().join("logs");
+    let long = std::fs::read_to_string(logs.join("long_line.1.log")).unwrap();
+    assert!(
+        long.ends_with(&format!("{}***zzzzz\n", "y".repeat(600))),
+        "{}",
+        &long[long.len().saturating_sub(100)..]
+    );
+    let key = std::fs::read_to_string(logs.join("key.1.log")).unwrap();
+    assert_eq!(key, "key: *** done\n");
+    let mut found = Vec::new();
+    find_canaries(&ws.state(), &mut found);
+    assert!(found.is_empty(), "secrets in state files: {found:?}");
+}
+
+/// A `check` prints what it probes, through the masker like a step's output.
+#[test]
+fn a_checks_output_is_masked() {
+    let ws = Workspace::new();
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}\n[secrets]\ntoken = {{ env = \"CANARY_TOKEN\" }}\n{}",
+            shell_step(
+                "checked",
+                "provision",
+                "true",
+                "check = [\"sh\", \"-c\", \"echo check sees {{ secrets.token }}; echo and $CANARY_TOKEN >&2\"]"
+            ),
+        ),
+    );
+    let phoenix = |args: &[&str], code: i32| {
+        ws.phoenix()
+            .env("CANARY_TOKEN", CANARY)
+            .args(args)
+            .run()
+            .expect_code(code)
+    };
+    phoenix(&["run", "plan.toml"], 0);
+    // In doubt, as after a crash: the resume runs the check.
+    ws.cut_journal(|l| l.contains("\"type\":\"finished\"") || l.contains("\"type\":\"ended\""));
+    let resumed = phoenix(&["resume"], 0);
+    assert!(
+        resumed.stderr().contains("its check passed"),
+        "{}",
+        resumed.stderr()
+    );
+    let log = std::fs::read_to_string(ws.run_dir().join("logs/checked.check.log")).unwrap();
+    assert_eq!(log, "check sees ***\nand ***\n");
+    let mut found = Vec::new();
+    find_canaries(&ws.state(), &mut found);
+    assert!(found.is_empty(), "secrets in state files: {found:?}");
+}
