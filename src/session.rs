@@ -711,6 +711,12 @@ impl Session<'_> {
         for dir in [&info.dir, &info.logs, &info.tmp] {
             crate::journal::local::make_dir(dir)?;
         }
+        // `PHOENIX_OUTPUT` files a killed run left unread: their attempts
+        // count as not run, a new attempt of the same number would add to one,
+        // and one may hold a secret a step wrote as an output.
+        for entry in std::fs::read_dir(&info.tmp).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
         let masker = Arc::new(Masker::default());
         let backend = self.state.journal(&self.run_id)?;
         let (writer, thread) = JournalWriter::start(backend, Arc::clone(&masker), folded);

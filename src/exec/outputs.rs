@@ -12,7 +12,8 @@
 //!
 //! A file made by a process is reported before the call that made it returns,
 //! so by the time the step's process is reaped, its file's event is queued.
-//! Files already there when the watch begins (a resumed run's) count as made.
+//! Files already there when the watch begins count as made (a run empties the
+//! directory before, so there should be none).
 //! Whenever the watch cannot be sure (no inotify, the event queue overflowed,
 //! the directory was removed or moved, too many names never read), every file
 //! is opened, as without a watch. So it is when the directory is on a
@@ -164,9 +165,9 @@ impl Watch {
                 | AddWatchFlags::IN_MOVE_SELF
                 | AddWatchFlags::IN_ONLYDIR,
         )?;
-        // Files there before the watch (a resumed run's, left by a process
-        // that was killed before it read them) count as made: listed after
-        // the watch began, so that none falls between the two.
+        // Files there before the watch (none, as a run empties the directory
+        // first; but the watch does not count on it) count as made: listed
+        // after the watch began, so that none falls between the two.
         let made = std::fs::read_dir(dir)?
             .map(|entry| entry.map(|entry| entry.file_name()))
             .collect::<std::io::Result<HashSet<_>>>()?;

@@ -630,3 +630,33 @@ fn a_step_that_closes_its_output_early_is_waited_for_to_the_end() {
         "{failing}"
     );
 }
+
+/// A run killed after a step wrote its `PHOENIX_OUTPUT` file but before
+/// Phoenix read it leaves the file behind. The resume runs that attempt
+/// again under the same number: it starts from an empty file, not from what
+/// the lost attempt wrote, and nothing is left in the state's `tmp`.
+#[test]
+fn outputs_a_killed_run_left_unread_are_not_taken_up() {
+    let ws = Workspace::new();
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}{}",
+            shell_step(
+                "writes",
+                "provision",
+                "echo fresh=1 >> \"$PHOENIX_OUTPUT\"",
+                ""
+            )
+        ),
+    );
+    ws.expect(["run", "plan.toml"], 0);
+    // As if killed while the first attempt ran: no record of it, and its
+    // file, written but never read, still there.
+    ws.cut_journal(|l| l.contains("\"step\":\"writes\"") || l.contains("\"type\":\"ended\""));
+    let tmp = ws.run_dir().join("tmp");
+    std::fs::write(tmp.join("writes.1.out"), "stale=1\n").unwrap();
+    ws.expect(["resume"], 0);
+    assert_eq!(ws.outputs("writes"), serde_json::json!({"fresh": "1"}));
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+}
