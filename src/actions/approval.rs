@@ -22,7 +22,13 @@ pub fn parse(fields: &Fields<'_, '_>, diags: &mut Diagnostics) -> Option<Approva
 /// Approved by `--yes` or `--approve STEP`, or by a person at the terminal;
 /// with nobody to ask, the run pauses here.
 pub async fn run(spec: &ApprovalSpec, ctx: &StepContext<'_>) -> Result<Outputs, ActionError> {
-    let prompt = ctx.render(&spec.prompt)?;
+    // Shown on the terminal, journaled and reported: masked like everything
+    // else Phoenix writes.
+    let prompt = ctx
+        .shared
+        .masker
+        .mask(&ctx.render(&spec.prompt)?)
+        .into_owned();
     let approvals = &ctx.shared.approvals;
     let id = ctx.step.id.as_str();
     let by = if approvals.all {

@@ -159,3 +159,36 @@ fn a_checks_output_is_masked() {
     find_canaries(&ws.state(), &mut found);
     assert!(found.is_empty(), "secrets in state files: {found:?}");
 }
+
+/// An approval gate's prompt may name a secret: masked where it is shown,
+/// journaled and reported.
+#[test]
+fn an_approval_prompt_is_masked() {
+    let ws = Workspace::new();
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}\n[secrets]\ntoken = {{ env = \"CANARY_TOKEN\" }}\n\n[[step]]\nid = \"gate\"\nphase = \"provision\"\naction = \"approval\"\nprompt = \"Rotate {{{{ secrets.token }}}} now?\"\n"
+        ),
+    );
+    let paused = ws
+        .phoenix()
+        .env("CANARY_TOKEN", CANARY)
+        .args(["run", "plan.toml"])
+        .run()
+        .expect_code(3);
+    let mut output = paused.stdout() + &paused.stderr();
+    assert!(output.contains("Rotate *** now?"), "{output}");
+    for args in [vec!["status"], vec!["report", "--format", "json"]] {
+        let run = ws.phoenix().args(&args).run();
+        output.push_str(&run.stdout());
+        output.push_str(&run.stderr());
+    }
+    assert!(
+        !output.contains(CANARY),
+        "a secret reached the output:\n{output}"
+    );
+    let mut found = Vec::new();
+    find_canaries(&ws.state(), &mut found);
+    assert!(found.is_empty(), "secrets in state files: {found:?}");
+}
