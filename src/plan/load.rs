@@ -77,6 +77,20 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<Loaded, LoadError> {
         path: path.to_path_buf(),
         source,
     })?;
+    if let Some(at) = source.not_utf8_at {
+        let mut diagnostics = Diagnostics::default();
+        diagnostics.error(
+            &source,
+            Span::new(at, at + 1),
+            "not-utf8",
+            "invalid UTF-8: a plan is TOML, which must be UTF-8 text (is the file in another encoding?)",
+        );
+        return Ok(Loaded {
+            plan: None,
+            diagnostics,
+            overrides: BTreeMap::new(),
+        });
+    }
     let dir = path
         .parent()
         .map(|p| {
@@ -818,11 +832,18 @@ pub fn read_overrides(options: &LoadOptions) -> Result<Overrides, LoadError> {
             source,
         })?;
         let (table, errors) = DeTable::parse_recoverable(&source.text);
-        if let Some(err) = errors.first() {
+        // Not UTF-8 is not TOML either: reported at its first bad byte.
+        let bad = match source.not_utf8_at {
+            Some(at) => Some(Span::new(at, at + 1)),
+            None => errors
+                .first()
+                .map(|err| err.span().map(Span::from).unwrap_or_default()),
+        };
+        if let Some(span) = bad {
             overrides.push(Override {
                 name: String::new(),
                 value: OverrideValue::Invalid("invalid TOML"),
-                span: err.span().map(Span::from).unwrap_or_default(),
+                span,
                 source: Arc::clone(&source),
             });
             continue;

@@ -53,6 +53,9 @@ pub struct SourceFile {
     pub path: PathBuf,
     pub text: String,
     line_starts: Vec<usize>,
+    /// Where the file stops being UTF-8, when it does: read as lossy text,
+    /// so that a diagnostic can point at the first bad byte.
+    pub not_utf8_at: Option<usize>,
 }
 
 impl SourceFile {
@@ -64,12 +67,23 @@ impl SourceFile {
             path: path.into(),
             text,
             line_starts,
+            not_utf8_at: None,
         })
     }
 
+    /// The file's text; one that is not UTF-8 is read all the same, with
+    /// `not_utf8_at` set, for its reader to report where.
     pub fn read(path: &Path) -> std::io::Result<Arc<Self>> {
-        let text = std::fs::read_to_string(path)?;
-        Ok(Self::new(path, text))
+        match String::from_utf8(std::fs::read(path)?) {
+            Ok(text) => Ok(Self::new(path, text)),
+            Err(error) => {
+                let at = error.utf8_error().valid_up_to();
+                let text = String::from_utf8_lossy(error.as_bytes()).into_owned();
+                let mut source = Arc::into_inner(Self::new(path, text)).expect("just made");
+                source.not_utf8_at = Some(at);
+                Ok(Arc::new(source))
+            }
+        }
     }
 
     /// 1-based line and column (in characters) of a byte offset.

@@ -187,6 +187,22 @@ fn vars_files_and_overrides_are_checked() {
         .args(["validate", "p.toml", "--var", "noequals"])
         .run()
         .expect_code(2);
+    // A vars file in another encoding: where its first bad byte is.
+    std::fs::write(
+        dir.path().join("latin1.toml"),
+        b"region = \"s\xe3o-paulo\"\n",
+    )
+    .unwrap();
+    let run = Phoenix::new(dir.path())
+        .args(["validate", "p.toml", "--vars", "latin1.toml"])
+        .run()
+        .expect_code(1);
+    assert!(
+        run.stderr()
+            .contains("latin1.toml:1:12: error: invalid TOML in vars file"),
+        "{}",
+        run.stderr()
+    );
 }
 
 #[test]
