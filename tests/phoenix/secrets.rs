@@ -21,6 +21,12 @@ fn find_canaries(dir: &std::path::Path, found: &mut Vec<String>) {
     }
 }
 
+fn assert_no_canary_in_state(ws: &Workspace) {
+    let mut found = Vec::new();
+    find_canaries(&ws.state(), &mut found);
+    assert!(found.is_empty(), "secrets in state files: {found:?}");
+}
+
 #[test]
 fn secrets_never_reach_state_logs_or_output() {
     let ws = Workspace::new();
@@ -62,9 +68,7 @@ fn secrets_never_reach_state_logs_or_output() {
         !output.contains(CANARY) && !output.contains(FILE_CANARY),
         "a secret reached the output:\n{output}"
     );
-    let mut found = Vec::new();
-    find_canaries(&ws.state(), &mut found);
-    assert!(found.is_empty(), "secrets in state files: {found:?}");
+    assert_no_canary_in_state(&ws);
     // The masked output is still there, so the test would have seen a leak.
     let status = ws.status();
     let as_output = status["steps"]
@@ -116,9 +120,7 @@ fn secrets_split_between_reads_are_masked() {
     );
     let key = std::fs::read_to_string(logs.join("key.1.log")).unwrap();
     assert_eq!(key, "key: *** done\n");
-    let mut found = Vec::new();
-    find_canaries(&ws.state(), &mut found);
-    assert!(found.is_empty(), "secrets in state files: {found:?}");
+    assert_no_canary_in_state(&ws);
 }
 
 /// A `check` prints what it probes, through the masker like a step's output.
@@ -155,9 +157,7 @@ fn a_checks_output_is_masked() {
     );
     let log = std::fs::read_to_string(ws.run_dir().join("logs/checked.check.log")).unwrap();
     assert_eq!(log, "check sees ***\nand ***\n");
-    let mut found = Vec::new();
-    find_canaries(&ws.state(), &mut found);
-    assert!(found.is_empty(), "secrets in state files: {found:?}");
+    assert_no_canary_in_state(&ws);
 }
 
 /// An approval gate's prompt may name a secret: masked where it is shown,
@@ -188,7 +188,5 @@ fn an_approval_prompt_is_masked() {
         !output.contains(CANARY),
         "a secret reached the output:\n{output}"
     );
-    let mut found = Vec::new();
-    find_canaries(&ws.state(), &mut found);
-    assert!(found.is_empty(), "secrets in state files: {found:?}");
+    assert_no_canary_in_state(&ws);
 }
