@@ -39,6 +39,11 @@ pub fn cores() -> usize {
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
+/// `n` and the noun, plural unless `n` is 1: "1 step", "3 steps".
+pub fn counted(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
 /// `println!` for a command's data, shrugging off a closed stdout
 /// (`phoenix history | head -1`) instead of panicking.
 #[macro_export]

@@ -255,10 +255,10 @@ fn render_text(plan: &Plan, view: &PlanJson<'_>) -> String {
     let kind = if view.drill { "drill" } else { "recovery" };
     let _ = writeln!(
         out,
-        "plan `{}`: {} steps in {} waves ({kind} run)",
+        "plan `{}`: {} in {} ({kind} run)",
         view.plan,
-        view.steps,
-        view.waves.len()
+        crate::counted(view.steps, "step"),
+        crate::counted(view.waves.len(), "wave")
     );
     for (n, wave) in view.waves.iter().enumerate() {
         let names: Vec<String> = wave
@@ -334,8 +334,11 @@ fn render_text(plan: &Plan, view: &PlanJson<'_>) -> String {
     if !view.without_estimate.is_empty() {
         let _ = writeln!(
             out,
-            "{} steps have no estimate and count as 0s: {}",
-            view.without_estimate.len(),
+            "{} as 0s: {}",
+            match view.without_estimate.len() {
+                1 => "1 step has no estimate and counts".to_string(),
+                n => format!("{n} steps have no estimate and count"),
+            },
             view.without_estimate.join(", ")
         );
     }

@@ -34,15 +34,15 @@ pub fn run(global: &GlobalArgs, args: ValidateArgs) -> CliResult {
                 if !global.quiet {
                     let summary = match (&loaded.plan, errors) {
                         (Some(plan), 0) => format!(
-                            "`{}`: valid plan `{}`, {} steps",
+                            "`{}`: valid plan `{}`, {}",
                             path.display(),
                             plan.name.value,
-                            plan.steps.len()
+                            crate::counted(plan.steps.len(), "step")
                         ),
-                        _ => format!("`{}`: {errors} error{}", path.display(), plural(errors)),
+                        _ => format!("`{}`: {}", path.display(), crate::counted(errors, "error")),
                     };
                     let warned = if warnings > 0 {
-                        format!(", {warnings} warning{}", plural(warnings))
+                        format!(", {}", crate::counted(warnings, "warning"))
                     } else {
                         String::new()
                     };
@@ -63,12 +63,4 @@ pub fn run(global: &GlobalArgs, args: ValidateArgs) -> CliResult {
     } else {
         exit_codes::SUCCESS
     })
-}
-
-fn plural(n: usize) -> &'static str {
-    if n == 1 {
-        ""
-    } else {
-        "s"
-    }
 }

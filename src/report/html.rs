@@ -170,9 +170,9 @@ fn trend(history: &[HistoryEntry], target: Option<f64>) -> String {
     }
     let _ = write!(
         svg,
-        "<text x=\"0\" y=\"{}\" class=\"tick\">oldest → newest ({} runs)</text></svg>",
+        "<text x=\"0\" y=\"{}\" class=\"tick\">oldest → newest ({})</text></svg>",
         height + 16.0,
-        runs.len()
+        crate::counted(runs.len(), "run")
     );
     svg
 }

@@ -247,7 +247,10 @@ impl EventSink for Terminal {
                 }
                 let kind = if drill { "drill" } else { "recovery" };
                 let verb = if resumed { "resuming" } else { "starting" };
-                format!("{verb} {kind} run `{run_id}` of plan `{plan}`: {steps} steps to run")
+                format!(
+                    "{verb} {kind} run `{run_id}` of plan `{plan}`: {} to run",
+                    crate::counted(steps, "step")
+                )
             }
             Event::StepStarted {
                 step,

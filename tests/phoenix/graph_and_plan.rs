@@ -59,7 +59,7 @@ fn a_plan_of_short_steps_predicts_tenths_of_a_second() {
     ws.write(
         "plan.toml",
         &format!(
-            "{HEADER}{}{}",
+            "{HEADER}{}{}{}",
             shell_step("a", "provision", "true", "estimate = \"300ms\""),
             shell_step(
                 "b",
@@ -67,9 +67,22 @@ fn a_plan_of_short_steps_predicts_tenths_of_a_second() {
                 "true",
                 "needs = [\"a\"]\nestimate = \"1200ms\""
             ),
+            shell_step("c", "provision", "true", "needs = [\"b\"]"),
         ),
     );
     let run = ws.expect(["plan", "plan.toml"], 0);
+    assert!(
+        run.stdout()
+            .contains("plan `t`: 3 steps in 3 waves (recovery run)"),
+        "{}",
+        run.stdout()
+    );
+    assert!(
+        run.stdout()
+            .contains("1 step has no estimate and counts as 0s: c"),
+        "{}",
+        run.stdout()
+    );
     assert!(
         run.stdout()
             .contains("predicted RTO: 1.5s against target 10m: within target"),

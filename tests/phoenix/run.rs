@@ -656,7 +656,12 @@ fn outputs_a_killed_run_left_unread_are_not_taken_up() {
     ws.cut_journal(|l| l.contains("\"step\":\"writes\"") || l.contains("\"type\":\"ended\""));
     let tmp = ws.run_dir().join("tmp");
     std::fs::write(tmp.join("writes.1.out"), "stale=1\n").unwrap();
-    ws.expect(["resume"], 0);
+    let resumed = ws.expect(["resume"], 0);
+    assert!(
+        resumed.stderr().contains("of plan `t`: 1 step to run"),
+        "{}",
+        resumed.stderr()
+    );
     assert_eq!(ws.outputs("writes"), serde_json::json!({"fresh": "1"}));
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
 }
