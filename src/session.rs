@@ -436,7 +436,13 @@ pub fn resume(
         if !rerun_changed.contains(id) && !previous.frozen.is_empty() {
             frozen.insert(id.to_string(), previous.frozen.clone());
         }
-        if skip.contains(id) {
+        // A step done already stays as it is, outputs and all: skipping it
+        // would record it as skipped and leave its dependents without them.
+        if skip.contains(id) && previous.is_done() {
+            events.emit(Event::Warning(format!(
+                "`--skip {id}`: step `{id}` is done already; nothing to skip"
+            )));
+        } else if skip.contains(id) {
             records.push(Record::Skipped {
                 step: id.into(),
                 at: Utc::now(),

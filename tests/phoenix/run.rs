@@ -187,12 +187,13 @@ fn a_changed_step_and_its_descendants_run_again() {
 fn skip_accepts_a_failed_step_as_done() {
     let ws = Workspace::new();
     let plan = format!(
-        "{HEADER}{}{}",
-        shell_step("broken", "provision", "exit 1", ""),
+        "{HEADER}{}{}{}",
+        shell_step("fine", "provision", "echo n=7 >> \"$PHOENIX_OUTPUT\"", ""),
+        shell_step("broken", "provision", "exit 1", "needs = [\"fine\"]"),
         shell_step(
             "next",
             "configure",
-            "echo ran > next.txt",
+            "echo ran {{ steps.fine.outputs.n }} > next.txt",
             "needs = [\"broken\"]"
         ),
     );
@@ -204,13 +205,23 @@ fn skip_accepts_a_failed_step_as_done() {
         "{}",
         bad.stderr()
     );
-    ws.phoenix()
-        .args(["resume", "--skip", "broken"])
+    // A step that succeeded named too: left as it is, outputs and all.
+    let resumed = ws
+        .phoenix()
+        .args(["resume", "--skip", "broken", "--skip", "fine"])
         .run()
         .expect_code(0);
-    assert!(ws.path().join("next.txt").exists());
+    assert!(
+        resumed
+            .stderr()
+            .contains("`--skip fine`: step `fine` is done already; nothing to skip"),
+        "{}",
+        resumed.stderr()
+    );
+    assert_eq!(ws.read("next.txt"), "ran 7\n");
     let status = ws.status();
     assert_eq!(state_of(&status, "broken"), "skipped");
+    assert_eq!(state_of(&status, "fine"), "succeeded");
     assert!(ws
         .journal()
         .contains("\"type\":\"skipped\",\"step\":\"broken\""));
