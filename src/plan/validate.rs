@@ -22,6 +22,15 @@ const ROOTS: &[&str] = &["vars", "secrets", "steps", "run", "plan"];
 
 pub fn check(plan: &mut Plan, diags: &mut Diagnostics) {
     let source = plan.source.clone();
+    // (A step with errors is left out of `steps`: those errors say enough.)
+    if plan.steps.is_empty() && !diags.has_errors() {
+        diags.warning(
+            &source,
+            plan.name.span,
+            "no-steps",
+            "the plan has no `[[step]]`: a run of it does nothing",
+        );
+    }
     let mut first_seen: HashMap<&str, usize> = HashMap::new();
     for (i, step) in plan.steps.iter().enumerate() {
         if let Some(&first) = first_seen.get(step.id.as_str()) {
