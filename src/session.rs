@@ -954,14 +954,8 @@ async fn run_check(args: &[String], dir: &Path, log: PathBuf, masker: Arc<Masker
             _ = &mut copier, if !copied => copied = true,
         }
     };
-    // Something the check started may keep the pipe: its output goes on into
-    // the log in the background.
-    if !copied
-        && tokio::time::timeout(std::time::Duration::from_millis(500), &mut copier)
-            .await
-            .is_err()
-    {
-        tokio::spawn(copier);
+    if !copied {
+        crate::actions::command::finish_copy(copier).await;
     }
     status.is_ok_and(|s| s.success())
 }

@@ -183,14 +183,8 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
         }
     };
     ctx.shared.processes.remove(pgid);
-    // A daemon the step started keeps the pipe open: its output goes on into the
-    // step's log in the background (closing the pipe would kill it with SIGPIPE).
-    if !copied
-        && tokio::time::timeout(Duration::from_millis(500), &mut copier)
-            .await
-            .is_err()
-    {
-        tokio::spawn(copier);
+    if !copied {
+        finish_copy(copier).await;
     }
     let status = status.map_err(|source| ActionError::Io {
         action: "wait for",
@@ -240,6 +234,20 @@ fn read_outputs(path: &Path) -> Outputs {
         .filter_map(|line| line.split_once('='))
         .map(|(key, value)| (key.trim().to_string(), value.to_string()))
         .collect()
+}
+
+/// Lets the copy of an exited process's output finish: a daemon it started
+/// may keep the pipe open, and then the output goes on into the log in the
+/// background (closing the pipe would kill the daemon with SIGPIPE).
+pub(crate) async fn finish_copy(
+    mut copier: std::pin::Pin<Box<impl std::future::Future<Output = ()> + Send + 'static>>,
+) {
+    if tokio::time::timeout(Duration::from_millis(500), &mut copier)
+        .await
+        .is_err()
+    {
+        tokio::spawn(copier);
+    }
 }
 
 /// Copies a child's output to its log, masking secrets. Text is held back

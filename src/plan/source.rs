@@ -60,15 +60,19 @@ pub struct SourceFile {
 
 impl SourceFile {
     pub fn new(path: impl Into<PathBuf>, text: String) -> Arc<Self> {
+        Arc::new(Self::build(path.into(), text, None))
+    }
+
+    fn build(path: PathBuf, text: String, not_utf8_at: Option<usize>) -> Self {
         let line_starts = std::iter::once(0)
             .chain(text.match_indices('\n').map(|(i, _)| i + 1))
             .collect();
-        Arc::new(SourceFile {
-            path: path.into(),
+        SourceFile {
+            path,
             text,
             line_starts,
-            not_utf8_at: None,
-        })
+            not_utf8_at,
+        }
     }
 
     /// The file's text; one that is not UTF-8 is read all the same, with
@@ -79,9 +83,7 @@ impl SourceFile {
             Err(error) => {
                 let at = error.utf8_error().valid_up_to();
                 let text = String::from_utf8_lossy(error.as_bytes()).into_owned();
-                let mut source = Arc::into_inner(Self::new(path, text)).expect("just made");
-                source.not_utf8_at = Some(at);
-                Ok(Arc::new(source))
+                Ok(Arc::new(Self::build(path.into(), text, Some(at))))
             }
         }
     }
