@@ -77,6 +77,10 @@ pub fn dot(plan: &Plan) -> String {
     out
 }
 
+/// Mermaid's node and subgraph ids share one namespace with its keywords: a
+/// step called `restore` would be its own phase's parent, and one called `end`
+/// would close the subgraph. Steps are `step_ID` and phases `phase_NAME`,
+/// each labelled with its own name.
 pub fn mermaid(plan: &Plan) -> String {
     let mut out = String::from("flowchart LR\n");
     for phase in Phase::ALL {
@@ -88,11 +92,11 @@ pub fn mermaid(plan: &Plan) -> String {
         if steps.is_empty() {
             continue;
         }
-        let _ = writeln!(out, "  subgraph {phase}");
+        let _ = writeln!(out, "  subgraph phase_{phase} [{phase}]");
         for step in steps {
             let _ = writeln!(
                 out,
-                "    {}[\"{}<br/>{}\"]",
+                "    step_{}[\"{}<br/>{}\"]",
                 step.id.value,
                 step.id.value,
                 step.action.value.kind()
@@ -102,7 +106,7 @@ pub fn mermaid(plan: &Plan) -> String {
     }
     for step in &plan.steps {
         for need in &step.needs {
-            let _ = writeln!(out, "  {} --> {}", need.value, step.id.value);
+            let _ = writeln!(out, "  step_{} --> step_{}", need.value, step.id.value);
         }
     }
     out

@@ -23,8 +23,35 @@ fn graph_mermaid() {
         .expect_code(0);
     let text = run.stdout();
     assert!(text.starts_with("flowchart LR\n"));
-    assert!(text.contains("  subgraph restore\n"));
-    assert!(text.contains("  db_restore --> health\n"));
+    assert!(
+        text.contains("  subgraph phase_restore [restore]\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  step_db_restore --> step_health\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn mermaid_ids_never_meet_its_keywords_or_the_phases() {
+    // `end` closes a subgraph in Mermaid, and a node called as its subgraph
+    // is its own parent: both made the diagram fail to render.
+    let ws = Workspace::new();
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}{}{}",
+            shell_step("restore", "restore", "true", ""),
+            shell_step("end", "restore", "true", "needs = [\"restore\"]"),
+        ),
+    );
+    let run = ws.expect(["graph", "plan.toml", "--format", "mermaid"], 0);
+    let text = run.stdout();
+    assert_eq!(
+        text,
+        "flowchart LR\n  subgraph phase_restore [restore]\n    step_restore[\"restore<br/>command\"]\n    step_end[\"end<br/>command\"]\n  end\n  step_restore --> step_end\n",
+    );
 }
 
 #[test]
