@@ -39,6 +39,17 @@ pub fn cores() -> usize {
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
+/// Frees `value` on a thread of its own, so that the caller does not wait
+/// for it. A run's largest structures (a 10,000-step plan, the journal it
+/// folded, its report) take milliseconds to free, just before the process
+/// exits, which does not wait for that thread. Should no thread start,
+/// `value` is freed here.
+pub fn drop_later<T: Send + 'static>(value: T) {
+    let _ = std::thread::Builder::new()
+        .name("drop".into())
+        .spawn(move || drop(value));
+}
+
 /// `n` and the noun, plural unless `n` is 1: "1 step", "3 steps".
 pub fn counted(n: usize, noun: &str) -> String {
     format!("{n} {noun}{}", if n == 1 { "" } else { "s" })

@@ -551,6 +551,7 @@ pub fn resume(
         Some(needs_check),
         Some((log.header.clone(), view)),
     );
+    crate::drop_later(log);
     let result = unless_lost(lock.as_ref(), result)?;
     drop(lock);
     Ok(result)
@@ -847,7 +848,10 @@ impl Session<'_> {
         }
         let report = match folded {
             Some((header, view)) => {
-                crate::report::write_json_from(self.state, &header, &view, &self.plan)
+                let written =
+                    crate::report::write_json_from(self.state, &header, &view, &self.plan);
+                crate::drop_later((header, view));
+                written
             }
             None => crate::report::write_json(self.state, &self.run_id, &self.plan),
         };
@@ -857,6 +861,7 @@ impl Session<'_> {
                 "cannot write the run's report: {error}"
             )));
         }
+        crate::drop_later(self.plan);
         Ok(SessionEnd {
             location: self.state.location(&self.run_id),
             run_id: self.run_id,

@@ -63,7 +63,9 @@ pub fn write_json_from(
     // it for people), and a third the size for a run of 100,000 steps.
     let text = serde_json::to_vec(&report).unwrap_or_default();
     tracing::debug!(elapsed = ?t.elapsed(), "report: serialized");
-    Ok(state.write_file(run_id, "report.json", &text)?)
+    let written = state.write_file(run_id, "report.json", &text);
+    crate::drop_later((report, text));
+    Ok(written?)
 }
 
 /// The runs of one plan, oldest first, for the HTML trend.
