@@ -146,7 +146,8 @@ impl CliError {
                     | E::State(
                         crate::journal::StateError::NoRun(_)
                         | crate::journal::StateError::NoState(_)
-                        | crate::journal::StateError::Unsupported(_),
+                        | crate::journal::StateError::Unsupported(_)
+                        | crate::journal::StateError::Location { .. },
                     ) => exit_codes::USAGE,
                     _ => exit_codes::FAILURE,
                 }

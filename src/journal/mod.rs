@@ -118,6 +118,14 @@ pub enum StateError {
     NoState(String),
     #[error("`{0}`: not a state location; use a directory or s3://BUCKET/PREFIX")]
     Unsupported(String),
+    /// A local state directory that cannot be made or used: bad usage, not
+    /// a failed run.
+    #[error("`{location}` cannot hold the state (see --state and PHOENIX_STATE)")]
+    Location {
+        location: String,
+        #[source]
+        source: Box<StateError>,
+    },
     #[error("state `{url}`: {message}")]
     Remote { url: String, message: String },
     #[error("a run `{0}` exists already; choose another --run-id")]
@@ -149,5 +157,9 @@ pub fn open(location: &str, create: bool) -> Result<Box<dyn StateStore>, StateEr
     if !create && !Path::new(location).is_dir() {
         return Err(StateError::NoState(location.to_string()));
     }
-    Ok(Box::new(local::LocalState::new(location)?))
+    let state = local::LocalState::new(location).map_err(|e| StateError::Location {
+        location: location.to_string(),
+        source: Box::new(e),
+    })?;
+    Ok(Box::new(state))
 }

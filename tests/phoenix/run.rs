@@ -307,6 +307,16 @@ fn status_text_and_a_missing_run() {
     );
     let none = ws.expect(["status"], 2);
     assert!(none.stderr().contains("no state at"), "{}", none.stderr());
+    // A state that cannot be made is bad usage (2), not a failed run (1).
+    ws.write("a-file", "");
+    let unusable = ws.expect(["--state", "a-file", "run", "plan.toml"], 2);
+    assert!(
+        unusable
+            .stderr()
+            .contains("`a-file` cannot hold the state (see --state and PHOENIX_STATE)\n  Caused by: cannot create directory `a-file`"),
+        "{}",
+        unusable.stderr()
+    );
     ws.phoenix()
         .args(["run", "plan.toml", "--run-id", "first-run"])
         .run()
