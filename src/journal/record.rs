@@ -97,6 +97,54 @@ pub enum Record {
     },
 }
 
+impl Record {
+    /// Masks every secret in the text this record carries from outside
+    /// Phoenix: a step's outputs and error, what it froze, an approval's
+    /// prompt, the vars given on the command line. Only there: masking the
+    /// serialized line instead turned a secret that also appears in Phoenix's
+    /// own fields (a PIN `2026` in every timestamp and run id, a word in a
+    /// field name) into records the journal could no longer read, and missed
+    /// a secret JSON had escaped (a quote, a key file's line breaks).
+    pub fn mask(&mut self, masker: &crate::exec::secrets::Masker) {
+        let text = |text: &mut String| {
+            if let std::borrow::Cow::Owned(masked) = masker.mask(text) {
+                *text = masked;
+            }
+        };
+        match self {
+            Record::Header(header) => header.vars.values_mut().for_each(|v| mask_json(v, masker)),
+            Record::Finished { outputs, error, .. } => {
+                outputs.values_mut().for_each(text);
+                error.iter_mut().for_each(text);
+            }
+            Record::Frozen { values, .. } => values.values_mut().for_each(|v| mask_json(v, masker)),
+            Record::Paused { prompt, .. } => text(prompt),
+            Record::Started { .. }
+            | Record::Skipped { .. }
+            | Record::Resumed(_)
+            | Record::Interrupted { .. }
+            | Record::Fenced { .. }
+            | Record::Approved { .. }
+            | Record::Chaos { .. }
+            | Record::Ended { .. } => {}
+        }
+    }
+}
+
+/// Masks the strings in `value`, at any depth; its keys are names, not data.
+fn mask_json(value: &mut serde_json::Value, masker: &crate::exec::secrets::Masker) {
+    match value {
+        serde_json::Value::String(text) => {
+            if let std::borrow::Cow::Owned(masked) = masker.mask(text) {
+                *text = masked;
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| mask_json(v, masker)),
+        serde_json::Value::Object(map) => map.values_mut().for_each(|v| mask_json(v, masker)),
+        serde_json::Value::Null | serde_json::Value::Bool(_) | serde_json::Value::Number(_) => {}
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Header {
     pub format: u32,
@@ -192,5 +240,52 @@ impl RunResult {
             RunResult::Interrupted => "interrupted",
             RunResult::Paused => "paused",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::secrets::Masker;
+
+    #[test]
+    fn only_text_from_outside_is_masked() {
+        let masker = Masker::default();
+        // A key file's lines and a quote: JSON escapes both, so the
+        // serialized line never held the value as it is.
+        let key = "-----BEGIN KEY-----\nab\"cd\n-----END KEY-----";
+        masker.add(key);
+        masker.add("finished");
+        let mut record = Record::Finished {
+            step: "finished".into(),
+            attempt: 1,
+            at: Utc::now(),
+            outcome: Outcome::Succeeded,
+            outputs: [("key".to_string(), format!("{key}\n"))].into(),
+            error: Some(format!("printed {key} and finished")),
+            duration_seconds: 1.0,
+        };
+        record.mask(&masker);
+        let line = serde_json::to_string(&record).unwrap();
+        assert!(
+            line.starts_with(r#"{"type":"finished","step":"finished","#),
+            "{line}"
+        );
+        assert!(line.contains(r#""outputs":{"key":"***\n"}"#), "{line}");
+        assert!(line.contains(r#""error":"printed *** and ***""#), "{line}");
+
+        let mut frozen = Record::Frozen {
+            step: "s".into(),
+            values: [(
+                "finished".to_string(),
+                serde_json::json!({"finished": ["finished", 1, {"a": "x finished"}]}),
+            )]
+            .into(),
+        };
+        frozen.mask(&masker);
+        assert_eq!(
+            serde_json::to_string(&frozen).unwrap(),
+            r#"{"type":"frozen","step":"s","values":{"finished":{"finished":["***",1,{"a":"x ***"}]}}}"#
+        );
     }
 }

@@ -104,23 +104,16 @@ impl Journal {
         lines.clear();
         let masking = !self.masker.is_empty();
         for record in &mut pending {
+            // The view folds what the journal holds: the masked record.
+            if masking {
+                record.mask(&self.masker);
+            }
             // Serialized straight into the buffer. A record does not fail to
             // serialize (string keys, finite numbers); one that did would
             // leave its line empty.
             let start = lines.len();
             if serde_json::to_writer(&mut lines, record).is_err() {
                 lines.truncate(start);
-            }
-            if masking {
-                let line = std::str::from_utf8(&lines[start..]).unwrap_or_default();
-                if let std::borrow::Cow::Owned(text) = self.masker.mask(line) {
-                    // Fold what the journal holds: the masked record.
-                    if let Ok(masked) = serde_json::from_str(&text) {
-                        *record = masked;
-                    }
-                    lines.truncate(start);
-                    lines.extend_from_slice(text.as_bytes());
-                }
             }
             lines.push(b'\n');
         }

@@ -190,3 +190,38 @@ fn an_approval_prompt_is_masked() {
     );
     assert_no_canary_in_state(&ws);
 }
+
+/// A secret that is also a word of the journal's own (here the record type
+/// `finished`, and a run id's digits) is masked in what steps print, and the
+/// journal stays readable: masking the serialized lines once turned every
+/// `"type":"finished"` into `"type":"***"`, and the run could not be read.
+#[test]
+fn a_secret_that_is_also_a_word_of_the_journal_leaves_it_readable() {
+    let ws = Workspace::new();
+    let plan = format!(
+        "{HEADER}\n[secrets]\nword = {{ env = \"WORD\" }}\npin = {{ env = \"PIN\" }}\n{}{}",
+        shell_step(
+            "says",
+            "provision",
+            "echo it {{ secrets.word }} with {{ secrets.pin }}; echo said={{ secrets.word }} >> \"$PHOENIX_OUTPUT\"",
+            ""
+        ),
+        shell_step("after", "configure", "true", "needs = [\"says\"]"),
+    );
+    ws.write("plan.toml", &plan);
+    ws.phoenix()
+        .env("WORD", "finished")
+        .env("PIN", "4711")
+        .args(["run", "plan.toml", "--run-id", "run-4711"])
+        .run()
+        .expect_code(0);
+    let status = ws.expect(["status", "--format", "json"], 0).stdout();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["run_id"], "run-4711");
+    assert_eq!(status["state"], "succeeded");
+    assert_eq!(status["steps"][0]["outputs"]["said"], "***");
+    assert_eq!(status["steps"][1]["state"], "succeeded");
+    let log = ws.read(".phoenix/runs/run-4711/logs/says.1.log");
+    assert_eq!(log, "it *** with ***\n");
+    ws.expect(["report", "--format", "json"], 0);
+}
