@@ -196,7 +196,9 @@ pub async fn run(spec: &HttpSpec, ctx: &StepContext<'_>) -> Result<Outputs, Acti
             }
             Err(source) => ActionError::Request {
                 url: url.clone(),
-                source,
+                // Its own copy of the URL is percent-encoded: a secret in it
+                // would no longer match the value the masker knows.
+                source: source.without_url(),
             },
         };
         match spec.until {
