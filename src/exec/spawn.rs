@@ -331,18 +331,32 @@ fn nul_error() -> io::Error {
 /// [`INSTALLED_LATER`]'s signals.
 fn default_signals() -> Vec<libc::c_int> {
     (1..=libc::SIGRTMAX())
-        .filter(|signal| has_handler(*signal) || INSTALLED_LATER.contains(signal))
+        .filter(|signal| {
+            has_handler(*signal)
+                || INSTALLED_LATER.contains(signal)
+                || (*signal == libc::SIGHUP && super::signals::hangup_watched())
+        })
         .collect()
 }
 
 /// Whether `signal` has a handler now (neither ignored nor at its default).
 fn has_handler(signal: libc::c_int) -> bool {
+    disposition(signal).is_some_and(|d| ![libc::SIG_IGN, libc::SIG_DFL].contains(&d))
+}
+
+/// Whether `signal` is ignored now.
+pub(crate) fn is_ignored(signal: libc::c_int) -> bool {
+    disposition(signal) == Some(libc::SIG_IGN)
+}
+
+/// `signal`'s handler, `SIG_IGN` or `SIG_DFL`; `None` for glibc's own
+/// signals, which cannot be asked about (and which a child leaves alone).
+fn disposition(signal: libc::c_int) -> Option<libc::sighandler_t> {
     let mut action = std::mem::MaybeUninit::<libc::sigaction>::uninit();
-    // SAFETY: a query only; the answer is read only when it succeeded. It
-    // fails for glibc's own signals, which a child leaves alone.
+    // SAFETY: a query only; the answer is read only when it succeeded.
     unsafe {
-        libc::sigaction(signal, std::ptr::null(), action.as_mut_ptr()) == 0
-            && ![libc::SIG_IGN, libc::SIG_DFL].contains(&action.assume_init().sa_sigaction)
+        (libc::sigaction(signal, std::ptr::null(), action.as_mut_ptr()) == 0)
+            .then(|| action.assume_init().sa_sigaction)
     }
 }
 

@@ -18,7 +18,20 @@ pub struct Phoenix {
 
 impl Phoenix {
     pub fn new(dir: &Path) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_phoenix"));
+        Self::under(dir, &[])
+    }
+
+    /// Phoenix started by `wrapper` (`["nohup"]`: ignoring SIGHUP).
+    pub fn under(dir: &Path, wrapper: &[&str]) -> Self {
+        let phoenix = env!("CARGO_BIN_EXE_phoenix");
+        let mut command = match wrapper {
+            [] => Command::new(phoenix),
+            [program, args @ ..] => {
+                let mut command = Command::new(program);
+                command.args(args).arg(phoenix);
+                command
+            }
+        };
         command
             .current_dir(dir)
             .env_remove("PHOENIX_STATE")

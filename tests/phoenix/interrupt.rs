@@ -3,17 +3,34 @@
 
 use std::time::Duration;
 
-use crate::common::{shell_step, signal, state_of, wait_for, Workspace, HEADER};
+use crate::common::{shell_step, signal, state_of, wait_for, Phoenix, Workspace, HEADER};
 
 #[test]
 fn sigint_stops_children_flushes_and_exits_130() {
+    stops_children_flushes_and_exits_130("INT");
+}
+
+/// A terminal or SSH session gone: the run stops as on SIGTERM instead of
+/// dying and leaving its steps running unwatched.
+#[test]
+fn sighup_stops_children_flushes_and_exits_130() {
+    stops_children_flushes_and_exits_130("HUP");
+}
+
+/// SIGHUP's bit in a `SigIgn` line of /proc/PID/status.
+fn ignores_hangup(status_line: &str) -> bool {
+    let mask = u64::from_str_radix(status_line.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    mask & 1 != 0
+}
+
+fn stops_children_flushes_and_exits_130(name: &str) {
     let ws = Workspace::new();
     let plan = format!(
         "{HEADER}{}{}",
         shell_step(
             "long",
             "provision",
-            "echo $$ > child.pid; sleep 30 & wait",
+            "grep SigIgn /proc/$$/status > sigign; echo $$ > child.pid; sleep 30 & wait",
             ""
         ),
         shell_step("never", "configure", "true", "needs = [\"long\"]"),
@@ -33,11 +50,20 @@ fn sigint_stops_children_flushes_and_exits_130() {
         .trim()
         .parse()
         .unwrap();
-    signal(child.id(), "INT");
+    assert!(
+        !ignores_hangup(&ws.read("sigign")),
+        "a step keeps SIGHUP's default"
+    );
+    signal(child.id(), name);
     let output = child.wait_with_output().unwrap();
     assert_eq!(
         output.status.code(),
         Some(130),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(&format!("SIG{name}: stopping")),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
@@ -64,6 +90,34 @@ fn sigint_stops_children_flushes_and_exits_130() {
     )
     .unwrap();
     ws.expect(["resume"], 0);
+}
+
+/// `nohup phoenix run …` outlives the terminal (its steps ignore SIGHUP as
+/// well: `a_step_gets_default_signals_but_keeps_those_phoenix_was_started_ignoring`).
+#[test]
+fn a_run_started_ignoring_sighup_goes_on() {
+    let ws = Workspace::new();
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}{}",
+            shell_step("long", "provision", "touch started; sleep 1", ""),
+        ),
+    );
+    let child = Phoenix::under(ws.path(), &["nohup"])
+        .args(["run", "plan.toml"])
+        .spawn();
+    let started = ws.path().join("started");
+    assert!(wait_for(Duration::from_secs(10), || started.exists()));
+    signal(child.id(), "HUP");
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(ws.status()["state"], "succeeded");
 }
 
 #[test]
