@@ -142,9 +142,29 @@ impl Action {
 
 type ActionResult = Result<crate::journal::record::Outputs, crate::exec::ActionError>;
 
-/// Puts the tree at `temp` where `dest` is: an atomic exchange when `dest`
-/// exists (a reader sees the old tree or the new one, never a mix), then the
-/// old tree is removed.
+/// Makes a rename in `path`'s directory durable: the entry survives a power
+/// loss, not only the file's data. A step counts as done once its finish
+/// record is durable, and a resume does not run it again: what it put in
+/// place must be durable by then as well.
+pub(crate) fn sync_parent(path: &std::path::Path) -> std::io::Result<()> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::File::open(parent)?.sync_all()
+}
+
+/// Makes every file written under `tree` durable, data and entries: one
+/// `syncfs` of its filesystem, where a checkout or an unpacked archive would
+/// take an `fsync` for each of thousands of files and directories.
+pub(crate) fn sync_tree(tree: &std::path::Path) -> std::io::Result<()> {
+    let dir = std::fs::File::open(tree)?;
+    nix::unistd::syncfs(&dir).map_err(std::io::Error::from)
+}
+
+/// Puts the tree at `temp` where `dest` is, made durable first (see
+/// [`sync_tree`]): an atomic exchange when `dest` exists (a reader sees the
+/// old tree or the new one, never a mix), then the old tree is removed.
 pub(crate) fn replace_tree(
     temp: &std::path::Path,
     dest: &std::path::Path,
@@ -157,6 +177,7 @@ pub(crate) fn replace_tree(
             source,
         }
     };
+    sync_tree(temp).map_err(io("make durable the new tree of"))?;
     if dest.symlink_metadata().is_ok() {
         nix::fcntl::renameat2(
             nix::fcntl::AT_FDCWD,
@@ -166,6 +187,7 @@ pub(crate) fn replace_tree(
             nix::fcntl::RenameFlags::RENAME_EXCHANGE,
         )
         .map_err(|e| io("replace")(std::io::Error::from(e)))?;
+        sync_parent(dest).map_err(io("make durable the move of"))?;
         let old = temp;
         if old.is_dir() {
             std::fs::remove_dir_all(old).map_err(io("remove the old tree of"))?;
@@ -174,6 +196,7 @@ pub(crate) fn replace_tree(
         }
     } else {
         std::fs::rename(temp, dest).map_err(io("move into place"))?;
+        sync_parent(dest).map_err(io("make durable the move of"))?;
     }
     Ok(())
 }

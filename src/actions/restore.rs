@@ -438,6 +438,7 @@ pub async fn run(spec: &RestoreSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
                     return Err(ActionError::Restore(format!("`{}` is a directory; `{}` is not an archive to unpack into it", dest.display(), object.key)));
                 }
                 std::fs::rename(&download, &dest).map_err(|source| ActionError::Io { action: "move into place", path: dest.clone(), source })?;
+                super::sync_parent(&dest).map_err(|source| ActionError::Io { action: "make durable the move of", path: dest.clone(), source })?;
             }
         }
         Ok(digest)

@@ -187,12 +187,13 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), 
         .mode(mode)
         .open(&temp)
         .map_err(io("write"))?;
-    file.write_all(bytes)
-        .and_then(|_| file.sync_all())
-        .map_err(io("write"))?;
-    // The umask may have narrowed the mode at creation: set it exactly.
-    std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode))
+    file.write_all(bytes).map_err(io("write"))?;
+    // The umask may have narrowed the mode at creation: set it exactly,
+    // before the sync, which then makes the mode durable with the data.
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
         .map_err(io("set the mode of"))?;
+    file.sync_all().map_err(io("write"))?;
     std::fs::rename(&temp, path).map_err(io("move into place"))?;
+    super::sync_parent(path).map_err(io("make durable the move of"))?;
     Ok(())
 }
