@@ -110,7 +110,7 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
     let spawn_error = |source: std::io::Error| {
         if !cwd.is_dir() {
             return ActionError::Io {
-                action: "change to the directory of",
+                action: "change to the step's directory (`cwd`)",
                 path: cwd.clone(),
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
             };
