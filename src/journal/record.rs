@@ -99,12 +99,14 @@ pub enum Record {
 
 impl Record {
     /// Masks every secret in the text this record carries from outside
-    /// Phoenix: a step's outputs and error, what it froze, an approval's
-    /// prompt, the vars given on the command line. Only there: masking the
-    /// serialized line instead turned a secret that also appears in Phoenix's
-    /// own fields (a PIN `2026` in every timestamp and run id, a word in a
-    /// field name) into records the journal could no longer read, and missed
-    /// a secret JSON had escaped (a quote, a key file's line breaks).
+    /// Phoenix: a step's outputs and error, an approval's prompt, the vars
+    /// given on the command line. Only there: masking the serialized line
+    /// instead turned a secret that also appears in Phoenix's own fields (a
+    /// PIN `2026` in every timestamp and run id, a word in a field name) into
+    /// records the journal could no longer read, and missed a secret JSON had
+    /// escaped (a quote, a key file's line breaks). What a step froze is left
+    /// as it is: the commit or the backup it chose (ids, object keys,
+    /// digests, times), which a resume must find again exactly.
     pub fn mask(&mut self, masker: &crate::exec::secrets::Masker) {
         let text = |text: &mut String| {
             if let std::borrow::Cow::Owned(masked) = masker.mask(text) {
@@ -117,9 +119,9 @@ impl Record {
                 outputs.values_mut().for_each(text);
                 error.iter_mut().for_each(text);
             }
-            Record::Frozen { values, .. } => values.values_mut().for_each(|v| mask_json(v, masker)),
             Record::Paused { prompt, .. } => text(prompt),
-            Record::Started { .. }
+            Record::Frozen { .. }
+            | Record::Started { .. }
             | Record::Skipped { .. }
             | Record::Resumed(_)
             | Record::Interrupted { .. }
@@ -274,18 +276,22 @@ mod tests {
         assert!(line.contains(r#""outputs":{"key":"***\n"}"#), "{line}");
         assert!(line.contains(r#""error":"printed *** and ***""#), "{line}");
 
-        let mut frozen = Record::Frozen {
+        let mut header: Header = serde_json::from_str(&format!(
+            r#"{{"format":1,"run_id":"finished","plan":"p","plan_hash":"h","plan_path":"p","plan_dir":"d","drill":false,"started_at":"2026-01-01T00:00:00Z","vars":{{"finished":{{"finished":["finished",1,{{"a":"x finished"}}]}}}},"fingerprints":{{}},"concurrency":1,"host":"h","pid":1,"phoenix_version":"v"}}"#
+        ))
+        .unwrap();
+        let mut record = Record::Header(header.clone());
+        record.mask(&masker);
+        header.vars =
+            serde_json::from_str(r#"{"finished":{"finished":["***",1,{"a":"x ***"}]}}"#).unwrap();
+        assert_eq!(record, Record::Header(header));
+
+        let frozen = Record::Frozen {
             step: "s".into(),
-            values: [(
-                "finished".to_string(),
-                serde_json::json!({"finished": ["finished", 1, {"a": "x finished"}]}),
-            )]
-            .into(),
+            values: [("key".to_string(), serde_json::json!("db-finished.dump"))].into(),
         };
-        frozen.mask(&masker);
-        assert_eq!(
-            serde_json::to_string(&frozen).unwrap(),
-            r#"{"type":"frozen","step":"s","values":{"finished":{"finished":["***",1,{"a":"x ***"}]}}}"#
-        );
+        let mut masked = frozen.clone();
+        masked.mask(&masker);
+        assert_eq!(masked, frozen, "what a resume must find again is kept");
     }
 }

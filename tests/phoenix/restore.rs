@@ -182,23 +182,52 @@ fn a_backup_older_than_max_age_or_rpo_fails() {
 
 #[test]
 fn a_resumed_restore_uses_the_backup_it_chose_first() {
+    resumed_restore_uses_the_backup_it_chose_first(None);
+}
+
+/// The backup's name holds a secret's value (a PIN that is also part of a
+/// date, say): what the step froze is kept as it was, not masked, or the
+/// resume would look for `pg/***.dump`.
+#[test]
+fn a_secret_in_a_backups_name_does_not_change_what_a_resume_restores() {
+    resumed_restore_uses_the_backup_it_chose_first(Some("db-1"));
+}
+
+fn resumed_restore_uses_the_backup_it_chose_first(secret: Option<&str>) {
     let ws = Workspace::new();
     backup(&ws, "pg/db-1.dump", b"first", true, 60);
+    let secrets = match secret {
+        Some(_) => "\n[secrets]\npin = { env = \"PIN\" }\n",
+        None => "",
+    };
     let plan = format!(
-        "{HEADER}{}\n[[step]]\nid = \"after\"\nphase = \"restore\"\naction = \"command\"\nshell = \"test -e go\"\ntimeout = \"1m\"\nneeds = [\"data\"]\n",
+        "{HEADER}{secrets}{}\n[[step]]\nid = \"after\"\nphase = \"restore\"\naction = \"command\"\nshell = \"test -e go\"\ntimeout = \"1m\"\nneeds = [\"data\"]\n",
         restore_step("data", "prefix = \"pg/\"\ndest = \"out/db.dump\""),
     );
     ws.write("plan.toml", &plan);
-    ws.expect(["run", "plan.toml"], 1);
+    let phoenix = |args: &[&str], code: i32| {
+        ws.phoenix()
+            .env("PIN", secret.unwrap_or_default())
+            .args(args)
+            .run()
+            .expect_code(code)
+    };
+    phoenix(&["run", "plan.toml"], 1);
     // A newer backup appears; the restore step is made in doubt (as a crash
     // right after it would leave it) and its file is lost.
     backup(&ws, "pg/db-2.dump", b"second", true, 1);
     ws.make_in_doubt("data");
     std::fs::remove_file(ws.path().join("out/db.dump")).unwrap();
     ws.write("go", "");
-    ws.expect(["resume"], 0);
+    phoenix(&["resume"], 0);
     assert_eq!(ws.read("out/db.dump"), "first");
-    assert_eq!(ws.outputs("data")["key"], "pg/db-1.dump");
+    // Outputs are masked, as everything a step says.
+    let key = if secret.is_some() {
+        "pg/***.dump"
+    } else {
+        "pg/db-1.dump"
+    };
+    assert_eq!(ws.outputs("data")["key"], key);
 }
 
 #[test]
