@@ -276,9 +276,9 @@ mod tests {
         assert!(line.contains(r#""outputs":{"key":"***\n"}"#), "{line}");
         assert!(line.contains(r#""error":"printed *** and ***""#), "{line}");
 
-        let mut header: Header = serde_json::from_str(&format!(
-            r#"{{"format":1,"run_id":"finished","plan":"p","plan_hash":"h","plan_path":"p","plan_dir":"d","drill":false,"started_at":"2026-01-01T00:00:00Z","vars":{{"finished":{{"finished":["finished",1,{{"a":"x finished"}}]}}}},"fingerprints":{{}},"concurrency":1,"host":"h","pid":1,"phoenix_version":"v"}}"#
-        ))
+        let mut header: Header = serde_json::from_str(
+            r#"{"format":1,"run_id":"finished","plan":"p","plan_hash":"h","plan_path":"p","plan_dir":"d","drill":false,"started_at":"2026-01-01T00:00:00Z","vars":{"finished":{"finished":["finished",1,{"a":"x finished"}]}},"fingerprints":{},"concurrency":1,"host":"h","pid":1,"phoenix_version":"v"}"#,
+        )
         .unwrap();
         let mut record = Record::Header(header.clone());
         record.mask(&masker);
