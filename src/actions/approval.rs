@@ -36,22 +36,7 @@ pub async fn run(spec: &ApprovalSpec, ctx: &StepContext<'_>) -> Result<Outputs, 
     } else if approvals.steps.contains(id) {
         Some(format!("{} (--approve)", current_user()))
     } else if approvals.interactive {
-        let question = format!("{prompt} [y/N] ");
-        let mut answer = String::new();
-        let events = std::sync::Arc::clone(&ctx.shared.events);
-        let answer = tokio::task::spawn_blocking(move || {
-            events.suspend(&mut || {
-                use std::io::Write;
-                // Not `eprint!`: it panics when stderr is a closed pipe.
-                let _ = write!(std::io::stderr(), "{question}");
-                let _ = std::io::stderr().flush();
-                let _ = std::io::stdin().read_line(&mut answer);
-            });
-            answer
-        })
-        .await
-        .unwrap_or_default();
-        match answer.trim().to_ascii_lowercase().as_str() {
+        match ask(&format!("{prompt} [y/N] "), ctx).await?.as_str() {
             "y" | "yes" => Some(current_user()),
             _ => return Err(ActionError::Denied),
         }
@@ -70,6 +55,41 @@ pub async fn run(spec: &ApprovalSpec, ctx: &StepContext<'_>) -> Result<Outputs, 
     let mut outputs = Outputs::new();
     outputs.insert("approved_by".into(), by);
     Ok(outputs)
+}
+
+/// Asks at the terminal; the answer trimmed and in lower case. An interrupt
+/// or the step's timeout ends the wait: the read goes on on its thread, which
+/// the process does not wait for.
+async fn ask(question: &str, ctx: &StepContext<'_>) -> Result<String, ActionError> {
+    /// Gives the progress display back however the wait ends.
+    struct Prompting<'a>(&'a dyn crate::exec::EventSink);
+    impl Drop for Prompting<'_> {
+        fn drop(&mut self) {
+            self.0.prompting(false);
+        }
+    }
+    let events = ctx.shared.events.as_ref();
+    events.prompting(true);
+    let _prompting = Prompting(events);
+    {
+        use std::io::Write;
+        // Not `eprint!`: it panics when stderr is a closed pipe.
+        let _ = write!(std::io::stderr(), "{question}");
+        let _ = std::io::stderr().flush();
+    }
+    let read = tokio::task::spawn_blocking(|| {
+        let mut answer = String::new();
+        let _ = std::io::stdin().read_line(&mut answer);
+        answer
+    });
+    tokio::select! {
+        answer = read => Ok(answer.unwrap_or_default().trim().to_ascii_lowercase()),
+        _ = ctx.cancel.cancelled() => {
+            // The question stays unanswered: what comes next starts a line.
+            crate::note!("");
+            Err(ActionError::Interrupted)
+        }
+    }
 }
 
 /// The user running phoenix, for the record of who approved.

@@ -66,8 +66,8 @@ pub enum Event {
 
 pub trait EventSink: Send + Sync {
     fn emit(&self, event: Event);
-    /// Called around an interactive prompt so a progress display can step aside.
-    fn suspend(&self, f: &mut dyn FnMut()) {
-        f()
-    }
+    /// Called with `true` before an interactive prompt and `false` after it,
+    /// so that a progress display steps aside while a person answers. Lines
+    /// emitted meanwhile are still written.
+    fn prompting(&self, _on: bool) {}
 }

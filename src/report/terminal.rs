@@ -390,11 +390,20 @@ impl EventSink for Terminal {
         self.line(text);
     }
 
-    fn suspend(&self, f: &mut dyn FnMut()) {
+    /// The bars are hidden for the prompt, not suspended around it: a
+    /// suspension holds the display's lock until the closure returns, and an
+    /// answer can take all day, while a signal's warning, or any step's line,
+    /// waited for that lock on the executor's own thread.
+    fn prompting(&self, on: bool) {
         let guard = self.bars.lock().unwrap_or_else(|e| e.into_inner());
-        match guard.as_ref() {
-            Some(bars) => bars.multi.suspend(f),
-            None => f(),
+        if let Some(bars) = guard.as_ref() {
+            if on {
+                let _ = bars.multi.clear();
+                bars.multi.set_draw_target(ProgressDrawTarget::hidden());
+            } else {
+                bars.multi
+                    .set_draw_target(ProgressDrawTarget::stderr_with_hz(10));
+            }
         }
     }
 }

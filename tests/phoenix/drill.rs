@@ -540,3 +540,96 @@ fn rto_and_rpo_match_known_timings() {
     );
     assert!(text.contains("first (0.6s) -> second (0.6s)"), "{text}");
 }
+
+/// At a terminal the gate asks. A `y` approves it; a question left
+/// unanswered gives way to the step's timeout and to Ctrl-C (the wait once
+/// held the display's lock, and neither could end it).
+#[test]
+fn an_approval_asked_at_a_terminal() {
+    // `script` gives phoenix a terminal for stdin and stderr; what the test
+    // writes to script's stdin is typed at it.
+    let at_terminal = |ws: &Workspace, typed: Option<&str>| {
+        let mut child = std::process::Command::new("script")
+            .args([
+                "-qec",
+                &format!("{} run plan.toml", env!("CARGO_BIN_EXE_phoenix")),
+                "/dev/null",
+            ])
+            .current_dir(ws.path())
+            .env_remove("PHOENIX_STATE")
+            .env("NO_COLOR", "1")
+            .env("USER", "alice")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("script starts");
+        let mut stdin = child.stdin.take().unwrap();
+        if let Some(typed) = typed {
+            std::io::Write::write_all(&mut stdin, typed.as_bytes()).unwrap();
+        }
+        (child, stdin)
+    };
+    // A phoenix that never ends fails the test instead of hanging it.
+    let finish = |mut child: std::process::Child| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("phoenix did not end while its question went unanswered");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        child.wait_with_output().unwrap()
+    };
+    let gate = |timeout: &str| {
+        format!(
+            "{DRILL_HEADER}\n[[step]]\nid = \"gate\"\nphase = \"configure\"\naction = \"approval\"\nprompt = \"Switch DNS?\"\n{timeout}\n{}",
+            shell_step("after", "restore", "echo after >> ledger", "needs = [\"gate\"]"),
+        )
+    };
+
+    let ws = Workspace::new();
+    ws.write("plan.toml", &gate(""));
+    let (child, stdin) = at_terminal(&ws, Some("y\n"));
+    let output = child.wait_with_output().unwrap();
+    drop(stdin);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("Switch DNS? [y/N]"), "{text}");
+    assert_eq!(ledger(&ws), ["after"]);
+    assert!(ws.status()["steps"][0]["outputs"]["approved_by"] == "alice");
+
+    let ws = Workspace::new();
+    ws.write("plan.toml", &gate("timeout = \"1s\""));
+    let (child, stdin) = at_terminal(&ws, None);
+    let output = finish(child);
+    drop(stdin);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("timed out after 1s"), "{text}");
+
+    let ws = Workspace::new();
+    ws.write("plan.toml", &gate(""));
+    let (child, stdin) = at_terminal(&ws, None);
+    // Phoenix's pid, from the lock it holds while it asks.
+    let lock = ws.state().join("lock");
+    let mut pid = None;
+    assert!(crate::common::wait_for(
+        std::time::Duration::from_secs(10),
+        || {
+            pid = std::fs::read_to_string(&lock)
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|v| v["pid"].as_u64());
+            pid.is_some()
+        }
+    ));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    crate::common::signal(pid.unwrap() as u32, "INT");
+    let output = finish(child);
+    drop(stdin);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(130), "{text}");
+    assert_eq!(ws.status()["state"], "interrupted");
+}
