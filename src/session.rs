@@ -742,6 +742,9 @@ impl Session<'_> {
             self.concurrency,
         ));
         shared.secrets.preload(&shared.masker);
+        if let Some(Record::Header(header)) = first_records.first() {
+            warn_of_secret_vars(&header.vars, &shared.masker, self.events.as_ref());
+        }
         {
             // A lost lease stops the run as an interrupt would; the journal
             // refuses what the run writes after that anyway.
@@ -868,6 +871,28 @@ impl Session<'_> {
             result: result?,
             run_dir,
         })
+    }
+}
+
+/// `--var` values are kept in the journal as given: a resume resolves the
+/// plan with them again, and a masked one would resolve it differently. One
+/// that holds a secret's value (a password in a DSN, or a short secret that
+/// happens to be part of a date) is worth a word.
+fn warn_of_secret_vars(
+    vars: &BTreeMap<String, serde_json::Value>,
+    masker: &Masker,
+    events: &dyn EventSink,
+) {
+    for (name, value) in vars {
+        let text = match value {
+            serde_json::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        if matches!(masker.mask(&text), std::borrow::Cow::Owned(_)) {
+            events.emit(Event::Warning(format!(
+                "the value of var `{name}` holds a secret's value; vars are kept in the journal as given, for a resume: declare the secret under [secrets] and use `{{{{ secrets.NAME }}}}` instead"
+            )));
+        }
     }
 }
 

@@ -199,35 +199,64 @@ fn an_approval_prompt_is_masked() {
 /// `finished`, and a run id's digits) is masked in what steps print, and the
 /// journal stays readable: masking the serialized lines once turned every
 /// `"type":"finished"` into `"type":"***"`, and the run could not be read.
+/// A `--var` holding the secret is kept as given, with a warning, so that a
+/// resume resolves the plan as the run did.
 #[test]
 fn a_secret_that_is_also_a_word_of_the_journal_leaves_it_readable() {
     let ws = Workspace::new();
     let plan = format!(
-        "{HEADER}\n[secrets]\nword = {{ env = \"WORD\" }}\npin = {{ env = \"PIN\" }}\n{}{}",
+        "{HEADER}\n[vars]\nhost = \"db\"\n\n[secrets]\nword = {{ env = \"WORD\" }}\npin = {{ env = \"PIN\" }}\n{}{}",
         shell_step(
             "says",
             "provision",
             "echo it {{ secrets.word }} with {{ secrets.pin }}; echo said={{ secrets.word }} >> \"$PHOENIX_OUTPUT\"",
             ""
         ),
-        shell_step("after", "configure", "true", "needs = [\"says\"]"),
+        shell_step("after", "configure", "test -e {{ vars.host }}.ok", "needs = [\"says\"]"),
     );
     ws.write("plan.toml", &plan);
-    ws.phoenix()
-        .env("WORD", "finished")
-        .env("PIN", "4711")
-        .args(["run", "plan.toml", "--run-id", "run-4711"])
-        .run()
-        .expect_code(0);
+    let phoenix = |args: &[&str], code: i32| {
+        ws.phoenix()
+            .env("WORD", "finished")
+            .env("PIN", "4711")
+            .args(args)
+            .run()
+            .expect_code(code)
+    };
+    let run = phoenix(
+        &[
+            "run",
+            "plan.toml",
+            "--run-id",
+            "run-4711",
+            "--var",
+            "host=db-4711",
+        ],
+        1,
+    );
+    assert!(
+        run.stderr()
+            .contains("the value of var `host` holds a secret's value"),
+        "{}",
+        run.stderr()
+    );
     let status = ws.expect(["status", "--format", "json"], 0).stdout();
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["run_id"], "run-4711");
-    assert_eq!(status["state"], "succeeded");
+    assert_eq!(status["state"], "failed");
     assert_eq!(status["steps"][0]["outputs"]["said"], "***");
-    assert_eq!(status["steps"][1]["state"], "succeeded");
     let log = ws.read(".phoenix/runs/run-4711/logs/says.1.log");
     assert_eq!(log, "it *** with ***\n");
     ws.expect(["report", "--format", "json"], 0);
+
+    // The resume reads `db-4711` back, not `db-***`.
+    ws.write("db-4711.ok", "");
+    let resumed = phoenix(&["resume"], 0);
+    assert!(
+        !resumed.stderr().contains("changed"),
+        "{}",
+        resumed.stderr()
+    );
 }
 
 /// A secret in a URL that the HTTP client percent-encodes (`p@ss word`
