@@ -192,7 +192,14 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
         source,
     })?;
     let outputs = if output_files.take(OsStr::new(&output_name)) {
-        read_outputs(&output_file)
+        let (outputs, problems) = read_outputs(&output_file);
+        for problem in problems {
+            ctx.shared.events.emit(crate::exec::Event::Warning(format!(
+                "step `{}`: `PHOENIX_OUTPUT` {problem}",
+                ctx.step.id.value
+            )));
+        }
+        outputs
     } else {
         Outputs::new()
     };
@@ -222,18 +229,35 @@ async fn terminate(pgid: i32, child: &mut Child) {
     signal_group(pgid, Signal::SIGKILL);
 }
 
-/// `key=value` lines of the `PHOENIX_OUTPUT` file; the file is removed once read,
-/// as it may hold secrets.
-fn read_outputs(path: &Path) -> Outputs {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Outputs::new();
+/// `key=value` lines of the `PHOENIX_OUTPUT` file (blank lines and `#`
+/// comments aside), and what was wrong with the rest: a line that is not
+/// `key=value` is left out and named by its number (not its text, which may
+/// hold a secret), bytes that are not UTF-8 are replaced. Either used to be
+/// dropped without a word, and a dependent then failed on a missing output.
+/// The file is removed once read, as it may hold secrets.
+fn read_outputs(path: &Path) -> (Outputs, Vec<String>) {
+    let mut problems = Vec::new();
+    let Ok(bytes) = std::fs::read(path) else {
+        return (Outputs::new(), problems);
     };
     let _ = std::fs::remove_file(path);
-    text.lines()
-        .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
-        .filter_map(|line| line.split_once('='))
-        .map(|(key, value)| (key.trim().to_string(), value.to_string()))
-        .collect()
+    let text = String::from_utf8_lossy(&bytes);
+    if let std::borrow::Cow::Owned(_) = text {
+        problems.push("holds bytes that are not UTF-8: each was replaced by U+FFFD".into());
+    }
+    let mut outputs = Outputs::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                outputs.insert(key.trim().to_string(), value.to_string());
+            }
+            _ => problems.push(format!("line {} is not `key=value`: left out", n + 1)),
+        }
+    }
+    (outputs, problems)
 }
 
 /// Lets the copy of an exited process's output finish: a daemon it started

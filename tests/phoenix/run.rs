@@ -10,7 +10,7 @@ fn outputs_flow_to_dependents_and_status_reports_them() {
         shell_step(
             "make",
             "provision",
-            "echo vpc_id=vpc-42 >> \"$PHOENIX_OUTPUT\"",
+            "echo vpc_id=vpc-42 >> \"$PHOENIX_OUTPUT\"; printf '# a comment\\n\\nforgot the sign\\n=no key\\nzone=\\351\\n' >> \"$PHOENIX_OUTPUT\"",
             ""
         ),
         shell_step(
@@ -21,8 +21,17 @@ fn outputs_flow_to_dependents_and_status_reports_them() {
         ),
     );
     ws.write("plan.toml", &plan);
-    ws.expect(["run", "plan.toml"], 0);
+    let run = ws.expect(["run", "plan.toml"], 0);
     assert_eq!(ws.read("used.txt"), "vpc-42\n");
+    // What is not an output is said, by line number, not dropped in silence.
+    for problem in [
+        "step `make`: `PHOENIX_OUTPUT` holds bytes that are not UTF-8",
+        "step `make`: `PHOENIX_OUTPUT` line 4 is not `key=value`: left out",
+        "step `make`: `PHOENIX_OUTPUT` line 5 is not `key=value`: left out",
+    ] {
+        assert!(run.stderr().contains(problem), "{}", run.stderr());
+    }
+    assert_eq!(ws.outputs("make")["zone"], "\u{fffd}");
     let status = ws.status();
     assert_eq!(status["state"], "succeeded");
     assert_eq!(status["plan"], "t");
