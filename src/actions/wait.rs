@@ -75,25 +75,32 @@ pub async fn run(spec: &WaitSpec, ctx: &StepContext<'_>) -> Result<Outputs, Acti
         }
     };
     loop {
-        let ready = match &target {
-            Target::Tcp(address) => matches!(
-                tokio::time::timeout(
-                    Duration::from_secs(1),
-                    tokio::net::TcpStream::connect(address.as_str())
-                )
-                .await,
-                Ok(Ok(_))
-            ),
-            Target::Path(path) => tokio::fs::try_exists(path).await.unwrap_or(false),
+        // Why it is not ready yet: a wait that runs out says what it last saw
+        // (a refused port is a service still starting; a name that does not
+        // resolve is more likely a typo in the plan).
+        let last = match &target {
+            Target::Tcp(address) => match tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::net::TcpStream::connect(address.as_str()),
+            )
+            .await
+            {
+                Ok(Ok(_)) => return Ok(Outputs::new()),
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => "no answer within 1s".to_string(),
+            },
+            Target::Path(path) => match tokio::fs::try_exists(path).await {
+                Ok(true) => return Ok(Outputs::new()),
+                Ok(false) => "no such file or directory".to_string(),
+                Err(error) => error.to_string(),
+            },
         };
-        if ready {
-            return Ok(Outputs::new());
-        }
         if let Some(until) = spec.until {
             if started.elapsed() >= until {
                 return Err(ActionError::NotReady {
                     target: describe,
                     after: until,
+                    last,
                 });
             }
         }

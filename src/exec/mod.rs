@@ -274,8 +274,13 @@ pub enum ActionError {
     Pointer { name: String, pointer: String },
     #[error("output `{name}`: the response is not JSON")]
     NotJson { name: String },
-    #[error("`{target}` was not ready after {}", humantime::format_duration(*.after))]
-    NotReady { target: String, after: Duration },
+    #[error("`{target}` was not ready after {} (last try: {last})", humantime::format_duration(*.after))]
+    NotReady {
+        target: String,
+        after: Duration,
+        /// Why the last try failed: refused, no such host, no such file.
+        last: String,
+    },
     #[error("approval denied at the prompt")]
     Denied,
     /// Not a failure: the run pauses here until the gate is approved.

@@ -171,13 +171,33 @@ phase = \"provision\"
 action = \"wait\"
 path = \"made\"
 until = \"10s\"
+
+[[step]]
+id = \"typo\"
+phase = \"provision\"
+action = \"wait\"
+tcp = \"no-such-host.invalid:80\"
+until = \"1s\"
 "
     );
     ws.write("plan.toml", &plan);
     let run = ws.expect(["run", "plan.toml", "--keep-going"], 1);
     assert!(
+        run.stderr().contains(&format!(
+            "`127.0.0.1:{closed}` was not ready after 1s (last try: Connection refused"
+        )),
+        "{}",
         run.stderr()
-            .contains(&format!("`127.0.0.1:{closed}` was not ready after 1s")),
+    );
+    // A name that does not resolve says so: likely a typo, not a slow start
+    // (or, where the resolver itself cannot be reached, that it had no answer).
+    let typo = "`no-such-host.invalid:80` was not ready after 1s (last try: ";
+    assert!(
+        run.stderr()
+            .contains(&format!("{typo}failed to lookup address"))
+            || run
+                .stderr()
+                .contains(&format!("{typo}no answer within 1s)")),
         "{}",
         run.stderr()
     );
