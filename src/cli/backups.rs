@@ -158,7 +158,7 @@ pub fn run(_global: &GlobalArgs, args: BackupsArgs) -> CliResult {
                 let verdict = if c.ok { "ok" } else { "FAIL" };
                 let what = match (&c.key, c.size, c.age_seconds) {
                     (Some(key), Some(size), Some(age)) => format!(
-                        "`{key}` ({size} bytes, {} old{}, digest: {})",
+                        " `{key}` ({size} bytes, {} old{}, digest: {})",
                         duration(age),
                         c.max_age_seconds
                             .map(|m| format!(" of {} allowed", duration(m)))
@@ -174,7 +174,7 @@ pub fn run(_global: &GlobalArgs, args: BackupsArgs) -> CliResult {
                     .map(|p| format!(": {p}"))
                     .unwrap_or_default();
                 crate::out!(
-                    "{verdict:>4} {} from store `{}` {what}{problem}",
+                    "{verdict:>4} {} from store `{}`{what}{problem}",
                     c.step,
                     c.store
                 );

@@ -284,11 +284,16 @@ pub fn run_plan(
 /// `RUST_LOG` overrides the levels.
 pub fn init_logging(global: &GlobalArgs) {
     use tracing_subscriber::EnvFilter;
+    // The AWS SDK's own warnings (an instance-metadata probe that failed on
+    // a machine that is not EC2) repeat, in kilobytes, what Phoenix says of
+    // the same failure in a line: shown with `-v` only.
     let default = match (global.log_format, global.quiet, global.verbose) {
         (_, true, _) => "error",
-        (LogFormat::Json, false, 0) => "info",
+        (LogFormat::Json, false, 0) => "info,aws_config=error,aws_smithy_runtime=error",
         (LogFormat::Json, false, _) => "debug",
-        (LogFormat::Text, false, 0) => "warn,phoenix::events=off",
+        (LogFormat::Text, false, 0) => {
+            "warn,phoenix::events=off,aws_config=error,aws_smithy_runtime=error"
+        }
         (LogFormat::Text, false, _) => "debug,phoenix::events=off",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));

@@ -75,13 +75,23 @@ pub(crate) fn classify<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::D
 ) -> (bool, String) {
     match error {
         SdkError::TimeoutError(_) => (true, "timed out".into()),
-        SdkError::DispatchFailure(e) => (
-            true,
-            format!("connection failed: {e:?}")
-                .chars()
-                .take(300)
-                .collect(),
-        ),
+        SdkError::DispatchFailure(e) => {
+            let reason = match e.as_connector_error() {
+                Some(connector) => causes(connector),
+                None => "the request was not sent".to_string(),
+            };
+            // No retry makes credentials appear: said once, plainly.
+            if reason.contains("credentials") {
+                (
+                    false,
+                    format!(
+                        "no usable AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run where a role provides them ({reason})"
+                    ),
+                )
+            } else {
+                (true, format!("cannot reach the server: {reason}"))
+            }
+        }
         SdkError::ResponseError(_) => (true, "the response was cut short".into()),
         SdkError::ServiceError(e) => {
             let code = e.err().code().unwrap_or("error");
@@ -96,6 +106,26 @@ pub(crate) fn classify<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::D
         }
         SdkError::ConstructionFailure(_) => (false, "the request could not be built".into()),
         _ => (false, "unknown error".into()),
+    }
+}
+
+/// An error and its causes, each said once (a cause's text is often part of
+/// the one above it), at most 300 characters: the SDK's `Debug` form ran to
+/// kilobytes of nested structs, with the reason buried in the middle.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(error) = next {
+        let text = error.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = error.source();
+    }
+    let text = parts.join(": ");
+    match text.char_indices().nth(300) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
     }
 }
 

@@ -412,3 +412,33 @@ fn a_server_that_only_fails_fails_cleanly() {
         .collect();
     assert!(leftovers.is_empty());
 }
+
+/// A server that cannot be reached is said in a line: what failed, not the
+/// SDK's nested error structs.
+#[test]
+fn an_unreachable_server_is_said_plainly() {
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ws = Workspace::new();
+    ws.write(
+        "plan.toml",
+        &plan(
+            &format!("http://127.0.0.1:{closed}"),
+            &step("db", "prefix = \"pg/\"\ndest = \"out/db.dump\""),
+        ),
+    );
+    let run = phoenix(&ws)
+        .args(["backups", "plan.toml"])
+        .run()
+        .expect_code(1);
+    let text = run.stdout() + &run.stderr();
+    assert!(
+        text.contains("list `pg/` in bucket `backups`: cannot reach the server: ")
+            && text.contains("Connection refused"),
+        "{text}"
+    );
+    assert!(!text.contains("DispatchFailure"), "{text}");
+}
