@@ -310,7 +310,7 @@ pub fn resume(
     if let Some(torn) = log.torn {
         let side = state.set_aside_tail(&run_id, torn.offset)?;
         events.emit(Event::Warning(format!(
-            "journal line {} was torn by a crash mid-write; set aside in `{}`",
+            "journal line {} was torn by a crash mid-write (or a write that failed part-way); set aside in `{}`",
             torn.line,
             side.display()
         )));

@@ -52,11 +52,25 @@ pub fn create_private(path: &Path) -> std::io::Result<File> {
 struct LocalJournal {
     /// Shared with the sync jobs: `fdatasync` needs no more than the file.
     file: std::sync::Arc<File>,
+    /// Where the last whole write ended.
+    len: u64,
 }
 
 impl JournalBackend for LocalJournal {
+    /// A write that fails part-way (a full disk) is cut off again, so that
+    /// the journal still ends with a whole line; were that cut to fail too,
+    /// a resume sets the partial line aside as a torn tail.
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        (&*self.file).write_all(bytes)
+        match (&*self.file).write_all(bytes) {
+            Ok(()) => {
+                self.len += bytes.len() as u64;
+                Ok(())
+            }
+            Err(error) => {
+                let _ = self.file.set_len(self.len);
+                Err(error)
+            }
+        }
     }
 
     fn sync(&mut self) -> super::SyncJob {
@@ -101,8 +115,13 @@ impl StateStore for LocalState {
             .mode(0o600)
             .open(&path)
             .map_err(StateError::io("open", &path))?;
+        let len = file
+            .metadata()
+            .map_err(StateError::io("open", &path))?
+            .len();
         Ok(Box::new(LocalJournal {
             file: std::sync::Arc::new(file),
+            len,
         }))
     }
 
@@ -140,9 +159,11 @@ impl StateStore for LocalState {
         let path = self.run_dir(run_id).join(name);
         let partial = self.run_dir(run_id).join(format!(".{name}.partial"));
         let mut file = create_private(&partial).map_err(StateError::io("write", &partial))?;
-        file.write_all(bytes)
-            .and_then(|_| file.sync_all())
-            .map_err(StateError::io("write", &partial))?;
+        if let Err(error) = file.write_all(bytes).and_then(|_| file.sync_all()) {
+            // A full disk: nothing half-written is left behind.
+            let _ = fs::remove_file(&partial);
+            return Err(StateError::io("write", &partial)(error));
+        }
         fs::rename(&partial, &path).map_err(StateError::io("rename", &path))?;
         Ok(path)
     }

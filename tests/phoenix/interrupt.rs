@@ -301,8 +301,9 @@ fn a_torn_last_line_is_set_aside_and_damage_is_reported() {
     ws.write("go", "");
     let run = ws.expect(["resume"], 0);
     assert!(
-        run.stderr()
-            .contains("was torn by a crash mid-write; set aside in"),
+        run.stderr().contains(
+            "was torn by a crash mid-write (or a write that failed part-way); set aside in"
+        ),
         "{}",
         run.stderr()
     );
@@ -407,4 +408,50 @@ fn a_step_gets_default_signals_but_keeps_those_phoenix_was_started_ignoring() {
             "signal {signal} is not ignored: {text}"
         );
     }
+}
+
+/// A disk that fills up mid-run (here a file-size limit, which fails a write
+/// part-way as a full disk does): the run stops with the reason, the journal
+/// still ends with a whole line, no half-written report is left, and once
+/// there is room the resume goes on without a torn line to set aside.
+#[test]
+fn a_full_disk_stops_the_run_and_leaves_the_journal_whole() {
+    let ws = Workspace::new();
+    let mut plan = String::from(HEADER);
+    for i in 0..300 {
+        let needs = if i > 0 {
+            format!("needs = [\"s{}\"]\n", i - 1)
+        } else {
+            String::new()
+        };
+        plan.push_str(&format!(
+            "\n[[step]]\nid = \"s{i}\"\nphase = \"provision\"\naction = \"noop\"\n{needs}"
+        ));
+    }
+    ws.write("plan.toml", &plan);
+    // 40 KiB a file (`ulimit -f` counts 512-byte blocks): the plan's copy
+    // fits, the journal does not; SIGXFSZ ignored, the write fails instead.
+    let output = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "trap '' XFSZ; ulimit -f 80; exec \"$0\" run plan.toml -q",
+        ])
+        .arg(env!("CARGO_BIN_EXE_phoenix"))
+        .current_dir(ws.path())
+        .env_remove("PHOENIX_STATE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot write the journal"), "{stderr}");
+    let run_dir = ws.run_dir();
+    let journal = std::fs::read_to_string(run_dir.join("journal.jsonl")).unwrap();
+    assert!(
+        journal.len() > 30_000 && journal.ends_with('\n'),
+        "the journal ends with a whole line"
+    );
+    assert!(!run_dir.join(".report.json.partial").exists());
+    let resumed = ws.expect(["resume"], 0);
+    assert!(!resumed.stderr().contains("torn"), "{}", resumed.stderr());
+    assert_eq!(ws.status()["state"], "succeeded");
 }
