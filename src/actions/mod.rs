@@ -158,7 +158,10 @@ pub(crate) fn sync_parent(path: &std::path::Path) -> std::io::Result<()> {
 /// `syncfs` of its filesystem, where a checkout or an unpacked archive would
 /// take an `fsync` for each of thousands of files and directories.
 pub(crate) fn sync_tree(tree: &std::path::Path) -> std::io::Result<()> {
-    let dir = std::fs::File::open(tree)?;
+    // Any file of the filesystem will do: the tree's directory, or its
+    // parent should an archive have made the tree's own unreadable.
+    let dir = std::fs::File::open(tree)
+        .or_else(|error| tree.parent().map_or(Err(error), std::fs::File::open))?;
     nix::unistd::syncfs(&dir).map_err(std::io::Error::from)
 }
 
