@@ -57,6 +57,13 @@ pub async fn run(spec: &ApprovalSpec, ctx: &StepContext<'_>) -> Result<Outputs, 
     Ok(outputs)
 }
 
+/// The terminal, one question at a time: two gates ready together must not
+/// ask at once, or an answer typed for one could approve the other. A read
+/// left waiting by a question that timed out or was interrupted is kept
+/// here: what the person types next answers the next question.
+static TERMINAL: tokio::sync::Mutex<Option<tokio::task::JoinHandle<String>>> =
+    tokio::sync::Mutex::const_new(None);
+
 /// Asks at the terminal; the answer trimmed and in lower case. An interrupt
 /// or the step's timeout ends the wait: the read goes on on its thread, which
 /// the process does not wait for.
@@ -68,6 +75,10 @@ async fn ask(question: &str, ctx: &StepContext<'_>) -> Result<String, ActionErro
             self.0.prompting(false);
         }
     }
+    let mut terminal = tokio::select! {
+        terminal = TERMINAL.lock() => terminal,
+        _ = ctx.cancel.cancelled() => return Err(ActionError::Interrupted),
+    };
     let events = ctx.shared.events.as_ref();
     events.prompting(true);
     let _prompting = Prompting(events);
@@ -77,14 +88,17 @@ async fn ask(question: &str, ctx: &StepContext<'_>) -> Result<String, ActionErro
         let _ = write!(std::io::stderr(), "{question}");
         let _ = std::io::stderr().flush();
     }
-    let read = tokio::task::spawn_blocking(|| {
-        let mut answer = String::new();
-        let _ = std::io::stdin().read_line(&mut answer);
-        answer
+    let mut read = terminal.take().unwrap_or_else(|| {
+        tokio::task::spawn_blocking(|| {
+            let mut answer = String::new();
+            let _ = std::io::stdin().read_line(&mut answer);
+            answer
+        })
     });
     tokio::select! {
-        answer = read => Ok(answer.unwrap_or_default().trim().to_ascii_lowercase()),
+        answer = &mut read => Ok(answer.unwrap_or_default().trim().to_ascii_lowercase()),
         _ = ctx.cancel.cancelled() => {
+            *terminal = Some(read);
             // The question stays unanswered: what comes next starts a line.
             crate::note!("");
             Err(ActionError::Interrupted)

@@ -552,7 +552,10 @@ fn an_approval_asked_at_a_terminal() {
         let mut child = std::process::Command::new("script")
             .args([
                 "-qec",
-                &format!("{} run plan.toml", env!("CARGO_BIN_EXE_phoenix")),
+                &format!(
+                    "{} run plan.toml --keep-going",
+                    env!("CARGO_BIN_EXE_phoenix")
+                ),
                 "/dev/null",
             ])
             .current_dir(ws.path())
@@ -632,4 +635,25 @@ fn an_approval_asked_at_a_terminal() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(130), "{text}");
     assert_eq!(ws.status()["state"], "interrupted");
+
+    // A question that timed out leaves its read waiting on the terminal; the
+    // next question takes it over, so the answer typed for that one is not
+    // swallowed by the old read.
+    let ws = Workspace::new();
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{DRILL_HEADER}\n[[step]]\nid = \"first\"\nphase = \"configure\"\naction = \"approval\"\nprompt = \"First?\"\ntimeout = \"1s\"\n{}\n[[step]]\nid = \"second\"\nphase = \"configure\"\naction = \"approval\"\nprompt = \"Second?\"\nneeds = [\"slow\"]\n{}",
+            shell_step("slow", "provision", "sleep 2", ""),
+            shell_step("after", "restore", "echo after >> ledger", "needs = [\"second\"]"),
+        ),
+    );
+    let (child, mut stdin) = at_terminal(&ws, None);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    std::io::Write::write_all(&mut stdin, b"y\n").unwrap();
+    let output = finish(child);
+    drop(stdin);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert_eq!(ledger(&ws), ["after"], "{text}");
 }
