@@ -39,6 +39,15 @@ pub fn cores() -> usize {
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
+/// `error`, then each of its causes in turn.
+pub fn error_chain<'a>(
+    error: &'a (dyn std::error::Error + 'a),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'a)> {
+    std::iter::successors(Some(error), |e| {
+        e.source().map(|s| s as &(dyn std::error::Error + 'a))
+    })
+}
+
 /// Frees `value` on a thread of its own, so that the caller does not wait
 /// for it. A run's largest structures (a 10,000-step plan, the journal it
 /// folded, its report) take milliseconds to free, just before the process

@@ -28,10 +28,8 @@ fn main() {
         Ok(code) => code,
         Err(err) => {
             let mut message = format!("error: {err}");
-            let mut source = std::error::Error::source(&err);
-            while let Some(cause) = source {
+            for cause in phoenix::error_chain(&err).skip(1) {
                 message.push_str(&format!("\n  Caused by: {cause}"));
-                source = cause.source();
             }
             phoenix::note!("{message}");
             err.exit_code()

@@ -166,13 +166,10 @@ impl Shared {
 
     /// An error as it may be written anywhere: its causes joined, secrets masked.
     pub fn describe(&self, error: &dyn std::error::Error) -> String {
-        let mut text = error.to_string();
-        let mut source = error.source();
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
+        let text = crate::error_chain(error)
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join(": ");
         self.masker.mask(&text).into_owned()
     }
 }

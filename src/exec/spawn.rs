@@ -319,7 +319,7 @@ fn nul_error() -> io::Error {
 /// The signals a child resets before exec, so that no handler of Phoenix's
 /// is left to run in it between unblocking its signals and exec: every
 /// signal with a handler now (Rust's `SIGSEGV` and `SIGBUS`), those a run
-/// installs handlers for later ([`super::signals::WATCHED`], and `SIGCHLD`,
+/// installs handlers for later ([`super::signals::watched`], and `SIGCHLD`,
 /// which `tokio::process` handles where pidfds are missing), perhaps over an
 /// ignored one, and `SIGPIPE`, which Rust ignores. A signal at its default
 /// is left alone: it stays at its default through exec. So is one Phoenix
@@ -334,7 +334,7 @@ fn default_signals() -> Vec<libc::c_int> {
         .filter(|signal| {
             has_handler(*signal)
                 || INSTALLED_LATER.contains(signal)
-                || (*signal == libc::SIGHUP && super::signals::hangup_watched())
+                || super::signals::watched().any(|(watched, _)| watched == *signal)
         })
         .collect()
 }
@@ -360,14 +360,10 @@ fn disposition(signal: libc::c_int) -> Option<libc::sighandler_t> {
     }
 }
 
-/// The signals whose handlers a run may install after its children's reset
+/// Besides the run's own signals ([`super::signals::watched`]): `SIGCHLD`,
+/// whose handler `tokio::process` may install after the children's reset
 /// list is made, and `SIGPIPE`, at its default in every step.
-const INSTALLED_LATER: [libc::c_int; 4] = [
-    libc::SIGPIPE,
-    libc::SIGCHLD,
-    super::signals::WATCHED[0],
-    super::signals::WATCHED[1],
-];
+const INSTALLED_LATER: [libc::c_int; 2] = [libc::SIGPIPE, libc::SIGCHLD];
 
 thread_local! {
     /// The stack every child started from this thread runs on until its
@@ -982,9 +978,8 @@ mod tests {
             .build()
             .unwrap();
         runtime.block_on(async {
-            let _watched: Vec<_> = crate::exec::signals::WATCHED
-                .iter()
-                .map(|&signal| {
+            let _watched: Vec<_> = crate::exec::signals::watched()
+                .map(|(signal, _)| {
                     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(signal))
                         .unwrap()
                 })

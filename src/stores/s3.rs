@@ -114,13 +114,10 @@ pub(crate) fn classify<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::D
 /// kilobytes of nested structs, with the reason buried in the middle.
 fn causes(error: &dyn std::error::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(error);
-    while let Some(error) = next {
-        let text = error.to_string();
+    for text in crate::error_chain(error).map(|e| e.to_string()) {
         if !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }
-        next = error.source();
     }
     let text = parts.join(": ");
     match text.char_indices().nth(300) {

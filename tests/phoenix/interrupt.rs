@@ -380,14 +380,10 @@ fn a_step_gets_default_signals_but_keeps_those_phoenix_was_started_ignoring() {
     // Started as `nohup` starts a program: SIGHUP ignored. Phoenix itself
     // handles SIGINT and SIGTERM; its step must not inherit that, and must
     // inherit the ignored SIGHUP, as exec would have it.
-    let status = std::process::Command::new("sh")
-        .args(["-c", "trap '' HUP; exec \"$0\" run plan.toml -q"])
-        .arg(env!("CARGO_BIN_EXE_phoenix"))
-        .current_dir(ws.path())
-        .env_remove("PHOENIX_STATE")
-        .status()
-        .unwrap();
-    assert!(status.success());
+    Phoenix::under(ws.path(), &["sh", "-c", "trap '' HUP; exec \"$0\" \"$@\""])
+        .args(["run", "plan.toml", "-q"])
+        .run()
+        .expect_code(0);
     let text = ws.read("signals.txt");
     let mask = |name: &str| {
         let line = text.lines().find(|l| l.starts_with(name)).unwrap();
@@ -431,18 +427,14 @@ fn a_full_disk_stops_the_run_and_leaves_the_journal_whole() {
     ws.write("plan.toml", &plan);
     // 40 KiB a file (`ulimit -f` counts 512-byte blocks): the plan's copy
     // fits, the journal does not; SIGXFSZ ignored, the write fails instead.
-    let output = std::process::Command::new("sh")
-        .args([
-            "-c",
-            "trap '' XFSZ; ulimit -f 80; exec \"$0\" run plan.toml -q",
-        ])
-        .arg(env!("CARGO_BIN_EXE_phoenix"))
-        .current_dir(ws.path())
-        .env_remove("PHOENIX_STATE")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let run = Phoenix::under(
+        ws.path(),
+        &["sh", "-c", "trap '' XFSZ; ulimit -f 80; exec \"$0\" \"$@\""],
+    )
+    .args(["run", "plan.toml", "-q"])
+    .run()
+    .expect_code(1);
+    let stderr = run.stderr();
     assert!(stderr.contains("cannot write the journal"), "{stderr}");
     let run_dir = ws.run_dir();
     let journal = std::fs::read_to_string(run_dir.join("journal.jsonl")).unwrap();
