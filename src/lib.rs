@@ -26,8 +26,41 @@ macro_rules! note {
 /// shrugged off, as in [`note!`].
 pub fn stderr_line(mut line: String) {
     use std::io::Write as _;
+    if QUESTION_OPEN.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        line.insert(0, '\n');
+    }
     line.push('\n');
     let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+/// Whether stderr's last write was a question still waiting for its answer,
+/// the cursor at the end of its line: the next line written starts a new one
+/// (a signal's warning, or another step's line, is not printed after the
+/// question's text).
+static QUESTION_OPEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes `question` to stderr without a newline, for an answer typed on the
+/// same line.
+pub fn stderr_question(question: &str) {
+    use std::io::Write as _;
+    let mut stderr = std::io::stderr().lock();
+    // Not `eprint!`: it panics when stderr is a closed pipe.
+    let _ = stderr.write_all(question.as_bytes());
+    let _ = stderr.flush();
+    QUESTION_OPEN.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The question was answered: the person's Enter ended its line.
+pub fn question_answered() {
+    QUESTION_OPEN.store(false, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The question was left unanswered: its line is ended unless something
+/// written since has ended it already.
+pub fn question_abandoned() {
+    if QUESTION_OPEN.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        stderr_line(String::new());
+    }
 }
 
 /// How many CPUs this process may use (its affinity and cgroup quota; one if

@@ -82,12 +82,7 @@ async fn ask(question: &str, ctx: &StepContext<'_>) -> Result<String, ActionErro
     let events = ctx.shared.events.as_ref();
     events.prompting(true);
     let _prompting = Prompting(events);
-    {
-        use std::io::Write;
-        // Not `eprint!`: it panics when stderr is a closed pipe.
-        let _ = write!(std::io::stderr(), "{question}");
-        let _ = std::io::stderr().flush();
-    }
+    crate::stderr_question(question);
     let mut read = terminal.take().unwrap_or_else(|| {
         tokio::task::spawn_blocking(|| {
             let mut answer = String::new();
@@ -96,11 +91,14 @@ async fn ask(question: &str, ctx: &StepContext<'_>) -> Result<String, ActionErro
         })
     });
     tokio::select! {
-        answer = &mut read => Ok(answer.unwrap_or_default().trim().to_ascii_lowercase()),
+        answer = &mut read => {
+            crate::question_answered();
+            Ok(answer.unwrap_or_default().trim().to_ascii_lowercase())
+        }
         _ = ctx.cancel.cancelled() => {
             *terminal = Some(read);
             // The question stays unanswered: what comes next starts a line.
-            crate::note!("");
+            crate::question_abandoned();
             Err(ActionError::Interrupted)
         }
     }

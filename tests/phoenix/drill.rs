@@ -541,6 +541,15 @@ fn rto_and_rpo_match_known_timings() {
     assert!(text.contains("first (0.6s) -> second (0.6s)"), "{text}");
 }
 
+/// Whether `what` is in `text` but never on the line of a question (a line
+/// that also holds its `[y/N]`).
+fn starts_its_own_line(text: &str, what: &str) -> bool {
+    text.contains(what)
+        && !text
+            .lines()
+            .any(|l| l.contains("[y/N]") && l.contains(what))
+}
+
 /// At a terminal the gate asks. A `y` approves it; a question left
 /// unanswered gives way to the step's timeout and to Ctrl-C (the wait once
 /// held the display's lock, and neither could end it).
@@ -611,6 +620,7 @@ fn an_approval_asked_at_a_terminal() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(text.contains("timed out after 1s"), "{text}");
+    assert!(starts_its_own_line(&text, "timed out after 1s"), "{text}");
 
     let ws = Workspace::new();
     ws.write("plan.toml", &gate(""));
@@ -634,6 +644,7 @@ fn an_approval_asked_at_a_terminal() {
     drop(stdin);
     let text = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(130), "{text}");
+    assert!(starts_its_own_line(&text, "SIGINT: stopping"), "{text}");
     assert_eq!(ws.status()["state"], "interrupted");
 
     // A question that timed out leaves its read waiting on the terminal; the
