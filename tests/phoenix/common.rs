@@ -127,6 +127,30 @@ impl Workspace {
         path
     }
 
+    /// Writes `plan.toml`: [`HEADER`], then `steps`.
+    pub fn write_plan(&self, steps: &[String]) -> PathBuf {
+        self.write("plan.toml", &format!("{HEADER}{}", steps.concat()))
+    }
+
+    /// Starts `phoenix run plan.toml --run-id RUN_ID` on a plan of one step,
+    /// `hold`, that keeps the run (and its lock) alive for two seconds; returns
+    /// once that step has started.
+    pub fn start_holding(&self, run_id: &str) -> std::process::Child {
+        self.write_plan(&[shell_step(
+            "hold",
+            "provision",
+            "touch started; sleep 2",
+            "",
+        )]);
+        let run = self
+            .phoenix()
+            .args(["run", "plan.toml", "--run-id", run_id])
+            .spawn();
+        let started = self.path().join("started");
+        assert!(wait_for(std::time::Duration::from_secs(10), || started.exists()));
+        run
+    }
+
     pub fn phoenix(&self) -> Phoenix {
         Phoenix::new(self.path())
     }

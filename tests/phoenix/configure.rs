@@ -107,13 +107,13 @@ fn a_moved_tag_fails_against_its_pin() {
     let repo = ws.path().join("repo");
     let (one, two) = make_repo(&repo);
     git(&repo, &["tag", "-f", "-a", "v1", "-m", "moved", &two]);
-    ws.write(
-        "plan.toml",
-        &format!(
-            "{HEADER}{}",
-            git_step("cfg", "repo", "v1", "out", &format!("commit = \"{one}\""))
-        ),
-    );
+    ws.write_plan(&[git_step(
+        "cfg",
+        "repo",
+        "v1",
+        "out",
+        &format!("commit = \"{one}\""),
+    )]);
     let run = ws.expect(["run", "plan.toml"], 1);
     let stderr = run.stderr();
     assert!(
@@ -151,13 +151,7 @@ fn submodules_are_checked_out_at_their_pinned_tags() {
     // The libraries move on after the pin: the checkout must not follow.
     std::fs::write(lib_a.join("file"), "v3\n").unwrap();
     git(&lib_a, &["commit", "-q", "-am", "three"]);
-    ws.write(
-        "plan.toml",
-        &format!(
-            "{HEADER}{}",
-            git_step("env", "env", "prod-1", "deployed", "")
-        ),
-    );
+    ws.write_plan(&[git_step("env", "env", "prod-1", "deployed", "")]);
     ws.expect(["run", "plan.toml"], 0);
     assert_eq!(ws.read("deployed/a/file"), "v1\n");
     assert_eq!(ws.read("deployed/b/file"), "v2\n");
@@ -200,10 +194,7 @@ fn a_failed_checkout_leaves_dest_as_it_was() {
     std::fs::create_dir_all(ws.path().join("out")).unwrap();
     std::fs::write(ws.path().join("out/keep.txt"), "precious").unwrap();
     let missing = "0123456789abcdef0123456789abcdef01234567";
-    ws.write(
-        "plan.toml",
-        &format!("{HEADER}{}", git_step("cfg", "repo", missing, "out", "")),
-    );
+    ws.write_plan(&[git_step("cfg", "repo", missing, "out", "")]);
     ws.expect(["run", "plan.toml"], 1);
     assert_eq!(ws.read("out/keep.txt"), "precious");
     let leftovers: Vec<_> = std::fs::read_dir(ws.path())
@@ -213,10 +204,7 @@ fn a_failed_checkout_leaves_dest_as_it_was() {
         .collect();
     assert!(leftovers.is_empty(), "temporary checkouts are removed");
     // And a good checkout replaces the old tree whole.
-    ws.write(
-        "plan.toml",
-        &format!("{HEADER}{}", git_step("cfg", "repo", "v2", "out", "")),
-    );
+    ws.write_plan(&[git_step("cfg", "repo", "v2", "out", "")]);
     ws.expect(["run", "plan.toml"], 0);
     assert!(!ws.path().join("out/keep.txt").exists());
     assert_eq!(ws.read("out/file"), "v2\n");

@@ -1,6 +1,6 @@
 //! `phoenix graph` and `phoenix plan`: outputs that need no execution.
 
-use crate::common::{repo_root, shell_step, Phoenix, Workspace, HEADER};
+use crate::common::{repo_root, shell_step, Phoenix, Workspace};
 
 #[test]
 fn graph_dot_groups_steps_by_phase() {
@@ -38,14 +38,10 @@ fn mermaid_ids_never_meet_its_keywords_or_the_phases() {
     // `end` closes a subgraph in Mermaid, and a node called as its subgraph
     // is its own parent: both made the diagram fail to render.
     let ws = Workspace::new();
-    ws.write(
-        "plan.toml",
-        &format!(
-            "{HEADER}{}{}",
-            shell_step("restore", "restore", "true", ""),
-            shell_step("end", "restore", "true", "needs = [\"restore\"]"),
-        ),
-    );
+    ws.write_plan(&[
+        shell_step("restore", "restore", "true", ""),
+        shell_step("end", "restore", "true", "needs = [\"restore\"]"),
+    ]);
     let run = ws.expect(["graph", "plan.toml", "--format", "mermaid"], 0);
     let text = run.stdout();
     assert_eq!(
@@ -83,20 +79,16 @@ fn plan_shows_waves_critical_path_and_rto() {
 #[test]
 fn a_plan_of_short_steps_predicts_tenths_of_a_second() {
     let ws = Workspace::new();
-    ws.write(
-        "plan.toml",
-        &format!(
-            "{HEADER}{}{}{}",
-            shell_step("a", "provision", "true", "estimate = \"300ms\""),
-            shell_step(
-                "b",
-                "provision",
-                "true",
-                "needs = [\"a\"]\nestimate = \"1200ms\""
-            ),
-            shell_step("c", "provision", "true", "needs = [\"b\"]"),
+    ws.write_plan(&[
+        shell_step("a", "provision", "true", "estimate = \"300ms\""),
+        shell_step(
+            "b",
+            "provision",
+            "true",
+            "needs = [\"a\"]\nestimate = \"1200ms\"",
         ),
-    );
+        shell_step("c", "provision", "true", "needs = [\"b\"]"),
+    ]);
     let run = ws.expect(["plan", "plan.toml"], 0);
     assert!(
         run.stdout()

@@ -97,13 +97,12 @@ fn stops_children_flushes_and_exits_130(name: &str) {
 #[test]
 fn a_run_started_ignoring_sighup_goes_on() {
     let ws = Workspace::new();
-    ws.write(
-        "plan.toml",
-        &format!(
-            "{HEADER}{}",
-            shell_step("long", "provision", "touch started; sleep 1", ""),
-        ),
-    );
+    ws.write_plan(&[shell_step(
+        "long",
+        "provision",
+        "touch started; sleep 1",
+        "",
+    )]);
     let child = Phoenix::under(ws.path(), &["nohup"])
         .args(["run", "plan.toml"])
         .spawn();
@@ -124,16 +123,12 @@ fn a_run_started_ignoring_sighup_goes_on() {
 fn a_second_signal_kills_at_once() {
     let ws = Workspace::new();
     // The step ignores SIGTERM, so the graceful path would wait out the grace.
-    let plan = format!(
-        "{HEADER}{}",
-        shell_step(
-            "stubborn",
-            "provision",
-            "trap '' TERM; echo $$ > child.pid; sleep 60",
-            ""
-        )
-    );
-    ws.write("plan.toml", &plan);
+    ws.write_plan(&[shell_step(
+        "stubborn",
+        "provision",
+        "trap '' TERM; echo $$ > child.pid; sleep 60",
+        "",
+    )]);
     let child = ws
         .phoenix()
         .args(["run", "plan.toml"])
@@ -164,21 +159,7 @@ fn a_second_signal_kills_at_once() {
 #[test]
 fn two_runs_at_once_exactly_one_proceeds() {
     let ws = Workspace::new();
-    ws.write(
-        "plan.toml",
-        &format!(
-            "{HEADER}{}",
-            shell_step("hold", "provision", "touch started; sleep 2", "")
-        ),
-    );
-    let first = ws
-        .phoenix()
-        .args(["run", "plan.toml", "--run-id", "first"])
-        .spawn();
-    assert!(wait_for(Duration::from_secs(10), || ws
-        .path()
-        .join("started")
-        .exists()));
+    let first = ws.start_holding("first");
     let second = ws.expect(["run", "plan.toml", "--run-id", "second"], 4);
     let stderr = second.stderr();
     assert!(
@@ -197,10 +178,7 @@ fn two_runs_at_once_exactly_one_proceeds() {
 #[test]
 fn many_simultaneous_runs_one_holder() {
     let ws = Workspace::new();
-    ws.write(
-        "plan.toml",
-        &format!("{HEADER}{}", shell_step("hold", "provision", "sleep 1", "")),
-    );
+    ws.write_plan(&[shell_step("hold", "provision", "sleep 1", "")]);
     let children: Vec<_> = (0..6)
         .map(|i| {
             ws.phoenix()
@@ -219,10 +197,7 @@ fn many_simultaneous_runs_one_holder() {
 #[test]
 fn a_lock_left_by_a_dead_run_is_taken_over() {
     let ws = Workspace::new();
-    ws.write(
-        "plan.toml",
-        &format!("{HEADER}{}", shell_step("a", "provision", "true", "")),
-    );
+    ws.write_plan(&[shell_step("a", "provision", "true", "")]);
     std::fs::create_dir_all(ws.state()).unwrap();
     std::fs::write(
         ws.state().join("lock"),
@@ -254,21 +229,7 @@ fn a_lock_left_by_a_dead_run_is_taken_over() {
 #[test]
 fn unlock_refuses_a_live_lock() {
     let ws = Workspace::new();
-    ws.write(
-        "plan.toml",
-        &format!(
-            "{HEADER}{}",
-            shell_step("hold", "provision", "touch started; sleep 2", "")
-        ),
-    );
-    let first = ws
-        .phoenix()
-        .args(["run", "plan.toml", "--run-id", "live"])
-        .spawn();
-    assert!(wait_for(Duration::from_secs(10), || ws
-        .path()
-        .join("started")
-        .exists()));
+    let first = ws.start_holding("live");
     let status = ws.status();
     assert_eq!(status["state"], "running");
     assert_eq!(state_of(&status, "hold"), "running");
@@ -365,18 +326,12 @@ fn group_alive(pgid: i32) -> bool {
 #[test]
 fn a_step_gets_default_signals_but_keeps_those_phoenix_was_started_ignoring() {
     let ws = Workspace::new();
-    ws.write(
-        "plan.toml",
-        &format!(
-            "{HEADER}{}",
-            shell_step(
-                "look",
-                "provision",
-                "cat /proc/self/status > signals.txt",
-                ""
-            )
-        ),
-    );
+    ws.write_plan(&[shell_step(
+        "look",
+        "provision",
+        "cat /proc/self/status > signals.txt",
+        "",
+    )]);
     // Started as `nohup` starts a program: SIGHUP ignored. Phoenix itself
     // handles SIGINT and SIGTERM; its step must not inherit that, and must
     // inherit the ignored SIGHUP, as exec would have it.

@@ -195,18 +195,16 @@ fn a_changed_step_and_its_descendants_run_again() {
 #[test]
 fn skip_accepts_a_failed_step_as_done() {
     let ws = Workspace::new();
-    let plan = format!(
-        "{HEADER}{}{}{}",
+    ws.write_plan(&[
         shell_step("fine", "provision", "echo n=7 >> \"$PHOENIX_OUTPUT\"", ""),
         shell_step("broken", "provision", "exit 1", "needs = [\"fine\"]"),
         shell_step(
             "next",
             "configure",
             "echo ran {{ steps.fine.outputs.n }} > next.txt",
-            "needs = [\"broken\"]"
+            "needs = [\"broken\"]",
         ),
-    );
-    ws.write("plan.toml", &plan);
+    ]);
     ws.expect(["run", "plan.toml"], 1);
     let bad = ws.expect(["resume", "--skip", "brokn"], 2);
     assert!(
@@ -239,13 +237,11 @@ fn skip_accepts_a_failed_step_as_done() {
 #[test]
 fn keep_going_runs_what_it_can_and_reports_skips() {
     let ws = Workspace::new();
-    let plan = format!(
-        "{HEADER}{}{}{}",
+    ws.write_plan(&[
         shell_step("broken", "provision", "echo to stderr >&2; exit 7", ""),
         shell_step("blocked", "configure", "true", "needs = [\"broken\"]"),
         shell_step("free", "configure", "echo free > free.txt", ""),
-    );
-    ws.write("plan.toml", &plan);
+    ]);
     let run = ws.expect(["run", "plan.toml", "--keep-going"], 1);
     let stderr = run.stderr();
     assert!(stderr.contains("FAIL broken"), "{stderr}");
@@ -265,23 +261,21 @@ fn in_doubt_steps_follow_check_and_idempotent() {
     let ws = Workspace::new();
     // Both steps are in doubt after a crash: simulate one by cutting the
     // journal after their start records.
-    let plan = format!(
-        "{HEADER}{}{}{}",
+    ws.write_plan(&[
         shell_step(
             "checked",
             "provision",
             "echo checked >> ledger",
-            "check = [\"test\", \"-e\", \"ledger\"]"
+            "check = [\"test\", \"-e\", \"ledger\"]",
         ),
         shell_step(
             "once",
             "provision",
             "echo once >> ledger",
-            "idempotent = false\nneeds = [\"checked\"]"
+            "idempotent = false\nneeds = [\"checked\"]",
         ),
         shell_step("stop", "configure", "exit 1", "needs = [\"once\"]"),
-    );
-    ws.write("plan.toml", &plan);
+    ]);
     ws.expect(["run", "plan.toml"], 1);
     ws.cut_journal(|l| l.contains("\"type\":\"finished\"") || l.contains("\"type\":\"ended\""));
     let status = ws.status();
@@ -310,10 +304,7 @@ fn in_doubt_steps_follow_check_and_idempotent() {
 #[test]
 fn status_text_and_a_missing_run() {
     let ws = Workspace::new();
-    ws.write(
-        "plan.toml",
-        &format!("{HEADER}{}", shell_step("only", "provision", "true", "")),
-    );
+    ws.write_plan(&[shell_step("only", "provision", "true", "")]);
     let none = ws.expect(["status"], 2);
     assert!(none.stderr().contains("no state at"), "{}", none.stderr());
     // A state that cannot be made is bad usage (2), not a failed run (1).
@@ -347,13 +338,12 @@ fn status_text_and_a_missing_run() {
 #[test]
 fn state_works_from_any_directory() {
     let ws = Workspace::new();
-    ws.write(
-        "plan.toml",
-        &format!(
-            "{HEADER}{}",
-            shell_step("only", "provision", "pwd > where; echo logged", "")
-        ),
-    );
+    ws.write_plan(&[shell_step(
+        "only",
+        "provision",
+        "pwd > where; echo logged",
+        "",
+    )]);
     let elsewhere = tempfile::tempdir().unwrap();
     let state = ws.path().join("state");
     crate::common::Phoenix::new(elsewhere.path())
@@ -440,19 +430,15 @@ fn the_report_written_at_the_end_matches_the_journal_read_back() {
 fn a_closed_output_pipe_does_not_stop_the_run() {
     use std::io::BufRead;
     let ws = Workspace::new();
-    ws.write(
-        "plan.toml",
-        &format!(
-            "{HEADER}{}{}",
-            shell_step("first", "provision", "echo first >> ledger; sleep 0.3", ""),
-            shell_step(
-                "second",
-                "provision",
-                "echo second >> ledger",
-                "needs = [\"first\"]"
-            ),
+    ws.write_plan(&[
+        shell_step("first", "provision", "echo first >> ledger; sleep 0.3", ""),
+        shell_step(
+            "second",
+            "provision",
+            "echo second >> ledger",
+            "needs = [\"first\"]",
         ),
-    );
+    ]);
     for format in ["json", "text"] {
         std::fs::remove_file(ws.path().join("ledger")).ok();
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_phoenix"))
@@ -559,13 +545,12 @@ fn steps_get_the_huge_page_setting_phoenix_was_started_with() {
         return;
     };
     let ws = Workspace::new();
-    ws.write(
-        "plan.toml",
-        &format!(
-            "{HEADER}{}",
-            shell_step("thp", "provision", "cat /proc/self/status > status", "")
-        ),
-    );
+    ws.write_plan(&[shell_step(
+        "thp",
+        "provision",
+        "cat /proc/self/status > status",
+        "",
+    )]);
     ws.expect(["run", "plan.toml"], 0);
     let theirs = ws.read("status");
     assert_eq!(thp_line(&theirs), Some(expected), "{theirs}");
@@ -577,24 +562,20 @@ fn steps_get_the_huge_page_setting_phoenix_was_started_with() {
 #[test]
 fn a_step_that_leaves_a_daemon_finishes_and_its_output_is_still_logged() {
     let ws = Workspace::new();
-    ws.write(
-        "plan.toml",
-        &format!(
-            "{HEADER}{}{}",
-            shell_step(
-                "daemon",
-                "provision",
-                "echo $$ > group; (sleep 0.3; echo late from the daemon; sleep 30) & echo started",
-                ""
-            ),
-            shell_step(
-                "after",
-                "provision",
-                "sleep 1.5; echo after >> ledger",
-                "needs = [\"daemon\"]"
-            ),
+    ws.write_plan(&[
+        shell_step(
+            "daemon",
+            "provision",
+            "echo $$ > group; (sleep 0.3; echo late from the daemon; sleep 30) & echo started",
+            "",
         ),
-    );
+        shell_step(
+            "after",
+            "provision",
+            "sleep 1.5; echo after >> ledger",
+            "needs = [\"daemon\"]",
+        ),
+    ]);
     let start = std::time::Instant::now();
     let run = ws.phoenix().args(["run", "plan.toml"]).run();
     let elapsed = start.elapsed();
@@ -618,30 +599,26 @@ fn a_step_that_closes_its_output_early_is_waited_for_to_the_end() {
     // a process that closes it and goes on must still be waited for, its
     // exit code and its outputs taken when it really ends.
     let ws = Workspace::new();
-    ws.write(
-        "plan.toml",
-        &format!(
-            "{HEADER}{}{}{}",
-            shell_step(
-                "quiet",
-                "provision",
-                "echo before; exec >/dev/null 2>&1; sleep 0.4; echo done=late >> \"$PHOENIX_OUTPUT\"",
-                ""
-            ),
-            shell_step(
-                "after",
-                "provision",
-                "echo {{ steps.quiet.outputs.done }} >> ledger",
-                "needs = [\"quiet\"]"
-            ),
-            shell_step(
-                "failing",
-                "provision",
-                "exec >/dev/null 2>&1; sleep 0.4; exit 3",
-                ""
-            ),
+    ws.write_plan(&[
+        shell_step(
+            "quiet",
+            "provision",
+            "echo before; exec >/dev/null 2>&1; sleep 0.4; echo done=late >> \"$PHOENIX_OUTPUT\"",
+            "",
         ),
-    );
+        shell_step(
+            "after",
+            "provision",
+            "echo {{ steps.quiet.outputs.done }} >> ledger",
+            "needs = [\"quiet\"]",
+        ),
+        shell_step(
+            "failing",
+            "provision",
+            "exec >/dev/null 2>&1; sleep 0.4; exit 3",
+            "",
+        ),
+    ]);
     let run = ws
         .phoenix()
         .args(["run", "plan.toml", "--keep-going"])
@@ -668,18 +645,12 @@ fn a_step_that_closes_its_output_early_is_waited_for_to_the_end() {
 #[test]
 fn outputs_a_killed_run_left_unread_are_not_taken_up() {
     let ws = Workspace::new();
-    ws.write(
-        "plan.toml",
-        &format!(
-            "{HEADER}{}",
-            shell_step(
-                "writes",
-                "provision",
-                "echo fresh=1 >> \"$PHOENIX_OUTPUT\"",
-                ""
-            )
-        ),
-    );
+    ws.write_plan(&[shell_step(
+        "writes",
+        "provision",
+        "echo fresh=1 >> \"$PHOENIX_OUTPUT\"",
+        "",
+    )]);
     ws.expect(["run", "plan.toml"], 0);
     // As if killed while the first attempt ran: no record of it, and its
     // file, written but never read, still there.
