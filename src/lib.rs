@@ -81,6 +81,14 @@ pub fn error_chain<'a>(
     })
 }
 
+/// `error` and its causes on one line, each after a `: `.
+pub fn error_text(error: &dyn std::error::Error) -> String {
+    error_chain(error)
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
 /// Frees `value` on a thread of its own, so that the caller does not wait
 /// for it. A run's largest structures (a 10,000-step plan, the journal it
 /// folded, its report) take milliseconds to free, just before the process

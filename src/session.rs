@@ -40,7 +40,7 @@ pub enum SessionError {
     State(#[from] StateError),
     #[error(transparent)]
     Lock(#[from] LockError),
-    #[error("run `{run}`: {source}")]
+    #[error("run `{run}`: its journal cannot be read")]
     Journal {
         run: String,
         #[source]
@@ -303,7 +303,7 @@ pub fn resume(
     let lock = state.lock(&lock_info(&run_id))?;
     warn_took_over(lock.as_ref(), events.as_ref());
     let bytes = state.read_journal(&run_id)?;
-    let log = RunLog::parse(&run_id, &bytes).map_err(|source| SessionError::Journal {
+    let log = RunLog::parse(&bytes).map_err(|source| SessionError::Journal {
         run: run_id.clone(),
         source,
     })?;
@@ -651,8 +651,13 @@ fn newest_where(
 ) -> Result<Option<String>, SessionError> {
     let mut best: Option<(chrono::DateTime<Utc>, String)> = None;
     for id in state.run_ids()? {
-        let Ok(bytes) = state.read_journal(&id) else {
-            continue;
+        // A run without a journal, or whose header was never written whole,
+        // never started. One whose journal cannot be read now may well be
+        // the newest: going on without it could pick an older run.
+        let bytes = match state.read_journal(&id) {
+            Ok(bytes) => bytes,
+            Err(StateError::NoRun(_)) => continue,
+            Err(error) => return Err(error.into()),
         };
         let Some(header) = first_header(&bytes) else {
             continue;
@@ -993,7 +998,7 @@ async fn run_check(args: &[String], dir: &Path, log: PathBuf, masker: Arc<Masker
 /// Where a run stands: the journal folded, plus whether it is live.
 pub fn view(state: &dyn StateStore, run_id: &str) -> Result<(Header, RunView, bool), SessionError> {
     let bytes = state.read_journal(run_id)?;
-    let log = RunLog::parse(run_id, &bytes).map_err(|source| SessionError::Journal {
+    let log = RunLog::parse(&bytes).map_err(|source| SessionError::Journal {
         run: run_id.to_string(),
         source,
     })?;

@@ -55,7 +55,8 @@ pub fn run(_global: &GlobalArgs, args: BackupsArgs) -> CliResult {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?;
+        .build()
+        .map_err(crate::session::SessionError::Runtime)?;
     let context = crate::exec::context::before_run(&plan);
     let now = chrono::Utc::now();
     let checks: Vec<Check> = runtime.block_on(async {

@@ -14,7 +14,13 @@ pub struct HistoryArgs {
 
 pub fn run(global: &GlobalArgs, args: HistoryArgs) -> CliResult {
     let state = existing_state(global)?;
-    let entries = history::collect(state.as_ref());
+    let history::History {
+        entries,
+        unreadable,
+    } = history::collect(state.as_ref())?;
+    for (run, why) in &unreadable {
+        crate::note!("warning: run `{run}` is left out: {why}");
+    }
     match args.format {
         TextOrJson::Json => crate::out!(
             "{}",

@@ -115,8 +115,12 @@ pub enum CliError {
     Load(#[from] LoadError),
     #[error("{0}")]
     Usage(String),
-    #[error("cannot write output: {0}")]
-    Output(#[from] std::io::Error),
+    #[error("cannot write `{}`", .path.display())]
+    Output {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Session(#[from] crate::session::SessionError),
 }
@@ -131,7 +135,7 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Load(_) | CliError::Usage(_) => exit_codes::USAGE,
-            CliError::Output(_) => exit_codes::FAILURE,
+            CliError::Output { .. } => exit_codes::USAGE,
             CliError::Session(error) => {
                 use crate::session::SessionError as E;
                 match error {

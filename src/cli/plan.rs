@@ -153,7 +153,7 @@ fn last_run_durations(
         let Ok(bytes) = state.read_journal(&id) else {
             continue;
         };
-        let Ok(log) = crate::journal::RunLog::parse(&id, &bytes) else {
+        let Ok(log) = crate::journal::RunLog::parse(&bytes) else {
             continue;
         };
         if log.header.plan != plan || best.as_ref().is_some_and(|b| b.0 >= log.header.started_at) {

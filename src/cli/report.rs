@@ -43,7 +43,10 @@ pub fn run(global: &GlobalArgs, args: ReportArgs) -> CliResult {
     };
     match args.output {
         Some(path) => {
-            std::fs::write(&path, text)?;
+            std::fs::write(&path, text).map_err(|source| super::CliError::Output {
+                path: path.clone(),
+                source,
+            })?;
             if !global.quiet {
                 crate::note!("wrote {}", path.display());
             }

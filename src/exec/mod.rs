@@ -166,11 +166,7 @@ impl Shared {
 
     /// An error as it may be written anywhere: its causes joined, secrets masked.
     pub fn describe(&self, error: &dyn std::error::Error) -> String {
-        let text = crate::error_chain(error)
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-            .join(": ");
-        self.masker.mask(&text).into_owned()
+        self.masker.mask(&crate::error_text(error)).into_owned()
     }
 }
 

@@ -182,7 +182,12 @@ impl StateStore for LocalState {
         };
         Ok(entries
             .filter_map(Result::ok)
-            .filter(|e| e.path().join("journal.jsonl").is_file())
+            // A run is there once its journal is. A journal that is there
+            // but cannot be looked at is listed: reading it says why.
+            .filter(|e| {
+                !matches!(fs::symlink_metadata(e.path().join("journal.jsonl")),
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound)
+            })
             .filter_map(|e| e.file_name().into_string().ok())
             .collect())
     }

@@ -10,8 +10,8 @@ use super::record::{Header, Outcome, Outputs, Record, RunResult, SkipReason, FOR
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("the journal of run `{0}` is empty: the run never started")]
-    Empty(String),
+    #[error("the journal holds no complete record{}: the run never started", if *.torn { " (its only line is torn)" } else { "" })]
+    Empty { torn: bool },
     #[error("journal line 1 is not a header record")]
     NoHeader,
     #[error("journal line {line} is damaged: {message}")]
@@ -39,7 +39,7 @@ impl RunLog {
     /// Parses a journal. A last line that does not parse is a crash mid-write:
     /// it is reported in `torn` and left out. Any other line that does not parse
     /// is damage, and an error naming the line.
-    pub fn parse(run_id: &str, bytes: &[u8]) -> Result<RunLog, JournalError> {
+    pub fn parse(bytes: &[u8]) -> Result<RunLog, JournalError> {
         let mut records = Vec::new();
         let mut torn = None;
         let mut offset = 0usize;
@@ -77,7 +77,11 @@ impl RunLog {
         let header = match records.next() {
             Some(Record::Header(header)) => header,
             Some(_) => return Err(JournalError::NoHeader),
-            None => return Err(JournalError::Empty(run_id.to_string())),
+            None => {
+                return Err(JournalError::Empty {
+                    torn: torn.is_some(),
+                })
+            }
         };
         if header.format > FORMAT_VERSION {
             return Err(JournalError::NewerFormat(header.format));
@@ -318,7 +322,7 @@ mod tests {
     #[test]
     fn a_torn_last_line_is_set_aside() {
         let text = format!("{}\n{{\"type\":\"started\",\"step\":\"a\",\"attempt\":1,\"at\":\"2026-01-01T00:00:00Z\"}}\n{{\"type\":\"fini", header_line());
-        let log = RunLog::parse("r", text.as_bytes()).unwrap();
+        let log = RunLog::parse(text.as_bytes()).unwrap();
         assert_eq!(log.records.len(), 1);
         let torn = log.torn.unwrap();
         assert_eq!(torn.line, 3);
@@ -329,7 +333,7 @@ mod tests {
     #[test]
     fn damage_before_the_last_line_names_the_line() {
         let text = format!("{}\ngarbage\n{{\"type\":\"ended\",\"at\":\"2026-01-01T00:00:00Z\",\"result\":\"failed\"}}\n", header_line());
-        match RunLog::parse("r", text.as_bytes()) {
+        match RunLog::parse(text.as_bytes()) {
             Err(JournalError::Damaged { line, .. }) => assert_eq!(line, 2),
             other => panic!("expected damage, got {:?}", other.err()),
         }

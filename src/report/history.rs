@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::journal::{RunLog, StateStore};
+use crate::journal::{RunLog, StateError, StateStore};
 
 #[derive(Serialize, Clone)]
 pub struct HistoryEntry {
@@ -20,48 +20,66 @@ pub struct HistoryEntry {
     pub rpo_met: Option<bool>,
 }
 
-/// Every run that can be read, oldest first. A run's figures come from its
-/// journal (as `phoenix report` builds them), not from its `report.json`:
-/// a run that is still going, or was interrupted, has none yet.
-pub fn collect(state: &dyn StateStore) -> Vec<HistoryEntry> {
+/// Every run in the state: those that can be read, oldest first, and those
+/// that cannot, each with why.
+pub struct History {
+    pub entries: Vec<HistoryEntry>,
+    pub unreadable: Vec<(String, String)>,
+}
+
+/// A run's figures come from its journal (as `phoenix report` builds them),
+/// not from its `report.json`: a run that is still going, or was
+/// interrupted, has none yet. Only a state that cannot be listed is an error.
+pub fn collect(state: &dyn StateStore) -> Result<History, StateError> {
     let holder = state.lock_holder();
-    let mut entries: Vec<HistoryEntry> = state
-        .run_ids()
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|id| {
-            let bytes = state.read_journal(&id).ok()?;
-            let log = RunLog::parse(&id, &bytes).ok()?;
-            let live = holder.as_ref().is_some_and(|h| h.run_id == id);
-            let view = log.fold();
-            let plan = crate::cli::run_plan(state, &log.header);
-            let report = super::model::build(
-                &log.header,
-                &view,
-                live,
-                plan.as_ref(),
-                &state.logs_dir(&id),
-            );
-            Some(HistoryEntry {
-                run_id: id,
-                plan: log.header.plan.clone(),
-                drill: log.header.drill,
-                result: report.result.clone(),
-                started_at: log.header.started_at,
-                finished_at: report.status.finished_at,
-                rto_seconds: report.rto.actual_seconds,
-                rpo_seconds: report.rpo.actual_seconds,
-                rto_met: report.rto.met,
-                rpo_met: report.rpo.met,
-            })
-        })
-        .collect();
-    entries.sort_by(|a, b| {
+    let mut history = History {
+        entries: Vec::new(),
+        unreadable: Vec::new(),
+    };
+    for id in state.run_ids()? {
+        let log = match state.read_journal(&id) {
+            Ok(bytes) => RunLog::parse(&bytes).map_err(|e| crate::error_text(&e)),
+            Err(StateError::NoRun(_)) => {
+                Err("it has no journal: the run never started".to_string())
+            }
+            Err(e) => Err(crate::error_text(&e)),
+        };
+        let log = match log {
+            Ok(log) => log,
+            Err(why) => {
+                history.unreadable.push((id, why));
+                continue;
+            }
+        };
+        let live = holder.as_ref().is_some_and(|h| h.run_id == id);
+        let view = log.fold();
+        let plan = crate::cli::run_plan(state, &log.header);
+        let report = super::model::build(
+            &log.header,
+            &view,
+            live,
+            plan.as_ref(),
+            &state.logs_dir(&id),
+        );
+        history.entries.push(HistoryEntry {
+            run_id: id,
+            plan: log.header.plan.clone(),
+            drill: log.header.drill,
+            result: report.result.clone(),
+            started_at: log.header.started_at,
+            finished_at: report.status.finished_at,
+            rto_seconds: report.rto.actual_seconds,
+            rpo_seconds: report.rpo.actual_seconds,
+            rto_met: report.rto.met,
+            rpo_met: report.rpo.met,
+        });
+    }
+    history.entries.sort_by(|a, b| {
         a.started_at
             .cmp(&b.started_at)
             .then(a.run_id.cmp(&b.run_id))
     });
-    entries
+    Ok(history)
 }
 
 pub fn render_text(entries: &[HistoryEntry]) -> String {

@@ -70,7 +70,10 @@ pub fn write_json_from(
 
 /// The runs of one plan, oldest first, for the HTML trend.
 pub fn plan_history(state: &dyn StateStore, plan: &str) -> Vec<history::HistoryEntry> {
+    // For a chart: a run that cannot be read is one point fewer.
     history::collect(state)
+        .map(|h| h.entries)
+        .unwrap_or_default()
         .into_iter()
         .filter(|h| h.plan == plan)
         .collect()

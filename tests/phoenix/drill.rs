@@ -386,6 +386,16 @@ fn junit_reads_back_as_suites_and_cases() {
         .run()
         .expect_code(0);
     let xml = ws.read("junit.xml");
+    // A file that cannot be written is named, and its cause said once.
+    let unwritable = ws.expect(["report", "-o", "missing/report.md"], 2);
+    assert!(
+        unwritable
+            .stderr()
+            .contains("cannot write `missing/report.md`")
+            && unwritable.stderr().matches("No such file").count() == 1,
+        "{}",
+        unwritable.stderr()
+    );
     let mut reader = quick_xml::Reader::from_str(&xml);
     let (mut suites, mut cases, mut failures) = (Vec::new(), Vec::new(), Vec::new());
     let mut current_case = String::new();

@@ -293,16 +293,44 @@ fn a_torn_last_line_is_set_aside_and_damage_is_reported() {
     lines[2] = "{not json".into();
     std::fs::write(&journal_path, lines.join("\n") + "\n").unwrap();
     let run = ws.expect(["resume"], 1);
-    assert!(
-        run.stderr().contains("journal line 3 is damaged"),
+    // Said once: the error names the run, its cause the line.
+    assert_eq!(
+        run.stderr().matches("journal line 3 is damaged").count(),
+        1,
         "{}",
         run.stderr()
+    );
+    // `history` lists what it can read and says what it left out.
+    let history = ws.expect(["history"], 0);
+    assert!(
+        history
+            .stderr()
+            .contains("is left out: journal line 3 is damaged"),
+        "{}",
+        history.stderr()
     );
     // Nothing was dropped: the damaged journal is as it was.
     assert_eq!(
         std::fs::read_to_string(&journal_path).unwrap(),
         lines.join("\n") + "\n"
     );
+
+    // A newer run whose journal cannot be read stops `resume`, which must
+    // not take up the older run in its place (as it would if it passed over
+    // what it could not read, as on an S3 read that failed for a moment).
+    let ws = Workspace::new();
+    ws.write("plan.toml", &plan);
+    ws.expect(["run", "plan.toml"], 1);
+    let newer = ws.state().join("runs").join("99991231T000000Z-newer");
+    std::fs::create_dir_all(newer.join("journal.jsonl")).unwrap();
+    let run = ws.expect(["resume"], 1);
+    assert!(
+        run.stderr().contains("99991231T000000Z-newer"),
+        "{}",
+        run.stderr()
+    );
+    ws.write("go", "");
+    assert_eq!(ws.read("ledger"), "a\n");
 }
 
 /// Whether any process of group `pgid` is alive (zombies are dead).
