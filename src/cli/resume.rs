@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{existing_state, exit_code_of, terminal, CliResult, GlobalArgs};
+use super::{existing_state, exit_code_of, terminal, CliError, CliResult, GlobalArgs};
 use crate::session::{self, ResumeRequest};
 
 #[derive(Args, Debug)]
@@ -30,6 +30,11 @@ pub struct ResumeArgs {
 }
 
 pub fn run(global: &GlobalArgs, args: ResumeArgs) -> CliResult {
+    if let Some(both) = args.skip.iter().find(|id| args.rerun.contains(id)) {
+        return Err(CliError::Usage(format!(
+            "`--skip {both}` and `--rerun {both}`: a step is either accepted as done or run again, not both"
+        )));
+    }
     let state = existing_state(global)?;
     let events = terminal(global);
     let request = ResumeRequest {

@@ -212,6 +212,14 @@ fn skip_accepts_a_failed_step_as_done() {
         "{}",
         bad.stderr()
     );
+    // Both skipped and run again: which was meant is not guessed.
+    let both = ws.expect(["resume", "--rerun", "broken", "--skip", "broken"], 2);
+    assert!(
+        both.stderr()
+            .contains("`--skip broken` and `--rerun broken`"),
+        "{}",
+        both.stderr()
+    );
     // A step that succeeded named too: left as it is, outputs and all.
     let resumed = ws
         .phoenix()
