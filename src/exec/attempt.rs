@@ -116,9 +116,20 @@ async fn attempts(
         let duration = started.elapsed();
         let error = match result {
             Ok(outputs) => {
+                // Outputs are journaled, so a secret in one is masked, and
+                // its dependents read `***` on the first run and after a
+                // resume alike: said, for who wonders why.
                 let outputs: Outputs = outputs
                     .into_iter()
-                    .map(|(k, v)| (k, shared.masker.mask(&v).into_owned()))
+                    .map(|(key, value)| {
+                        let masked = shared.masker.mask(&value).into_owned();
+                        if masked != value {
+                            shared.events.emit(Event::Warning(format!(
+                                "step `{id}`: output `{key}` holds a secret's value, which the steps that read it get as `***`; give a step a secret with `{{{{ secrets.NAME }}}}`"
+                            )));
+                        }
+                        (key, masked)
+                    })
                     .collect();
                 let record = finished(
                     &id,

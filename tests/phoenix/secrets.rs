@@ -69,6 +69,10 @@ fn secrets_never_reach_state_logs_or_output() {
     }
     assert!(output.contains("***"), "masking is visible: {output}");
     assert!(
+        output.contains("output `leaked` holds a secret's value"),
+        "{output}"
+    );
+    assert!(
         !output.contains(CANARY) && !output.contains(FILE_CANARY),
         "a secret reached the output:\n{output}"
     );
