@@ -105,6 +105,44 @@ pub fn new_run_id() -> String {
     format!("{}-{suffix:04x}", Utc::now().format("%Y%m%dT%H%M%SZ"))
 }
 
+/// When a run id of [`new_run_id`]'s form was made; `None` for one given
+/// with `--run-id`.
+fn generated_at(id: &str) -> Option<chrono::NaiveDateTime> {
+    let (time, suffix) = id.split_once('-')?;
+    (suffix.len() == 4 && suffix.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| chrono::NaiveDateTime::parse_from_str(time, "%Y%m%dT%H%M%SZ").ok())
+        .flatten()
+}
+
+/// Warns when the state's newest run (of those with a generated id) is of
+/// the same plan and did not succeed: `run` starts over from the first
+/// step, which in a recovery may be hours of work done again, where
+/// `resume` goes on from where that run stopped. One journal is read.
+fn warn_of_unfinished(state: &dyn StateStore, plan: &str, run_id: &str, events: &dyn EventSink) {
+    let Ok(ids) = state.run_ids() else {
+        return;
+    };
+    let Some((_, newest)) = ids
+        .into_iter()
+        .filter(|id| id != run_id)
+        .filter_map(|id| Some((generated_at(&id)?, id)))
+        .max()
+    else {
+        return;
+    };
+    let Ok(bytes) = state.read_journal(&newest) else {
+        return;
+    };
+    match first_header(&bytes) {
+        Some(header) if header.plan == plan && !ended_successfully(&bytes) => {
+            events.emit(Event::Warning(format!(
+                "run `{newest}` of this plan did not succeed; this run starts over from the first step, where `phoenix resume {newest}` would go on from where it stopped"
+            )));
+        }
+        _ => {}
+    }
+}
+
 /// Run ids name directories: no separators, no dot files.
 fn valid_run_id(id: &str) -> bool {
     (1..=100).contains(&id.len())
@@ -221,6 +259,7 @@ pub fn run(
     }
     let lock = state.lock(&lock_info(&run_id))?;
     warn_took_over(lock.as_ref(), events.as_ref());
+    warn_of_unfinished(state, &plan.name.value, &run_id, events.as_ref());
     state.create_run(&run_id, &plan.source.text)?;
     let concurrency = request
         .concurrency

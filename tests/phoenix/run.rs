@@ -152,6 +152,31 @@ fn a_failed_run_resumes_where_it_stopped() {
     );
 }
 
+/// `run` after a run of the same plan that did not succeed starts over; in a
+/// recovery that can be hours done again, so it says so, and what resumes.
+#[test]
+fn running_again_after_a_failure_says_it_starts_over() {
+    let ws = Workspace::new();
+    ws.write_plan(&[shell_step("flaky", "provision", "test -e fixed", "")]);
+    ws.expect(["run", "plan.toml", "--run-id", "20261129T120000Z-0001"], 1);
+    ws.write("fixed", "");
+    let again = ws.expect(["run", "plan.toml", "--run-id", "20261129T120001Z-0002"], 0);
+    assert!(
+        again.stderr().contains(
+            "run `20261129T120000Z-0001` of this plan did not succeed; this run starts over from the first step, where `phoenix resume 20261129T120000Z-0001` would go on"
+        ),
+        "{}",
+        again.stderr()
+    );
+    // After a success there is nothing to say.
+    let third = ws.expect(["run", "plan.toml"], 0);
+    assert!(
+        !third.stderr().contains("starts over"),
+        "{}",
+        third.stderr()
+    );
+}
+
 #[test]
 fn a_changed_step_and_its_descendants_run_again() {
     let ws = Workspace::new();
