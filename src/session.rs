@@ -359,7 +359,7 @@ pub fn resume(
         return Err(SessionError::AlreadySucceeded(run_id));
     }
     let header = &log.header;
-    let (plan, _) = load_for_resume(state, &run_id, header, request.plan.as_deref())?;
+    let (plan, _) = load_for_resume(state, &run_id, header, &view, request.plan.as_deref())?;
     let plan = Arc::new(plan);
     let known: Vec<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
     for (flag, ids) in [
@@ -546,9 +546,41 @@ pub fn resume(
                 .collect()
         }),
         plan_hash: plan_changed.then(|| plan_hash(&plan.source.text)),
+        plan_path: request
+            .plan
+            .as_deref()
+            .map(|path| absolute(path).display().to_string()),
+        plan_dir: request
+            .plan
+            .as_ref()
+            .map(|_| plan.dir.display().to_string()),
         changed,
         in_doubt,
     };
+    if plan_changed {
+        // A step the run had that the plan has no more: what it did stays
+        // done (or undone), and nothing waits for it now.
+        let gone: Vec<String> = view
+            .fingerprints
+            .keys()
+            .filter(|id| !known.contains(&id.as_str()))
+            .filter(|id| !view.steps.get(id.as_str()).is_some_and(|s| s.is_done()))
+            .map(|id| format!("`{id}`"))
+            .collect();
+        if !gone.is_empty() {
+            events.emit(Event::Warning(format!(
+                "no longer in the plan, and not done: {}; the run goes on without {}",
+                gone.join(", "),
+                if gone.len() == 1 { "it" } else { "them" }
+            )));
+        }
+        // The copy in the state follows the plan the run goes on with, so
+        // that `status`, `report` and `history` show the steps it has, and a
+        // resume with neither file at hand reads this one. Written before the
+        // journal says the plan changed: a crash in between only finds the
+        // change again.
+        state.write_file(&run_id, "plan.toml", plan.source.text.as_bytes())?;
+    }
     let approve: HashSet<String> = request.approve.iter().cloned().collect();
     if let Some(paused) = &view.paused_at {
         if request.approve.is_empty() && !request.yes && !request.interactive {
@@ -602,10 +634,14 @@ fn load_for_resume(
     state: &dyn StateStore,
     run_id: &str,
     header: &Header,
+    view: &RunView,
     plan: Option<&Path>,
 ) -> Result<(Plan, bool), SessionError> {
     let overrides = overrides_from_values(&header.vars);
-    let original = PathBuf::from(&header.plan_path);
+    // The file the run started from, or the one the latest `resume --plan`
+    // named: a plan fixed in another file is not swapped back for the
+    // broken one by the next plain `resume`.
+    let original = PathBuf::from(&view.plan_path);
     let (source, dir, from_state) = match plan {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|source| StateError::Io {
@@ -627,7 +663,7 @@ fn load_for_resume(
             })?;
             (
                 SourceFile::new(&original, text),
-                PathBuf::from(&header.plan_dir),
+                PathBuf::from(&view.plan_dir),
                 false,
             )
         }
@@ -635,13 +671,26 @@ fn load_for_resume(
             let text = state.read_plan(run_id)?;
             (
                 SourceFile::new(state.run_dir(run_id).join("plan.toml"), text),
-                PathBuf::from(&header.plan_dir),
+                PathBuf::from(&view.plan_dir),
                 true,
             )
         }
     };
     let loaded = load_source(source, dir, overrides);
     match loaded.plan {
+        // Another plan's file at the run's path, or given with `--plan`: its
+        // steps would be checked against a journal that is not theirs.
+        Some(plan) if plan.name.value != header.plan => Err(SessionError::Usage(format!(
+            "run `{run_id}` is a run of plan `{}`, but `{}` is plan `{}`{}",
+            header.plan,
+            plan.source.path.display(),
+            plan.name.value,
+            if from_state {
+                ""
+            } else {
+                "; resume with `--plan` naming that plan's file"
+            }
+        ))),
         Some(plan) => Ok((plan, from_state)),
         None => {
             crate::cli::print_diagnostics(loaded.diagnostics, true);

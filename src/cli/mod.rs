@@ -274,12 +274,13 @@ pub fn exit_code_of(end: &crate::session::SessionEnd, global: &GlobalArgs) -> i3
 pub fn run_plan(
     state: &dyn crate::journal::StateStore,
     header: &crate::journal::record::Header,
+    view: &crate::journal::reader::RunView,
 ) -> Option<crate::plan::Plan> {
     let text = state.read_plan(&header.run_id).ok()?;
     let source =
         crate::plan::source::SourceFile::new(state.run_dir(&header.run_id).join("plan.toml"), text);
     let overrides = crate::plan::load::overrides_from_values(&header.vars);
-    crate::plan::load::load_source(source, header.plan_dir.clone().into(), overrides).plan
+    crate::plan::load::load_source(source, view.plan_dir.clone().into(), overrides).plan
 }
 
 /// Logging: with `--log-format json`, every event as one JSON object a line on

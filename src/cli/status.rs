@@ -20,7 +20,7 @@ pub fn run(global: &GlobalArgs, args: StatusArgs) -> CliResult {
     let state = existing_state(global)?;
     let run_id = super::run_or_newest(state.as_ref(), args.run_id)?;
     let (header, view, live) = session::view(state.as_ref(), &run_id)?;
-    let plan = super::run_plan(state.as_ref(), &header);
+    let plan = super::run_plan(state.as_ref(), &header, &view);
     let status = status::build(&header, &view, live, plan.as_ref());
     match args.format {
         TextOrJson::Json => crate::out!(

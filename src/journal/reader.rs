@@ -109,6 +109,8 @@ impl RunView {
         RunView {
             fingerprints: header.fingerprints.clone(),
             plan_hash: header.plan_hash.clone(),
+            plan_path: header.plan_path.clone(),
+            plan_dir: header.plan_dir.clone(),
             started_at: header.started_at,
             finished_at: None,
             result: None,
@@ -177,6 +179,10 @@ impl RunView {
                 }
                 if let Some(hash) = &resumed.plan_hash {
                     view.plan_hash = hash.clone();
+                }
+                if let (Some(path), Some(dir)) = (&resumed.plan_path, &resumed.plan_dir) {
+                    view.plan_path = path.clone();
+                    view.plan_dir = dir.clone();
                 }
                 view.changed
                     .extend(resumed.changed.iter().map(|c| c.step.clone()));
@@ -266,6 +272,10 @@ pub struct ChaosEvent {
 pub struct RunView {
     pub fingerprints: BTreeMap<String, String>,
     pub plan_hash: String,
+    /// The plan file the run goes on with, and its directory: the header's,
+    /// or the latest `resume --plan`'s.
+    pub plan_path: String,
+    pub plan_dir: String,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     /// How the latest run or resume ended; `None` when it is live or crashed.

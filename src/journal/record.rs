@@ -173,6 +173,13 @@ pub struct Resumed {
     pub fingerprints: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_hash: Option<String>,
+    /// The plan file this resume was given with `--plan` (absolute) and its
+    /// directory: the plan the run goes on with from here, which a later
+    /// resume reads again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_dir: Option<String>,
     /// Steps run again because their definition (or one they need) changed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changed: Vec<ChangedStep>,

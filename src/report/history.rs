@@ -53,7 +53,7 @@ pub fn collect(state: &dyn StateStore) -> Result<History, StateError> {
         };
         let live = holder.as_ref().is_some_and(|h| h.run_id == id);
         let view = log.fold();
-        let plan = crate::cli::run_plan(state, &log.header);
+        let plan = crate::cli::run_plan(state, &log.header, &view);
         let report = super::model::build(
             &log.header,
             &view,

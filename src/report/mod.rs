@@ -23,7 +23,7 @@ pub fn for_run(
     let plan = match plan {
         Some(plan) => Some(plan),
         None => {
-            owned = crate::cli::run_plan(state, &header);
+            owned = crate::cli::run_plan(state, &header, &view);
             owned.as_ref()
         }
     };

@@ -177,6 +177,82 @@ fn running_again_after_a_failure_says_it_starts_over() {
     );
 }
 
+/// `resume --plan FILE`: a file of another plan is refused; one of the same
+/// plan is what the run goes on with, from then on (a later plain `resume`
+/// does not go back to the file the run started from), and what `status`
+/// shows; a step it no longer has is said and left behind.
+#[test]
+fn a_resume_goes_on_with_the_plan_it_was_given() {
+    let ws = Workspace::new();
+    ws.write_plan(&[
+        shell_step("first", "provision", "echo first >> ledger", ""),
+        shell_step("flaky", "configure", "test -e fixed", "needs = [\"first\"]"),
+        shell_step(
+            "last",
+            "restore",
+            "echo last >> ledger",
+            "needs = [\"flaky\"]",
+        ),
+    ]);
+    ws.expect(["run", "plan.toml"], 1);
+
+    ws.write(
+        "other.toml",
+        &HEADER.replace("name = \"t\"", "name = \"other\""),
+    );
+    let other = ws.expect(["resume", "--plan", "other.toml"], 2);
+    assert!(
+        other
+            .stderr()
+            .contains("is a run of plan `t`, but `other.toml` is plan `other`"),
+        "{}",
+        other.stderr()
+    );
+
+    std::fs::create_dir(ws.path().join("fix")).unwrap();
+    ws.write(
+        "fix/plan.toml",
+        &format!(
+            "{HEADER}{}{}{}",
+            shell_step("first", "provision", "echo first >> ledger", ""),
+            shell_step(
+                "flaky",
+                "configure",
+                "echo fixed >> ledger; test -e go",
+                "needs = [\"first\"]"
+            ),
+            shell_step(
+                "extra",
+                "restore",
+                "echo extra >> ledger",
+                "needs = [\"flaky\"]"
+            ),
+        ),
+    );
+    // `go` is looked for in the plan's directory: the new one.
+    let fixed = ws.expect(["resume", "--plan", "fix/plan.toml"], 1);
+    assert!(
+        fixed
+            .stderr()
+            .contains("no longer in the plan, and not done: `last`"),
+        "{}",
+        fixed.stderr()
+    );
+    ws.write("fix/go", "");
+    ws.expect(["resume"], 0);
+    // Steps run in their plan's directory: `first` once, in the first one.
+    assert_eq!(ws.read("ledger"), "first\n");
+    assert_eq!(ws.read("fix/ledger"), "fixed\nfixed\nextra\n");
+    let status = ws.status();
+    let steps: Vec<&str> = status["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["first", "flaky", "extra"]);
+}
+
 #[test]
 fn a_changed_step_and_its_descendants_run_again() {
     let ws = Workspace::new();
