@@ -348,7 +348,7 @@ async fn maybe_crash(shared: &Shared, step: &str) {
     }
 }
 
-/// The last `lines` lines of a log file, if it has any.
+/// The last `lines` lines of a log file, if it has any, made [`readable`].
 pub fn tail(path: &Path, lines: usize) -> Option<String> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = std::fs::File::open(path).ok()?;
@@ -359,6 +359,60 @@ pub fn tail(path: &Path, lines: usize) -> Option<String> {
     file.read_to_end(&mut bytes).ok()?;
     let text = String::from_utf8_lossy(&bytes);
     let all: Vec<&str> = text.lines().collect();
-    let tail = all[all.len().saturating_sub(lines)..].join("\n");
+    let tail = all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|line| readable(line))
+        .collect::<Vec<_>>()
+        .join("\n");
     (!tail.trim().is_empty()).then_some(tail)
+}
+
+/// The longest line of a tail shown whole, in characters.
+const LONGEST_LINE: usize = 400;
+
+/// A line of a step's output as it is shown on a terminal, in CI's log and
+/// in the reports: escape sequences taken out (a colour is lost, but a
+/// cursor move, a screen clear or a window title would act on the reader's
+/// terminal), any other control character but a tab shown as `�`, and a
+/// line longer than [`LONGEST_LINE`] cut, saying how much was left out. The
+/// log keeps the output as it was.
+fn readable(line: &str) -> String {
+    let stripped = console::strip_ansi_codes(line);
+    let mut out = String::with_capacity(stripped.len().min(LONGEST_LINE + 40));
+    let mut chars = stripped.chars();
+    for (shown, c) in chars.by_ref().enumerate() {
+        if shown == LONGEST_LINE {
+            let left = 1 + chars.count();
+            out.push_str(&format!(" … ({left} more characters)"));
+            break;
+        }
+        out.push(if c.is_control() && c != '\t' {
+            '\u{FFFD}'
+        } else {
+            c
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tail_is_shown_without_escapes_controls_or_endless_lines() {
+        assert_eq!(
+            readable("\x1b[31mred\x1b[0m \x1b]0;title\x07done\tok"),
+            "red done\tok"
+        );
+        assert_eq!(readable("nul\0bell\x07"), "nul\u{FFFD}bell\u{FFFD}");
+        let long = "é".repeat(LONGEST_LINE + 5);
+        let shown = readable(&long);
+        assert!(shown.starts_with(&"é".repeat(LONGEST_LINE)));
+        assert!(shown.ends_with(" … (5 more characters)"), "{shown}");
+        assert_eq!(
+            readable(&"x".repeat(LONGEST_LINE)),
+            "x".repeat(LONGEST_LINE)
+        );
+    }
 }
