@@ -65,6 +65,14 @@ pub enum When {
 impl When {
     pub const NAMES: [&'static str; 3] = ["always", "drill", "recovery"];
 
+    pub fn name(self) -> &'static str {
+        match self {
+            When::Always => "always",
+            When::Drill => "drill",
+            When::Recovery => "recovery",
+        }
+    }
+
     /// Whether a step with this filter runs in a drill (`true`) or a recovery.
     pub fn applies(self, drill: bool) -> bool {
         match self {

@@ -199,6 +199,27 @@ fn check_expressions(plan: &mut Plan, graph: &StepGraph, diags: &mut Diagnostics
                     let ancestors = ancestors.get_or_insert_with(|| graph.ancestors(i));
                     if !ancestors.contains(dep) {
                         diags.error(&source, span, "not-ancestor", format!("step `{}` reads outputs of `{target}`, which is not among its dependencies; add `{target}` to its `needs` (directly or through another step)", step.id.value));
+                        continue;
+                    }
+                    // A step that does not run in a kind of run has no
+                    // outputs there: whoever reads them fails in exactly the
+                    // run that finds out too late (a recovery, for a step
+                    // only drills run).
+                    let producer = &plan.steps[dep];
+                    let expression = source.slice(Span::new(span.start, text.span.end));
+                    let has_default = expression
+                        .split("}}")
+                        .next()
+                        .is_some_and(|e| e.contains("default"));
+                    if has_default {
+                        continue;
+                    }
+                    if let Some(kind) = [(true, "a drill"), (false, "a recovery")]
+                        .into_iter()
+                        .find(|(drill, _)| step.applies(*drill) && !producer.applies(*drill))
+                        .map(|(_, kind)| kind)
+                    {
+                        diags.warning(&source, span, "when-outputs", format!("step `{}` reads outputs of `{target}`, which does not run in {kind} (`when = \"{}\"`): there `{}` fails, unless the expression gives a `default`", step.id.value, producer.when.name(), step.id.value));
                     }
                     continue;
                 }
