@@ -129,7 +129,34 @@ fn git() -> tokio::process::Command {
         .env("GIT_ASKPASS", "true")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
+    if !ssh_configured() {
+        command.env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes");
+    }
     command
+}
+
+/// Whether the person running Phoenix chose how git runs ssh
+/// (`GIT_SSH_COMMAND`, `GIT_SSH`, or `core.sshCommand` in git's global or
+/// system configuration): then that is left as it is. Otherwise git's ssh
+/// runs in batch mode: on a machine rebuilt a moment ago, with no
+/// `known_hosts` yet, plain ssh asks on the terminal whether to trust the
+/// host (or for a key's passphrase), where the progress display hides the
+/// question and the step hangs until its timeout; in batch mode it fails at
+/// once and says why ("Host key verification failed"). Asked once.
+fn ssh_configured() -> bool {
+    static CONFIGURED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CONFIGURED.get_or_init(|| {
+        std::env::var_os("GIT_SSH_COMMAND").is_some()
+            || std::env::var_os("GIT_SSH").is_some()
+            || ["--global", "--system"].into_iter().any(|scope| {
+                std::process::Command::new("git")
+                    .args(["config", scope, "--get", "core.sshCommand"])
+                    .stdin(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .output()
+                    .is_ok_and(|out| out.status.success())
+            })
+    })
 }
 
 /// Runs git, returning stdout; on failure, its stderr with any credentials in
@@ -146,7 +173,16 @@ async fn run_git(
         return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let last: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    // The advice git adds after every failed fetch would take the place of
+    // what went wrong (ssh's own line before it).
+    const ADVICE: [&str; 2] = [
+        "Please make sure you have the correct access rights",
+        "and the repository exists.",
+    ];
+    let last: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !ADVICE.contains(&l.trim()))
+        .collect();
     let tail = last[last.len().saturating_sub(3)..].join("; ");
     Err(ActionError::Git(strip_credentials(&tail)))
 }

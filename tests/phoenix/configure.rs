@@ -326,3 +326,72 @@ fn an_undefined_name_in_a_template_fails_with_file_and_line() {
     );
     assert_eq!(state_of(&ws.status(), "t"), "failed");
 }
+
+/// Over ssh, git runs in batch mode: on a rebuilt machine with no
+/// `known_hosts`, plain ssh would ask on the terminal and hang the step. An
+/// ssh command the operator chose is left as it is. A stand-in `ssh` on the
+/// `PATH` records how git called it.
+#[test]
+fn git_over_ssh_never_asks_at_the_terminal() {
+    use std::os::unix::fs::PermissionsExt;
+    let ws = Workspace::new();
+    let bin = ws.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    for (name, record) in [("ssh", "ssh.args"), ("my-ssh", "my-ssh.args")] {
+        let path = bin.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\necho \"$@\" > '{}'\necho 'Host key verification failed.' >&2\nexit 255\n",
+                ws.path().join(record).display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}{}",
+            git_step(
+                "cfg",
+                "ssh://git@127.0.0.1:2222/config.git",
+                "v1",
+                "out",
+                ""
+            )
+        ),
+    );
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // Git's own configuration kept out: the person running the tests may
+    // have an ssh command there.
+    let phoenix = || {
+        ws.phoenix()
+            .env("PATH", &path)
+            .env("HOME", ws.path())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .args(["run", "plan.toml"])
+    };
+    let run = phoenix().run().expect_code(1);
+    assert!(
+        run.stderr().contains("Host key verification failed"),
+        "{}",
+        run.stderr()
+    );
+    assert!(
+        ws.read("ssh.args").contains("-o BatchMode=yes"),
+        "{}",
+        ws.read("ssh.args")
+    );
+
+    let run = phoenix()
+        .env("GIT_SSH_COMMAND", "my-ssh")
+        .run()
+        .expect_code(1);
+    let args = ws.read("my-ssh.args");
+    assert!(!args.contains("BatchMode"), "{args}\n{}", run.stderr());
+}
