@@ -224,6 +224,20 @@ pub enum StepState {
     InDoubt,
 }
 
+impl StepState {
+    /// The name `status --format json` gives it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepState::Pending => "pending",
+            StepState::Running => "running",
+            StepState::Succeeded => "succeeded",
+            StepState::Failed => "failed",
+            StepState::Skipped => "skipped",
+            StepState::InDoubt => "in_doubt",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct StepView {
     pub state: StepState,
@@ -327,6 +341,14 @@ mod tests {
             phoenix_version: "0".into(),
         };
         serde_json::to_string(&Record::Header(header)).unwrap()
+    }
+
+    #[test]
+    fn a_step_state_is_named_as_in_json() {
+        use StepState::*;
+        for state in [Pending, Running, Succeeded, Failed, Skipped, InDoubt] {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
     }
 
     #[test]

@@ -146,17 +146,14 @@ pub fn render_text(status: &Status) -> String {
     let mut counts = std::collections::BTreeMap::new();
     for step in &status.steps {
         *counts
-            .entry(format!("{:?}", step.state).to_lowercase())
+            .entry(step.state.as_str().replace('_', " "))
             .or_insert(0) += 1;
     }
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
     let _ = writeln!(out, "steps: {}", summary.join(", "));
     let width = status.steps.iter().map(|s| s.id.len()).max().unwrap_or(4);
     for step in &status.steps {
-        let state = serde_json::to_value(step.state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
+        let state = step.state.as_str();
         let duration = step
             .duration_seconds
             .map(|d| format!("{d:.1}s"))
