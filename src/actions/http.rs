@@ -146,7 +146,10 @@ fn parse_statuses(fields: &Fields<'_, '_>, diags: &mut Diagnostics) -> Vec<u16> 
 }
 
 /// Sends the request; with `until`, again every second until the answer is as
-/// expected or the time is up.
+/// expected or the time is up. Each try then ends when the time is up (a
+/// server that takes the connection and never answers, as one still
+/// starting behind a load balancer does, would otherwise hold the step to its
+/// timeout), and the step fails saying what the last try got.
 pub async fn run(spec: &HttpSpec, ctx: &StepContext<'_>) -> Result<Outputs, ActionError> {
     let url = ctx.render(&spec.url)?;
     let mut headers = Vec::with_capacity(spec.headers.len());
@@ -166,6 +169,13 @@ pub async fn run(spec: &HttpSpec, ctx: &StepContext<'_>) -> Result<Outputs, Acti
     let started = tokio::time::Instant::now();
     loop {
         let mut request = ctx.shared.http().request(method.clone(), &url);
+        if let Some(until) = spec.until {
+            request = request.timeout(
+                until
+                    .saturating_sub(started.elapsed())
+                    .max(Duration::from_secs(1)),
+            );
+        }
         for (name, value) in &headers {
             request = request.header(name, value);
         }
@@ -203,7 +213,25 @@ pub async fn run(spec: &HttpSpec, ctx: &StepContext<'_>) -> Result<Outputs, Acti
         };
         match spec.until {
             Some(until) if started.elapsed() < until => {}
-            _ => return Err(error),
+            Some(until) => {
+                // What the last try got, without the URL the error names first.
+                let last = match &error {
+                    ActionError::Request { source, .. } => crate::error_text(source),
+                    other => {
+                        let text = other.to_string();
+                        match text.strip_prefix(&format!("{url} ")) {
+                            Some(rest) => rest.to_string(),
+                            None => text,
+                        }
+                    }
+                };
+                return Err(ActionError::NotReady {
+                    target: url,
+                    after: until,
+                    last,
+                });
+            }
+            None => return Err(error),
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}

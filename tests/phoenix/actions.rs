@@ -96,13 +96,20 @@ fn http_step(id: &str, fields: &str) -> String {
 fn http_requests_expectations_polling_and_outputs() {
     let server = Server::start();
     let base = format!("http://127.0.0.1:{}", server.port);
+    // Takes connections (the kernel does, up to its backlog) and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!(
+        "http://127.0.0.1:{}/health",
+        silent.local_addr().unwrap().port()
+    );
     let ws = Workspace::new();
     let plan = format!(
-        "{HEADER}\n[vars]\nname = \"shop\"\n{}{}{}{}\n[[step]]\nid = \"use\"\nphase = \"configure\"\naction = \"command\"\nshell = \"echo {{{{ steps.probe.outputs.version }}}} {{{{ steps.probe.outputs.n }}}} > seen.txt\"\ntimeout = \"10s\"\nneeds = [\"probe\"]\n",
+        "{HEADER}\n[vars]\nname = \"shop\"\n{}{}{}{}{}\n[[step]]\nid = \"use\"\nphase = \"configure\"\naction = \"command\"\nshell = \"echo {{{{ steps.probe.outputs.version }}}} {{{{ steps.probe.outputs.n }}}} > seen.txt\"\ntimeout = \"10s\"\nneeds = [\"probe\"]\n",
         http_step("probe", &format!("url = \"{base}/ok\"\noutputs = {{ version = \"/version\", n = \"/nested/n\" }}")),
         http_step("ready", &format!("url = \"{base}/flaky\"\nuntil = \"20s\"")),
         http_step("post", &format!("method = \"POST\"\nurl = \"{base}/echo\"\nheaders = {{ X-Token = \"t-{{{{ vars.name }}}}\" }}\njson = {{ name = \"{{{{ vars.name }}}}\" }}\nexpect_status = [201]\noutputs = {{ echoed = \"/body\", token = \"/token\" }}")),
         http_step("missing", &format!("url = \"{base}/nothing\"")),
+        http_step("silent", &format!("url = \"{silent_url}\"\nuntil = \"2s\"")),
     );
     ws.write("plan.toml", &plan);
     let run = ws.expect(["run", "plan.toml", "--keep-going"], 1);
@@ -112,6 +119,14 @@ fn http_requests_expectations_polling_and_outputs() {
         run.stderr()
     );
     assert_eq!(ws.read("seen.txt"), "1.2 3\n");
+    // Each try ends with `until`: the step is not held to its 30s timeout.
+    assert!(
+        run.stderr().contains(&format!(
+            "`{silent_url}` was not ready after 2s (last try: "
+        )),
+        "{}",
+        run.stderr()
+    );
     let status = ws.status();
     assert_eq!(state_of(&status, "ready"), "succeeded");
     assert_eq!(state_of(&status, "missing"), "failed");
