@@ -19,11 +19,23 @@ pub struct ValidateArgs {
     pub format: TextOrJson,
 }
 
+/// Every plan is checked even when one cannot be read (CI checking a
+/// directory of plans wants all their problems at once); that one is said on
+/// stderr, and the exit code is then 2, as for any file that cannot be read.
 pub fn run(global: &GlobalArgs, args: ValidateArgs) -> CliResult {
     let mut failed = false;
+    let mut unreadable = false;
     let mut all = Vec::new();
     for path in &args.plans {
-        let loaded = crate::plan::load(path, &args.vars.load_options())?;
+        let loaded = match crate::plan::load(path, &args.vars.load_options()) {
+            Ok(loaded) => loaded,
+            Err(error @ crate::plan::load::LoadError::Read { .. }) => {
+                crate::note!("error: {}", crate::error_text(&error));
+                unreadable = true;
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
         let diags = loaded.diagnostics;
         failed |= diags.has_errors();
         match args.format {
@@ -58,7 +70,9 @@ pub fn run(global: &GlobalArgs, args: ValidateArgs) -> CliResult {
             serde_json::to_string_pretty(&json).unwrap_or_else(|_| "[]".into())
         );
     }
-    Ok(if failed {
+    Ok(if unreadable {
+        exit_codes::USAGE
+    } else if failed {
         exit_codes::FAILURE
     } else {
         exit_codes::SUCCESS

@@ -217,6 +217,23 @@ fn unreadable_plan_is_a_usage_error() {
         "{}",
         run.stderr()
     );
+    // The plans around it are checked all the same; the code is still 2.
+    let run = Phoenix::new(&repo_root())
+        .args([
+            "validate",
+            "plans/demo.toml",
+            "no/such/plan.toml",
+            "plans/shop.toml",
+        ])
+        .run()
+        .expect_code(2);
+    for line in [
+        "`plans/demo.toml`: valid plan `demo`",
+        "error: cannot read `no/such/plan.toml`",
+        "`plans/shop.toml`: valid plan `shop`",
+    ] {
+        assert!(run.stderr().contains(line), "{line}\n{}", run.stderr());
+    }
 }
 
 #[test]
