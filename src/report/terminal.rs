@@ -304,11 +304,18 @@ impl EventSink for Terminal {
                 log_tail,
                 log,
                 attempt,
+                last,
                 ..
             } => {
+                // An attempt that is retried has not failed the step: said
+                // so, in the retry's colour, before the retry's own line.
+                let label = if last {
+                    self.paint("31", " FAIL")
+                } else {
+                    self.paint("33", " fail")
+                };
                 let mut text = format!(
-                    "{} {step} after {} (attempt {attempt}): {}",
-                    self.paint("31", " FAIL"),
+                    "{label} {step} after {} (attempt {attempt}): {}",
                     seconds(&duration),
                     error.unwrap_or_default()
                 );

@@ -518,12 +518,21 @@ fn the_report_written_at_the_end_matches_the_journal_read_back() {
         assert_eq!(parse(&written), parse(&read));
         assert!(!written.contains("s3cr3t-value"), "{written}");
     };
-    ws.phoenix()
+    let run = ws
+        .phoenix()
         .env("REPORT_TOKEN", "s3cr3t-value")
+        .env("NO_COLOR", "1")
         .args(["run", "plan.toml"])
         .run()
         .expect_code(1);
     same(&ws);
+    // An attempt that is retried is not the step's failure; the last one is.
+    let stderr = run.stderr();
+    assert!(
+        stderr.contains(" fail flaky after") && stderr.contains(" FAIL gate after"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(" FAIL flaky"), "{stderr}");
     ws.write("go", "");
     ws.phoenix()
         .env("REPORT_TOKEN", "s3cr3t-value")
