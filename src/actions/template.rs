@@ -85,7 +85,15 @@ pub async fn run(spec: &TemplateSpec, ctx: &StepContext<'_>) -> Result<Outputs, 
         } else {
             dest.join(relative)
         };
-        write_atomically(&target, output.as_bytes(), spec.mode)?;
+        // A file that holds a secret is its owner's alone unless `mode`
+        // says otherwise: a configuration with a password in it is not
+        // world-readable by default.
+        let mode = spec.mode.unwrap_or(if ctx.shared.masker.reveals(output) {
+            0o600
+        } else {
+            0o644
+        });
+        write_atomically(&target, output.as_bytes(), mode)?;
         digest.update(relative.to_string_lossy().as_bytes());
         digest.update([0]);
         digest.update(output.as_bytes());
@@ -161,7 +169,7 @@ fn render(name: &str, text: &str, context: &minijinja::Value) -> Result<String, 
     Ok(out)
 }
 
-fn write_atomically(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), ActionError> {
+fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ActionError> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let io = |action: &'static str| {
@@ -179,7 +187,6 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), 
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let temp = parent.join(format!(".{name}.phoenix-{}", std::process::id()));
-    let mode = mode.unwrap_or(0o644);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

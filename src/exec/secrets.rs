@@ -58,6 +58,12 @@ impl Masker {
         }
     }
 
+    /// Whether `text` holds the value of a secret read so far.
+    pub fn reveals(&self, text: &str) -> bool {
+        let values = self.values.read().unwrap_or_else(|e| e.into_inner());
+        values.iter().any(|value| text.contains(value.as_str()))
+    }
+
     pub fn mask<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let values = self.values.read().unwrap_or_else(|e| e.into_inner());
         let mut out = Cow::Borrowed(text);

@@ -219,6 +219,7 @@ fn templates_render_files_and_trees_with_secrets_masked_elsewhere() {
     ws.write("tpl/main.conf", "listen = {{ vars.port }}\npassword = {{ secrets.db }}\nfrom = {{ steps.make.outputs.host }}\n{% if run.drill %}drill = yes{% endif %}\n");
     ws.write("tpl/conf.d/extra.conf", "name = {{ plan.name }}\n");
     ws.write("single.tpl", "port={{ vars.port + 1 }}\n");
+    ws.write("cred.tpl", "password={{ secrets.db }}\n");
     let plan = format!(
         "{HEADER}\n[vars]\nport = 5432\n\n[secrets]\ndb = {{ env = \"TPL_SECRET\" }}\n
 [[step]]
@@ -245,6 +246,14 @@ action = \"template\"
 source = \"single.tpl\"
 dest = \"out/single.conf\"
 timeout = \"1m\"
+
+[[step]]
+id = \"cred\"
+phase = \"configure\"
+action = \"template\"
+source = \"cred.tpl\"
+dest = \"out/cred.conf\"
+timeout = \"1m\"
 "
     );
     ws.write("plan.toml", &plan);
@@ -270,6 +279,16 @@ timeout = \"1m\"
             & 0o777,
         0o640
     );
+    // Without `mode`: 0644, but 0600 for a file that holds a secret.
+    let mode = |name: &str| {
+        std::fs::metadata(ws.path().join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("out/single.conf"), 0o644);
+    assert_eq!(mode("out/cred.conf"), 0o600);
     let out = ws.outputs("tree");
     assert_eq!(out["files"], "2");
     assert_eq!(out["sha256"].as_str().unwrap().len(), 64);
