@@ -166,9 +166,29 @@ pub fn render(report: &Report) -> String {
                 step.error.as_deref().unwrap_or("")
             );
             if let Some(tail) = report.log_tails.get(&step.id) {
-                let _ = writeln!(out, "```\n{tail}\n```");
+                let fence = fence_for(tail);
+                let _ = writeln!(out, "{fence}\n{tail}\n{fence}");
             }
         }
     }
     out
+}
+
+/// A code fence longer than any run of backticks in `text`: a step that
+/// printed three would otherwise end the block early.
+fn fence_for(text: &str) -> String {
+    let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    "`".repeat(longest.max(2) + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fence_for;
+
+    #[test]
+    fn a_fence_outlasts_the_backticks_it_holds() {
+        assert_eq!(fence_for("plain"), "```");
+        assert_eq!(fence_for("a ``` b `` c"), "````");
+        assert_eq!(fence_for("``````"), "```````");
+    }
 }
