@@ -870,6 +870,9 @@ impl Session<'_> {
                     .await
                     .map_err(|e| SessionError::JournalWrite(e.to_string()))?;
             }
+            // Watched from here: a check that hangs is stopped by Ctrl-C
+            // like a step, with the lock released and the run resumable.
+            let watcher = crate::exec::signals::watch(Arc::clone(&shared));
             if let Some(checks) = checks {
                 run_checks(&shared, &checks, &mut starts).await?;
             }
@@ -898,7 +901,6 @@ impl Session<'_> {
                 resumed,
                 per_phase,
             });
-            let watcher = crate::exec::signals::watch(Arc::clone(&shared));
             // The walker runs as a task on a worker thread, not on this thread:
             // a step's message then wakes it on the same worker, without an
             // extra thread hop per step.
@@ -1005,14 +1007,31 @@ async fn run_checks(
                 .map(|a| crate::plan::interpolate::render(a, &ctx).ok())
                 .collect()
         });
-        let passed = match rendered {
+        let check = match rendered {
             Some(args) if !args.is_empty() => {
                 let log = shared.run.logs.join(format!("{}.check.log", step.id.value));
-                run_check(&args, &shared.plan.dir, log, Arc::clone(&shared.masker)).await
+                let run = run_check(&args, &shared.plan.dir, log, Arc::clone(&shared.masker));
+                // The step's timeout bounds its check: a probe that hangs
+                // (a host that takes the connection and never answers) must
+                // not hold the resume forever.
+                let bounded = async {
+                    match step.timeout {
+                        Some(limit) => tokio::time::timeout(limit, run).await.ok(),
+                        None => Some(run.await),
+                    }
+                };
+                tokio::select! {
+                    passed = bounded => passed,
+                    // Dropped, the check is killed; nothing is decided.
+                    _ = shared.interrupt.cancelled() => return Ok(()),
+                }
             }
-            _ => false,
+            _ => Some(false),
         };
-        let decision = if passed {
+        let passed = check == Some(true);
+        let decision = if check.is_none() {
+            "its check did not finish within the step's timeout: running it again"
+        } else if passed {
             starts[i] = Start::Done;
             shared
                 .journal
@@ -1058,7 +1077,8 @@ async fn run_check(args: &[String], dir: &Path, log: PathBuf, masker: Arc<Masker
         .current_dir(dir)
         .stdin(std::process::Stdio::null())
         .stdout(writer)
-        .stderr(stderr);
+        .stderr(stderr)
+        .kill_on_drop(true);
     let child = command.spawn();
     // The command holds the pipe's write ends: closed, the copy sees the end.
     drop(command);

@@ -175,6 +175,9 @@ impl Walker {
     async fn run(&mut self) -> RunResult {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let interrupt = self.shared.interrupt.clone();
+        // Interrupted before the first step (during a resume's checks, or by
+        // a lease lost at once): nothing starts.
+        self.interrupted = interrupt.is_cancelled();
         loop {
             self.start_ready(&tx);
             self.tell_last_steps();

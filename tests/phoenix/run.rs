@@ -365,6 +365,42 @@ fn keep_going_runs_what_it_can_and_reports_skips() {
     assert_eq!(state_of(&status, "free"), "succeeded");
 }
 
+/// A `check` that hangs is bounded by its step's timeout (then the step runs
+/// again), and stopped by SIGINT like a step (the resume exits 130, starts
+/// nothing, and can be resumed).
+#[test]
+fn a_hanging_check_gives_way_to_the_timeout_and_to_sigint() {
+    let ws = Workspace::new();
+    ws.write_plan(&[shell_step(
+        "probed",
+        "provision",
+        "echo ran >> ledger",
+        "check = [\"sleep\", \"30\"]\ntimeout = \"1s\"",
+    )
+    .replace("timeout = \"1m\"\n", "")]);
+    ws.expect(["run", "plan.toml"], 0);
+    ws.cut_journal(|l| l.contains("\"type\":\"finished\"") || l.contains("\"type\":\"ended\""));
+
+    let child = ws.phoenix().args(["resume"]).spawn();
+    let pid = child.id();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    crate::common::signal(pid, "INT");
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130));
+    assert_eq!(ws.read("ledger"), "ran\n", "nothing started");
+    assert_eq!(state_of(&ws.status(), "probed"), "in_doubt");
+
+    let resumed = ws.expect(["resume"], 0);
+    assert!(
+        resumed
+            .stderr()
+            .contains("its check did not finish within the step's timeout: running it again"),
+        "{}",
+        resumed.stderr()
+    );
+    assert_eq!(ws.read("ledger"), "ran\nran\n");
+}
+
 #[test]
 fn in_doubt_steps_follow_check_and_idempotent() {
     let ws = Workspace::new();
