@@ -114,32 +114,45 @@ fn generated_at(id: &str) -> Option<chrono::NaiveDateTime> {
         .flatten()
 }
 
-/// Warns when the state's newest run (of those with a generated id) is of
-/// the same plan and did not succeed: `run` starts over from the first
-/// step, which in a recovery may be hours of work done again, where
-/// `resume` goes on from where that run stopped. One journal is read.
-fn warn_of_unfinished(state: &dyn StateStore, plan: &str, run_id: &str, events: &dyn EventSink) {
+/// Warns when the state's newest run of the same plan and kind (a drill, or
+/// a recovery; of the runs with a generated id) did not succeed: `run`
+/// starts over from the first step, which in a recovery may be hours of work
+/// done again, where `resume` goes on from where that run stopped. Journals
+/// are read newest first, a few at the most.
+fn warn_of_unfinished(
+    state: &dyn StateStore,
+    plan: &str,
+    drill: bool,
+    run_id: &str,
+    events: &dyn EventSink,
+) {
+    /// Other plans' or kinds' runs looked through before giving up.
+    const LOOK_AT: usize = 8;
     let Ok(ids) = state.run_ids() else {
         return;
     };
-    let Some((_, newest)) = ids
+    let mut runs: Vec<_> = ids
         .into_iter()
         .filter(|id| id != run_id)
         .filter_map(|id| Some((generated_at(&id)?, id)))
-        .max()
-    else {
-        return;
-    };
-    let Ok(bytes) = state.read_journal(&newest) else {
-        return;
-    };
-    match first_header(&bytes) {
-        Some(header) if header.plan == plan && !ended_successfully(&bytes) => {
+        .collect();
+    runs.sort_unstable_by(|a, b| b.cmp(a));
+    for (_, id) in runs.into_iter().take(LOOK_AT) {
+        let Ok(bytes) = state.read_journal(&id) else {
+            continue;
+        };
+        let Some(header) = first_header(&bytes) else {
+            continue;
+        };
+        if header.plan != plan || header.drill != drill {
+            continue;
+        }
+        if !ended_successfully(&bytes) {
             events.emit(Event::Warning(format!(
-                "run `{newest}` of this plan did not succeed; this run starts over from the first step, where `phoenix resume {newest}` would go on from where it stopped"
+                "run `{id}` of this plan did not succeed; this run starts over from the first step, where `phoenix resume {id}` would go on from where it stopped"
             )));
         }
-        _ => {}
+        return;
     }
 }
 
@@ -259,7 +272,13 @@ pub fn run(
     }
     let lock = state.lock(&lock_info(&run_id))?;
     warn_took_over(lock.as_ref(), events.as_ref());
-    warn_of_unfinished(state, &plan.name.value, &run_id, events.as_ref());
+    warn_of_unfinished(
+        state,
+        &plan.name.value,
+        request.drill,
+        &run_id,
+        events.as_ref(),
+    );
     state.create_run(&run_id, &plan.source.text)?;
     let concurrency = request
         .concurrency

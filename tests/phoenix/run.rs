@@ -159,8 +159,24 @@ fn running_again_after_a_failure_says_it_starts_over() {
     let ws = Workspace::new();
     ws.write_plan(&[shell_step("flaky", "provision", "test -e fixed", "")]);
     ws.expect(["run", "plan.toml", "--run-id", "20261129T120000Z-0001"], 1);
+    // A drill in between neither warns of the recovery nor hides it.
+    let drill = ws.expect(
+        [
+            "run",
+            "plan.toml",
+            "--drill",
+            "--run-id",
+            "20261129T120000Z-0002",
+        ],
+        1,
+    );
+    assert!(
+        !drill.stderr().contains("starts over"),
+        "{}",
+        drill.stderr()
+    );
     ws.write("fixed", "");
-    let again = ws.expect(["run", "plan.toml", "--run-id", "20261129T120001Z-0002"], 0);
+    let again = ws.expect(["run", "plan.toml", "--run-id", "20261129T120001Z-0003"], 0);
     assert!(
         again.stderr().contains(
             "run `20261129T120000Z-0001` of this plan did not succeed; this run starts over from the first step, where `phoenix resume 20261129T120000Z-0001` would go on"
