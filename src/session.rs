@@ -579,10 +579,11 @@ pub fn resume(
     if plan_changed {
         // A step the run had that the plan has no more: what it did stays
         // done (or undone), and nothing waits for it now.
+        let in_plan: HashSet<&str> = known.iter().copied().collect();
         let gone: Vec<String> = view
             .fingerprints
             .keys()
-            .filter(|id| !known.contains(&id.as_str()))
+            .filter(|id| !in_plan.contains(id.as_str()))
             .filter(|id| !view.steps.get(id.as_str()).is_some_and(|s| s.is_done()))
             .map(|id| format!("`{id}`"))
             .collect();
