@@ -35,8 +35,17 @@ pub fn environment() -> &'static Environment<'static> {
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         // A runaway expression (a huge `range`) stops instead of hanging a run.
         env.set_fuel(Some(1_000_000));
+        env.add_filter("quote", quote);
         env
     })
+}
+
+/// The `quote` filter: a value as one word for `/bin/sh` (`shell = "…"`, a
+/// rendered script), whatever it holds: spaces, quotes, `$`, `;`. As
+/// Ansible's filter of that name: in single quotes, each `'` written `'"'"'`.
+fn quote(value: Value) -> String {
+    let text = value.to_string();
+    format!("'{}'", text.replace('\'', "'\"'\"'"))
 }
 
 /// Whether a string holds any `{{`; most do not, and skip all the work below.
@@ -195,6 +204,25 @@ mod tests {
             exprs[1].offset,
             "echo ${HOME} ${#a[@]} {{ vars.region }}-".len()
         );
+    }
+
+    #[test]
+    fn quote_makes_one_shell_word_of_anything() {
+        let context = Value::from(minijinja::value::Serde(serde_json::json!({
+            "vars": {"name": "it's $HOME; rm -rf /", "n": 7}
+        })));
+        let quoted = render("{{ vars.name | quote }}", &context).unwrap();
+        assert_eq!(quoted, r#"'it'"'"'s $HOME; rm -rf /'"#);
+        // What the shell makes of it is the value, as one word.
+        let echoed = std::process::Command::new("/bin/sh")
+            .args(["-c", &format!("printf %s {quoted}")])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(echoed.stdout).unwrap(),
+            "it's $HOME; rm -rf /"
+        );
+        assert_eq!(render("{{ vars.n | quote }}", &context).unwrap(), "'7'");
     }
 
     #[test]
