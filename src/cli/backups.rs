@@ -19,6 +19,7 @@ use crate::stores::Store;
 
 #[derive(Args, Debug)]
 pub struct BackupsArgs {
+    /// The plan file (TOML).
     #[arg(value_name = "PLAN")]
     pub plan: PathBuf,
     #[command(flatten)]

@@ -11,6 +11,7 @@ use crate::plan::{Phase, Plan};
 
 #[derive(Args, Debug)]
 pub struct GraphArgs {
+    /// The plan file (TOML).
     #[arg(value_name = "PLAN")]
     pub plan: PathBuf,
     #[command(flatten)]

@@ -18,6 +18,7 @@ use crate::plan::Plan;
 
 #[derive(Args, Debug)]
 pub struct PlanArgs {
+    /// The plan file (TOML).
     #[arg(value_name = "PLAN")]
     pub plan: PathBuf,
     #[command(flatten)]

@@ -12,6 +12,7 @@ use crate::session::{self, RunRequest};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
+    /// The plan file (TOML).
     #[arg(value_name = "PLAN")]
     pub plan: PathBuf,
     #[command(flatten)]
