@@ -26,6 +26,12 @@ fn main() {
     cli::init_logging(&cli.global);
     let code = match cli::run(cli) {
         Ok(code) => code,
+        Err(err) if cli::json_logs() => {
+            // One JSON object, as every other line on stderr: the error and
+            // its causes on one line.
+            cli::say_error(&phoenix::error_text(&err));
+            err.exit_code()
+        }
         Err(err) => {
             let mut message = format!("error: {err}");
             for cause in phoenix::error_chain(&err).skip(1) {

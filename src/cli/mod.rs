@@ -188,12 +188,42 @@ pub fn stderr_style() -> (bool, bool) {
 
 /// Prints diagnostics to stderr, one `FILE:LINE:COL: severity: message` each.
 pub fn print_diagnostics(diags: Diagnostics, quiet: bool) {
+    use crate::plan::diagnostic::Severity;
     let (snippet, color) = stderr_style();
     for diag in diags.sorted() {
-        if quiet && diag.severity == crate::plan::diagnostic::Severity::Warning {
+        if quiet && diag.severity == Severity::Warning {
             continue;
         }
-        crate::note!("{}", diag.render(snippet, color));
+        if json_logs() {
+            let d = diag.to_json();
+            match d.severity {
+                Severity::Error => {
+                    tracing::error!(target: "phoenix::events", event = "diagnostic", file = %d.file, line = d.line, column = d.column, code = d.code, message = d.message)
+                }
+                Severity::Warning => {
+                    tracing::warn!(target: "phoenix::events", event = "diagnostic", file = %d.file, line = d.line, column = d.column, code = d.code, message = d.message)
+                }
+            }
+        } else {
+            crate::note!("{}", diag.render(snippet, color));
+        }
+    }
+}
+
+/// Whether stderr carries one JSON object a line (`--log-format json`).
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn json_logs() -> bool {
+    JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// An error on stderr: `error: MESSAGE`, or with `--log-format json` an
+/// `error` event like every other line there.
+pub fn say_error(message: &str) {
+    if json_logs() {
+        tracing::error!(target: "phoenix::events", event = "error", message);
+    } else {
+        crate::note!("error: {message}");
     }
 }
 
@@ -206,10 +236,10 @@ pub fn load_valid(path: &std::path::Path, vars: &VarArgs) -> Result<Option<Loade
     // Warnings are `validate`'s business; other commands show only errors.
     if failed {
         print_diagnostics(diagnostics, true);
-        crate::note!(
-            "error: `{}` is not a valid plan; run `phoenix validate` for details",
+        say_error(&format!(
+            "`{}` is not a valid plan; run `phoenix validate` for details",
             path.display()
-        );
+        ));
         return Ok(None);
     }
     Ok(Some(loaded))
@@ -247,18 +277,28 @@ pub fn terminal(global: &GlobalArgs) -> std::sync::Arc<dyn crate::exec::EventSin
 /// The exit code of a finished session, after saying where its state is.
 pub fn exit_code_of(end: &crate::session::SessionEnd, global: &GlobalArgs) -> i32 {
     use crate::journal::record::RunResult;
-    if !global.quiet || end.result != RunResult::Succeeded {
+    let resume =
+        (end.result != RunResult::Succeeded).then(|| format!("phoenix resume {}", end.run_id));
+    if global.log_format == LogFormat::Json {
+        // Every line on stderr a JSON object, for whatever collects them.
+        tracing::info!(
+            target: "phoenix::events",
+            event = "run_summary",
+            run_id = %end.run_id,
+            result = end.result.as_str(),
+            state = %end.location,
+            report = %format!("{}/report.json", end.location),
+            resume = resume.as_deref(),
+        );
+    } else if !global.quiet || end.result != RunResult::Succeeded {
         crate::note!("state: {}", end.location);
         crate::note!(
             "report: {}/report.json (HTML: phoenix report {} --format html -o report.html)",
             end.location,
             end.run_id
         );
-        match end.result {
-            RunResult::Succeeded => {}
-            RunResult::Paused | RunResult::Interrupted | RunResult::Failed => {
-                crate::note!("continue with: phoenix resume {}", end.run_id)
-            }
+        if let Some(resume) = &resume {
+            crate::note!("continue with: {resume}");
         }
     }
     match end.result {
@@ -301,6 +341,10 @@ pub fn init_logging(global: &GlobalArgs) {
         }
         (LogFormat::Text, false, _) => "debug,phoenix::events=off",
     };
+    JSON_LOGS.store(
+        global.log_format == LogFormat::Json,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // A closed stderr (`phoenix run … 2>&1 | head`) must not stop a rebuild:
     // the subscriber's own report of a failed write goes through `eprintln!`,

@@ -59,6 +59,14 @@ fn secrets_never_reach_state_logs_or_output() {
             ])
             .run()
             .expect_code(1);
+        if format == "json" {
+            // Every line a JSON object, the closing summary included.
+            for line in run.stderr().lines() {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .unwrap_or_else(|e| panic!("{e}: {line}"));
+            }
+            assert!(run.stderr().contains("\"event\":\"run_summary\""));
+        }
         output.push_str(&run.stdout());
         output.push_str(&run.stderr());
     }

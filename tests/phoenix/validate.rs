@@ -94,6 +94,22 @@ fn json_format_lists_every_problem_on_stdout() {
         .as_str()
         .unwrap()
         .contains("did you mean `network`?"));
+
+    // With `--log-format json`, a command refusing the plan says so in JSON
+    // lines on stderr, diagnostics included, as a run's events are.
+    let run = Phoenix::new(&repo_root())
+        .args(["--log-format", "json", "run"])
+        .arg_path(&plan)
+        .run()
+        .expect_code(1);
+    let events: Vec<serde_json::Value> = run
+        .stderr()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert_eq!(events[0]["event"], "diagnostic");
+    assert_eq!(events[0]["code"], "unknown-step");
+    assert_eq!(events.last().unwrap()["event"], "error");
 }
 
 #[test]
