@@ -19,7 +19,7 @@ pub fn run(global: &GlobalArgs, args: HistoryArgs) -> CliResult {
         unreadable,
     } = history::collect(state.as_ref())?;
     for (run, why) in &unreadable {
-        crate::note!("warning: run `{run}` is left out: {why}");
+        super::say_warning(&format!("run `{run}` is left out: {why}"));
     }
     match args.format {
         TextOrJson::Json => crate::out!(

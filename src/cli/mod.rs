@@ -227,6 +227,24 @@ pub fn say_error(message: &str) {
     }
 }
 
+/// A warning on stderr, as [`say_error`] says an error.
+pub fn say_warning(message: &str) {
+    if json_logs() {
+        tracing::warn!(target: "phoenix::events", event = "warning", message);
+    } else {
+        crate::note!("warning: {message}");
+    }
+}
+
+/// What a command did, on stderr, as [`say_error`] says an error.
+pub fn say_info(message: &str) {
+    if json_logs() {
+        tracing::info!(target: "phoenix::events", event = "info", message);
+    } else {
+        crate::note!("{message}");
+    }
+}
+
 /// Loads a plan for a command that needs a valid one: prints its diagnostics and
 /// returns `None` when it has errors (the caller exits 1).
 pub fn load_valid(path: &std::path::Path, vars: &VarArgs) -> Result<Option<Loaded>, CliError> {

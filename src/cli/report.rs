@@ -48,7 +48,7 @@ pub fn run(global: &GlobalArgs, args: ReportArgs) -> CliResult {
                 source,
             })?;
             if !global.quiet {
-                crate::note!("wrote {}", path.display());
+                super::say_info(&format!("wrote {}", path.display()));
             }
         }
         None => crate::out_raw!("{text}"),

@@ -24,8 +24,8 @@ pub fn run(global: &GlobalArgs, args: UnlockArgs) -> CliResult {
         .force_unlock(args.lock_id.as_deref())
         .map_err(crate::session::SessionError::from)?
     {
-        Some(info) => crate::note!("removed the lock of {}", info.describe()),
-        None => crate::note!("`{}` is not locked", state.describe()),
+        Some(info) => super::say_info(&format!("removed the lock of {}", info.describe())),
+        None => super::say_info(&format!("`{}` is not locked", state.describe())),
     }
     Ok(exit_codes::SUCCESS)
 }

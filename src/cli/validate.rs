@@ -30,7 +30,7 @@ pub fn run(global: &GlobalArgs, args: ValidateArgs) -> CliResult {
         let loaded = match crate::plan::load(path, &args.vars.load_options()) {
             Ok(loaded) => loaded,
             Err(error @ crate::plan::load::LoadError::Read { .. }) => {
-                crate::note!("error: {}", crate::error_text(&error));
+                super::say_error(&crate::error_text(&error));
                 unreadable = true;
                 continue;
             }
@@ -58,7 +58,7 @@ pub fn run(global: &GlobalArgs, args: ValidateArgs) -> CliResult {
                     } else {
                         String::new()
                     };
-                    crate::note!("{summary}{warned}");
+                    super::say_info(&format!("{summary}{warned}"));
                 }
             }
         }
