@@ -22,10 +22,16 @@ impl ChaosSpec {
             kill: 0.0,
             seed: None,
         };
+        let mut seen = Vec::new();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (key, value) = part.split_once('=').ok_or_else(|| {
                 format!("`{part}`: expected KEY=VALUE (fail=P, kill=P or seed=N)")
             })?;
+            // Which of two values was meant is not guessed.
+            if seen.contains(&key) {
+                return Err(format!("`{key}` is given twice"));
+            }
+            seen.push(key);
             let probability = || -> Result<f64, String> {
                 value
                     .parse::<f64>()
@@ -110,5 +116,9 @@ mod tests {
         );
         assert!(ChaosSpec::parse("fail=2").is_err());
         assert!(ChaosSpec::parse("boom=1").is_err());
+        assert_eq!(
+            ChaosSpec::parse("fail=0.5,kill=0.1,fail=0.1").unwrap_err(),
+            "`fail` is given twice"
+        );
     }
 }
