@@ -58,6 +58,15 @@ impl FsStore {
         let this = FsStore { root: root.clone() };
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
+            if let Err(e) = std::fs::metadata(&root) {
+                return Err(match e.kind() {
+                    std::io::ErrorKind::NotFound => StoreError::NoDirectory(root),
+                    _ => StoreError::Io {
+                        path: root,
+                        source: e,
+                    },
+                });
+            }
             // Start from the deepest directory the prefix names.
             let base = match prefix.rfind('/') {
                 Some(i) => root.join(&prefix[..i]),
@@ -103,7 +112,12 @@ impl FsStore {
         match tokio::fs::metadata(&path).await {
             Ok(meta) if meta.is_file() => Ok(Some(self.info(key.to_string(), &meta))),
             Ok(_) => Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if tokio::fs::metadata(&self.root).await.is_err() {
+                    return Err(StoreError::NoDirectory(self.root.clone()));
+                }
+                Ok(None)
+            }
             Err(source) => Err(StoreError::Io { path, source }),
         }
     }

@@ -56,6 +56,10 @@ pub enum StoreError {
         offset: u64,
         after: std::time::Duration,
     },
+    /// An `fs` store's `path` that is not there: a typo, or a volume not
+    /// mounted, not a store without backups.
+    #[error("the store's directory `{}` does not exist", .0.display())]
+    NoDirectory(std::path::PathBuf),
     #[error("`{key}`: expected {expected} bytes from offset {offset}, got {got}")]
     ShortRead {
         key: String,
@@ -70,7 +74,9 @@ impl StoreError {
         match self {
             StoreError::S3 { transient, .. } => *transient,
             StoreError::ShortRead { .. } | StoreError::Stalled { .. } => true,
-            StoreError::Io { .. } | StoreError::Changed { .. } => false,
+            StoreError::Io { .. } | StoreError::Changed { .. } | StoreError::NoDirectory(_) => {
+                false
+            }
         }
     }
 }

@@ -316,4 +316,23 @@ fn backups_preflight_reports_and_fails_on_problems() {
     );
     let missing = ws.expect(["backups", "plan.toml"], 1).stdout();
     assert!(missing.contains("no backup under `nothing/`"), "{missing}");
+    // The store's directory missing (a typo, a volume not mounted) is said
+    // as such, not as a store without backups; by a run too.
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{}{}",
+            HEADER.replace("path = \"backups\"", "path = \"backpus\""),
+            restore_step("data", "prefix = \"pg/\"\ndest = \"out/db.dump\"")
+        ),
+    );
+    let no_dir = ws.expect(["backups", "plan.toml"], 1).stdout();
+    assert!(no_dir.contains("the store's directory `"), "{no_dir}");
+    assert!(no_dir.contains("backpus` does not exist"), "{no_dir}");
+    let run = ws.expect(["run", "plan.toml"], 1);
+    assert!(
+        run.stderr().contains("backpus` does not exist"),
+        "{}",
+        run.stderr()
+    );
 }
