@@ -48,7 +48,7 @@ pub enum SessionError {
     },
     #[error("{0}")]
     Usage(String),
-    #[error("the plan of run `{run}` is no longer valid{}", if *.from_state { " (the copy kept in the state)" } else { "" })]
+    #[error("the plan of run `{run}` is no longer valid{}", if *.from_state { " (the copy kept in the state)" } else { "; fix it, or resume with `--plan FILE`" })]
     InvalidPlan { run: String, from_state: bool },
     #[error(
         "{} in doubt and not idempotent: {}; it may or may not have taken effect, so phoenix will not run it again by itself. Check it, then resume with `--rerun STEP` or `--skip STEP`",

@@ -212,6 +212,19 @@ fn a_resume_goes_on_with_the_plan_it_was_given() {
     ]);
     ws.expect(["run", "plan.toml"], 1);
 
+    // The file the run started from, broken since: said, with the way out.
+    let text = ws.read("plan.toml");
+    ws.write("plan.toml", &format!("{text}\nbroken = ["));
+    let broken = ws.expect(["resume"], 1);
+    assert!(
+        broken
+            .stderr()
+            .contains("is no longer valid; fix it, or resume with `--plan FILE`"),
+        "{}",
+        broken.stderr()
+    );
+    ws.write("plan.toml", &text);
+
     ws.write(
         "other.toml",
         &HEADER.replace("name = \"t\"", "name = \"other\""),
