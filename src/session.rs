@@ -1003,7 +1003,7 @@ fn warn_of_secret_vars(
             serde_json::Value::String(text) => text.clone(),
             other => other.to_string(),
         };
-        if matches!(masker.mask(&text), std::borrow::Cow::Owned(_)) {
+        if masker.reveals(&text) {
             events.emit(Event::Warning(format!(
                 "the value of var `{name}` holds a secret's value; vars are kept in the journal as given, for a resume: declare the secret under [secrets] and use `{{{{ secrets.NAME }}}}` instead"
             )));

@@ -122,14 +122,14 @@ pub fn resolve_repo(repo: &str, plan_dir: &Path) -> String {
 }
 
 /// `git` with prompts off: a rebuild must fail, not hang, on missing credentials.
-fn git() -> tokio::process::Command {
+async fn git() -> tokio::process::Command {
     let mut command = tokio::process::Command::new("git");
     command
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_ASKPASS", "true")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
-    if !ssh_configured() {
+    if !ssh_configured().await {
         command.env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes");
     }
     command
@@ -142,21 +142,32 @@ fn git() -> tokio::process::Command {
 /// `known_hosts` yet, plain ssh asks on the terminal whether to trust the
 /// host (or for a key's passphrase), where the progress display hides the
 /// question and the step hangs until its timeout; in batch mode it fails at
-/// once and says why ("Host key verification failed"). Asked once.
-fn ssh_configured() -> bool {
-    static CONFIGURED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *CONFIGURED.get_or_init(|| {
-        std::env::var_os("GIT_SSH_COMMAND").is_some()
-            || std::env::var_os("GIT_SSH").is_some()
-            || ["--global", "--system"].into_iter().any(|scope| {
-                std::process::Command::new("git")
+/// once and says why ("Host key verification failed"). Asked once, without
+/// blocking the thread that runs the steps.
+async fn ssh_configured() -> bool {
+    static CONFIGURED: tokio::sync::OnceCell<bool> = tokio::sync::OnceCell::const_new();
+    *CONFIGURED
+        .get_or_init(|| async {
+            if std::env::var_os("GIT_SSH_COMMAND").is_some()
+                || std::env::var_os("GIT_SSH").is_some()
+            {
+                return true;
+            }
+            for scope in ["--global", "--system"] {
+                let set = tokio::process::Command::new("git")
                     .args(["config", scope, "--get", "core.sshCommand"])
                     .stdin(std::process::Stdio::null())
                     .stderr(std::process::Stdio::null())
                     .output()
-                    .is_ok_and(|out| out.status.success())
-            })
-    })
+                    .await
+                    .is_ok_and(|out| out.status.success());
+                if set {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
 }
 
 /// Runs git, returning stdout; on failure, its stderr with any credentials in
@@ -220,7 +231,7 @@ pub async fn resolve(
     if is_full_commit(reference) {
         return Ok(reference.to_ascii_lowercase());
     }
-    let mut command = git();
+    let mut command = git().await;
     command.args(["ls-remote", "--", repo]);
     let listing = run_git(command, cancel).await?;
     let refs: Vec<(&str, &str)> = listing
@@ -258,10 +269,10 @@ pub async fn resolve(
     ));
     let _ = std::fs::remove_dir_all(&scratch);
     let result = async {
-        let mut init = git();
+        let mut init = git().await;
         init.args(["init", "--quiet", "--bare"]).arg(&scratch);
         run_git(init, cancel).await?;
-        let mut fetch = git();
+        let mut fetch = git().await;
         fetch.arg("-C").arg(&scratch).args([
             "fetch",
             "--quiet",
@@ -271,7 +282,7 @@ pub async fn resolve(
             &format!("+{name}:refs/phoenix/probe"),
         ]);
         run_git(fetch, cancel).await?;
-        let mut parse = git();
+        let mut parse = git().await;
         parse.arg("-C").arg(&scratch).args([
             "rev-parse",
             "--verify",
@@ -290,7 +301,7 @@ async fn is_clean_checkout(dest: &Path, commit: &str) -> bool {
         return false;
     }
     let never = tokio_util::sync::CancellationToken::new();
-    let mut head = git();
+    let mut head = git().await;
     head.arg("-C").arg(dest).args(["rev-parse", "HEAD"]);
     let Ok(head) = run_git(head, &never).await else {
         return false;
@@ -298,7 +309,7 @@ async fn is_clean_checkout(dest: &Path, commit: &str) -> bool {
     if head.trim() != commit {
         return false;
     }
-    let mut status = git();
+    let mut status = git().await;
     status
         .arg("-C")
         .arg(dest)
@@ -314,12 +325,12 @@ async fn checkout(
     submodules: bool,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<(), ActionError> {
-    let mut clone = git();
+    let mut clone = git().await;
     clone
         .args(["clone", "--quiet", "--no-checkout", "--", repo])
         .arg(temp);
     run_git(clone, cancel).await?;
-    let mut checkout = git();
+    let mut checkout = git().await;
     checkout.arg("-C").arg(temp).args([
         "-c",
         "advice.detachedHead=false",
@@ -331,7 +342,7 @@ async fn checkout(
     if run_git(checkout, cancel).await.is_err() {
         // The commit is no longer on any branch or tag (the tag moved away from
         // it): ask for it by id, then check out again.
-        let mut fetch = git();
+        let mut fetch = git().await;
         fetch
             .arg("-C")
             .arg(temp)
@@ -342,7 +353,7 @@ async fn checkout(
                 strip_credentials(repo)
             ))
         })?;
-        let mut checkout = git();
+        let mut checkout = git().await;
         checkout.arg("-C").arg(temp).args([
             "-c",
             "advice.detachedHead=false",
@@ -354,7 +365,7 @@ async fn checkout(
         run_git(checkout, cancel).await?;
     }
     if submodules && temp.join(".gitmodules").exists() {
-        let mut update = git();
+        let mut update = git().await;
         // Local paths and bundles are how offline rebuilds get their code.
         update.arg("-C").arg(temp).args([
             "-c",

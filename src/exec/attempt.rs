@@ -122,12 +122,13 @@ async fn attempts(
                 let outputs: Outputs = outputs
                     .into_iter()
                     .map(|(key, value)| {
-                        let masked = shared.masker.mask(&value).into_owned();
-                        if masked != value {
-                            shared.events.emit(Event::Warning(format!(
-                                "step `{id}`: output `{key}` holds a secret's value, which the steps that read it get as `***`; give a step a secret with `{{{{ secrets.NAME }}}}`"
-                            )));
+                        if !shared.masker.reveals(&value) {
+                            return (key, value);
                         }
+                        shared.events.emit(Event::Warning(format!(
+                            "step `{id}`: output `{key}` holds a secret's value, which the steps that read it get as `***`; give a step a secret with `{{{{ secrets.NAME }}}}`"
+                        )));
+                        let masked = shared.masker.mask(&value).into_owned();
                         (key, masked)
                     })
                     .collect();

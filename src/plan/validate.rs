@@ -206,18 +206,18 @@ fn check_expressions(plan: &mut Plan, graph: &StepGraph, diags: &mut Diagnostics
                     // run that finds out too late (a recovery, for a step
                     // only drills run).
                     let producer = &plan.steps[dep];
-                    let expression = source.slice(Span::new(span.start, text.span.end));
-                    let has_default = expression
-                        .split("}}")
-                        .next()
-                        .is_some_and(|e| e.contains("default"));
-                    if has_default {
-                        continue;
-                    }
+                    let has_default = || {
+                        source
+                            .slice(Span::new(span.start, text.span.end))
+                            .split("}}")
+                            .next()
+                            .is_some_and(|e| e.contains("default"))
+                    };
                     if let Some(kind) = [(true, "a drill"), (false, "a recovery")]
                         .into_iter()
                         .find(|(drill, _)| step.applies(*drill) && !producer.applies(*drill))
                         .map(|(_, kind)| kind)
+                        .filter(|_| !has_default())
                     {
                         diags.warning(&source, span, "when-outputs", format!("step `{}` reads outputs of `{target}`, which does not run in {kind} (`when = \"{}\"`): there `{}` fails, unless the expression gives a `default`", step.id.value, producer.when.name(), step.id.value));
                     }

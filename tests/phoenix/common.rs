@@ -85,6 +85,16 @@ impl Run {
         String::from_utf8_lossy(&self.output.stderr).into_owned()
     }
 
+    /// Stderr of a `--log-format json` run, a JSON object a line; panics
+    /// naming the first line that is not one.
+    #[track_caller]
+    pub fn stderr_events(&self) -> Vec<serde_json::Value> {
+        self.stderr()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+            .collect()
+    }
+
     #[track_caller]
     pub fn expect_code(self, code: i32) -> Self {
         assert_eq!(

@@ -61,10 +61,7 @@ fn secrets_never_reach_state_logs_or_output() {
             .expect_code(1);
         if format == "json" {
             // Every line a JSON object, the closing summary included.
-            for line in run.stderr().lines() {
-                serde_json::from_str::<serde_json::Value>(line)
-                    .unwrap_or_else(|e| panic!("{e}: {line}"));
-            }
+            run.stderr_events();
             assert!(run.stderr().contains("\"event\":\"run_summary\""));
         }
         output.push_str(&run.stdout());

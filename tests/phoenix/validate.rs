@@ -102,11 +102,7 @@ fn json_format_lists_every_problem_on_stdout() {
         .arg_path(&plan)
         .run()
         .expect_code(1);
-    let events: Vec<serde_json::Value> = run
-        .stderr()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
-        .collect();
+    let events = run.stderr_events();
     assert_eq!(events[0]["event"], "diagnostic");
     assert_eq!(events[0]["code"], "unknown-step");
     assert_eq!(events.last().unwrap()["event"], "error");
