@@ -62,8 +62,14 @@ pub enum SessionError {
     AlreadySucceeded(String),
     #[error("cannot start the runtime")]
     Runtime(#[source] std::io::Error),
-    #[error("the journal failed: {0}")]
-    JournalWrite(String),
+    /// The journal stops at its first failed write or sync (a full disk, a
+    /// lost mount): the records before it are whole, so the run resumes.
+    #[error("run `{run}` stopped: its journal could not be written; what it recorded is kept, and once the state can be written again `phoenix resume` goes on from there")]
+    JournalWrite {
+        run: String,
+        #[source]
+        source: crate::journal::writer::JournalWriteError,
+    },
 }
 
 /// What `phoenix run` asks for.
@@ -888,7 +894,10 @@ impl Session<'_> {
                     .journal
                     .append_durable(record)
                     .await
-                    .map_err(|e| SessionError::JournalWrite(e.to_string()))?;
+                    .map_err(|source| SessionError::JournalWrite {
+                        run: shared.run.id.clone(),
+                        source,
+                    })?;
             }
             // Watched from here: a check that hangs is stopped by Ctrl-C
             // like a step, with the lock released and the run resumable.
@@ -935,7 +944,10 @@ impl Session<'_> {
                     result,
                 })
                 .await
-                .map_err(|e| SessionError::JournalWrite(e.to_string()))?;
+                .map_err(|source| SessionError::JournalWrite {
+                    run: shared.run.id.clone(),
+                    source,
+                })?;
             Ok::<_, SessionError>(result)
         });
         drop(short_slice);
@@ -961,7 +973,8 @@ impl Session<'_> {
         );
         if let Err(error) = self.state.sync_logs(&self.run_id) {
             self.events.emit(Event::Warning(format!(
-                "cannot copy the run's logs to the state: {error}"
+                "cannot copy the run's logs to the state: {}",
+                crate::error_text(&error)
             )));
         }
         let report = match folded {
@@ -976,7 +989,8 @@ impl Session<'_> {
         tracing::debug!(elapsed = ?started.elapsed(), "run: report written");
         if let Err(error) = &report {
             self.events.emit(Event::Warning(format!(
-                "cannot write the run's report: {error}"
+                "cannot write the run's report: {}",
+                crate::error_text(error)
             )));
         }
         crate::drop_later(self.plan);
@@ -1061,7 +1075,10 @@ async fn run_checks(
                     reason: SkipReason::Check,
                 })
                 .await
-                .map_err(|e| SessionError::JournalWrite(e.to_string()))?;
+                .map_err(|source| SessionError::JournalWrite {
+                    run: shared.run.id.clone(),
+                    source,
+                })?;
             shared
                 .outputs
                 .write()
@@ -1117,6 +1134,7 @@ async fn run_check(args: &[String], dir: &Path, log: PathBuf, masker: Arc<Masker
             _ = &mut copier, if !copied => copied = true,
         }
     };
+    // A check's log that cannot be written changes nothing of its answer.
     if !copied {
         crate::actions::command::finish_copy(copier).await;
     }

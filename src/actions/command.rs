@@ -152,11 +152,12 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
     // output and runs on), is waited for through its pidfd.
     const EARLY: Duration = Duration::from_millis(100);
     const EXITING: Duration = Duration::from_millis(1);
-    let mut copied = false;
+    // `Some` once the copy is over, with what it could not write.
+    let mut copied: Option<Option<LogError>> = None;
     let mut early = None;
     tokio::select! {
-        _ = &mut copier => {
-            copied = true;
+        lost = &mut copier => {
+            copied = Some(lost);
             early = child.wait_exiting(EXITING).ok().flatten();
         }
         _ = tokio::time::sleep(EARLY) => {}
@@ -178,13 +179,21 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
         loop {
             tokio::select! {
                 status = &mut exited => break status,
-                _ = &mut copier, if !copied => copied = true,
+                lost = &mut copier, if copied.is_none() => copied = Some(lost),
             }
         }
     };
     ctx.shared.processes.remove(pgid);
-    if !copied {
-        finish_copy(copier).await;
+    let lost = match copied {
+        Some(lost) => lost,
+        None => finish_copy(copier).await,
+    };
+    if let Some(lost) = lost {
+        ctx.shared.events.emit(crate::exec::Event::Warning(format!(
+            "step `{}`: {}",
+            ctx.step.id.value,
+            ctx.shared.describe(&lost)
+        )));
     }
     let status = status.map_err(|source| ActionError::Io {
         action: "wait for",
@@ -262,16 +271,31 @@ fn read_outputs(path: &Path) -> (Outputs, Vec<String>) {
 
 /// Lets the copy of an exited process's output finish: a daemon it started
 /// may keep the pipe open, and then the output goes on into the log in the
-/// background (closing the pipe would kill the daemon with SIGPIPE).
+/// background (closing the pipe would kill the daemon with SIGPIPE). What
+/// the copy could not write, if it finished.
 pub(crate) async fn finish_copy(
-    mut copier: std::pin::Pin<Box<impl std::future::Future<Output = ()> + Send + 'static>>,
-) {
-    if tokio::time::timeout(Duration::from_millis(500), &mut copier)
-        .await
-        .is_err()
-    {
-        tokio::spawn(copier);
+    mut copier: std::pin::Pin<
+        Box<impl std::future::Future<Output = Option<LogError>> + Send + 'static>,
+    >,
+) -> Option<LogError> {
+    match tokio::time::timeout(Duration::from_millis(500), &mut copier).await {
+        Ok(lost) => lost,
+        Err(_) => {
+            tokio::spawn(copier);
+            None
+        }
     }
+}
+
+/// Why a step's log is incomplete: it could not be created or written (a
+/// full disk, most often). The step's own result does not depend on it, but
+/// whoever reads the log must know that it stops short.
+#[derive(Debug, thiserror::Error)]
+#[error("its log `{}` is incomplete: output was lost", path.display())]
+pub struct LogError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
 }
 
 /// Copies a child's output to its log, masking secrets. Text is held back
@@ -279,24 +303,34 @@ pub(crate) async fn finish_copy(
 /// inside a secret or before one the next read may complete
 /// ([`crate::exec::secrets::Masker::safe_cut`]): a secret split between two
 /// writes would be masked in neither. The log is created on the first byte.
+/// The output is read to its end even when the log cannot be written (a
+/// step must not block on a full pipe for it), and the first failure is
+/// returned.
 pub(crate) async fn copy_masked(
     mut stream: impl tokio::io::AsyncRead + Unpin,
     path: PathBuf,
     masker: std::sync::Arc<crate::exec::secrets::Masker>,
-) {
+) -> Option<LogError> {
     use std::io::Write;
     use tokio::io::AsyncReadExt;
     const LIMIT: usize = 64 * 1024;
     let mut log: Option<std::fs::File> = None;
+    let mut lost: Option<std::io::Error> = None;
     let mut pending: Vec<u8> = Vec::new();
     let mut write = |bytes: &[u8]| {
-        if log.is_none() {
-            log = create_private(&path).ok();
+        if lost.is_some() {
+            return;
         }
         let text = String::from_utf8_lossy(bytes);
-        if let Some(file) = log.as_mut() {
-            let _ = file.write_all(masker.mask(&text).as_bytes());
-        }
+        let written = match log.as_mut() {
+            Some(file) => file.write_all(masker.mask(&text).as_bytes()),
+            None => create_private(&path).and_then(|mut file| {
+                let written = file.write_all(masker.mask(&text).as_bytes());
+                log = Some(file);
+                written
+            }),
+        };
+        lost = written.err();
     };
     loop {
         // Read straight into what is held back: no chunk buffer to zero on
@@ -322,4 +356,5 @@ pub(crate) async fn copy_masked(
     if !pending.is_empty() {
         write(&pending);
     }
+    lost.map(|source| LogError { path, source })
 }

@@ -849,3 +849,34 @@ fn outputs_a_killed_run_left_unread_are_not_taken_up() {
     assert_eq!(ws.outputs("writes"), serde_json::json!({"fresh": "1"}));
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
 }
+
+#[test]
+fn a_log_that_cannot_be_written_is_said_to_be_incomplete() {
+    // A full disk, as the state's logs directory turned into a file does it
+    // for any user: the step's own result stands, but whoever reads its log
+    // must know that it stops short.
+    let ws = Workspace::new();
+    ws.write_plan(&[
+        shell_step(
+            "break",
+            "provision",
+            "rm -rf \"$PHOENIX_RUN_DIR/../logs\" && : > \"$PHOENIX_RUN_DIR/../logs\"",
+            "",
+        ),
+        shell_step(
+            "loud",
+            "configure",
+            "echo hello; echo done >> ledger",
+            "needs = [\"break\"]",
+        ),
+    ]);
+    let run = ws.expect(["run", "plan.toml"], 0);
+    assert_eq!(ws.read("ledger"), "done\n");
+    let stderr = run.stderr();
+    assert!(
+        stderr.contains("warning: step `loud`: its log `")
+            && stderr.contains("loud.1.log` is incomplete: output was lost: Not a directory"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("step `break`: its log"), "{stderr}");
+}
