@@ -693,6 +693,16 @@ fn load_for_resume(
                 false,
             )
         }
+        // The state copied to another machine, or the checkout moved: the
+        // copy kept in the state has the steps, but they run in the plan's
+        // directory and read their relative paths from it. Each would fail
+        // on its own, after the resume had begun.
+        None if !Path::new(&view.plan_dir).is_dir() => {
+            return Err(SessionError::Usage(format!(
+                "run `{run_id}` started from `{}`, and neither that file nor its directory is there any more: its steps run in that directory and read their relative paths from it. Resume with `--plan FILE` naming where the plan is now",
+                original.display()
+            )))
+        }
         None => {
             let text = state.read_plan(run_id)?;
             (

@@ -880,3 +880,35 @@ fn a_log_that_cannot_be_written_is_said_to_be_incomplete() {
     );
     assert!(!stderr.contains("step `break`: its log"), "{stderr}");
 }
+
+#[test]
+fn a_resume_after_the_checkout_moved_asks_where_the_plan_is_now() {
+    // The state carried to a new machine, or the checkout moved: the steps
+    // run in the plan's directory, which is no longer there.
+    let ws = Workspace::new();
+    std::fs::create_dir(ws.path().join("repo")).unwrap();
+    ws.write(
+        "repo/plan.toml",
+        &format!(
+            "{HEADER}{}{}",
+            shell_step("first", "provision", "echo first >> ledger", ""),
+            shell_step("flaky", "configure", "test -e fixed", "needs = [\"first\"]"),
+        ),
+    );
+    ws.expect(["run", "repo/plan.toml"], 1);
+    std::fs::rename(ws.path().join("repo"), ws.path().join("moved")).unwrap();
+    ws.write("moved/fixed", "");
+
+    let refused = ws.expect(["resume"], 2);
+    let stderr = refused.stderr();
+    assert!(
+        stderr
+            .contains("repo/plan.toml`, and neither that file nor its directory is there any more")
+            && stderr.contains("Resume with `--plan FILE` naming where the plan is now"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("start flaky"), "{stderr}");
+
+    ws.expect(["resume", "--plan", "moved/plan.toml"], 0);
+    assert_eq!(ws.read("moved/ledger"), "first\n");
+}
