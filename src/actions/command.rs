@@ -115,6 +115,31 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
             };
         }
+        // `run = ["deploy.sh"]` looks the name up in PATH, as a shell does:
+        // the file beside the plan is `./deploy.sh`.
+        let source = if source.kind() == std::io::ErrorKind::NotFound
+            && !program.contains('/')
+            && !program.is_empty()
+            && cwd.join(&program).is_file()
+        {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("not found in PATH; the file in the step's directory is `./{program}`"),
+            )
+        } else if source.kind() == std::io::ErrorKind::PermissionDenied
+            && program.contains('/')
+            && std::fs::metadata(cwd.join(&program)).is_ok_and(|m| {
+                use std::os::unix::fs::PermissionsExt;
+                m.is_file() && m.permissions().mode() & 0o111 == 0
+            })
+        {
+            std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "the file is not executable: `chmod +x` it, or name its interpreter first (`run = [\"sh\", …]`)",
+            )
+        } else {
+            source
+        };
         ActionError::Spawn {
             program: program.clone(),
             source,

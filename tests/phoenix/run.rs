@@ -704,6 +704,27 @@ fn command_steps_get_their_environment_directory_and_clear_errors() {
     assert!(stderr.contains("cannot start `hello`"), "{stderr}");
     assert!(stderr.contains("No such file or directory"), "{stderr}");
     assert!(stderr.contains("no-such-dir"), "{stderr}");
+
+    // A script beside the plan named as a command is looked up in PATH, as
+    // a shell does; one without an execute bit cannot be started: each
+    // error says the way out.
+    ws.write("deploy.sh", "echo deployed\n");
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}\n[[step]]\nid = \"bare\"\nphase = \"provision\"\naction = \"command\"\nrun = [\"deploy.sh\"]\n\n[[step]]\nid = \"plain\"\nphase = \"provision\"\naction = \"command\"\nrun = [\"./deploy.sh\"]\n"
+        ),
+    );
+    let run = ws.expect(["run", "plan.toml", "--keep-going"], 1);
+    let stderr = run.stderr();
+    assert!(
+        stderr.contains("cannot start `deploy.sh`: not found in PATH; the file in the step's directory is `./deploy.sh`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("cannot start `./deploy.sh`: the file is not executable: `chmod +x` it"),
+        "{stderr}"
+    );
 }
 
 /// Phoenix reads plans with transparent huge pages off (`hugepages.rs`), a
