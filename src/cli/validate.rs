@@ -6,6 +6,8 @@ use clap::Args;
 
 use super::{print_diagnostics, CliResult, GlobalArgs, TextOrJson, VarArgs};
 use crate::exit_codes;
+use crate::plan::diagnostic::{Diagnostic, Severity};
+use crate::plan::source::{SourceFile, Span};
 
 #[derive(Args, Debug)]
 pub struct ValidateArgs {
@@ -30,7 +32,19 @@ pub fn run(global: &GlobalArgs, args: ValidateArgs) -> CliResult {
         let loaded = match crate::plan::load(path, &args.vars.load_options()) {
             Ok(loaded) => loaded,
             Err(error @ crate::plan::load::LoadError::Read { .. }) => {
-                super::say_error(&crate::error_text(&error));
+                let message = crate::error_text(&error);
+                // A CI job that reads the array must not take a plan it
+                // could not read for one without problems.
+                if args.format == TextOrJson::Json {
+                    all.push(Diagnostic {
+                        source: SourceFile::new(path, String::new()),
+                        span: Span::new(0, 0),
+                        severity: Severity::Error,
+                        code: "unreadable",
+                        message: message.clone(),
+                    });
+                }
+                super::say_error(&message);
                 unreadable = true;
                 continue;
             }

@@ -246,6 +246,23 @@ fn unreadable_plan_is_a_usage_error() {
     ] {
         assert!(run.stderr().contains(line), "{line}\n{}", run.stderr());
     }
+    // In JSON, for a CI job that reads only the array, the file is an entry.
+    let run = Phoenix::new(&repo_root())
+        .args([
+            "validate",
+            "plans/demo.toml",
+            "no/such/plan.toml",
+            "--format",
+            "json",
+        ])
+        .run()
+        .expect_code(2);
+    let entries: serde_json::Value = serde_json::from_str(&run.stdout()).unwrap();
+    assert_eq!(entries.as_array().unwrap().len(), 1, "{entries}");
+    assert_eq!(entries[0]["file"], "no/such/plan.toml");
+    assert_eq!(entries[0]["code"], "unreadable");
+    assert_eq!(entries[0]["severity"], "error");
+    assert_eq!(entries[0]["line"], 1);
 }
 
 #[test]
