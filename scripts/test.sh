@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The test suite, as CI runs it. Installs what the tests need when it is
-# missing: moto's S3 server (PyPI) for the s3 store tests, and git.
+# missing: moto's S3 server (PyPI) for the s3 store tests, git, and openssl
+# (certificates and a TLS server for the http step's `ca_cert`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v git >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq git
+missing=()
+command -v git >/dev/null || missing+=(git)
+command -v openssl >/dev/null || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq && apt-get install -y -qq "${missing[@]}"
 fi
 if ! command -v moto_server >/dev/null; then
   python3 -m pip install --quiet 'moto[server]'

@@ -82,6 +82,8 @@ pub struct Shared {
     pub keep_going: bool,
     pub concurrency: usize,
     http: std::sync::OnceLock<reqwest::Client>,
+    /// Clients trusting a plan's own CA certificates, by their file.
+    http_trusting: Mutex<HashMap<PathBuf, reqwest::Client>>,
     spawner: std::sync::OnceLock<spawn::Spawner>,
     output_files: std::sync::OnceLock<outputs::OutputFiles>,
     /// The run's last steps are starting: see `last_steps`.
@@ -118,6 +120,7 @@ impl Shared {
             keep_going,
             concurrency,
             http: std::sync::OnceLock::new(),
+            http_trusting: Mutex::new(HashMap::new()),
             spawner: std::sync::OnceLock::new(),
             output_files: std::sync::OnceLock::new(),
             last_steps: std::sync::atomic::AtomicBool::new(false),
@@ -162,6 +165,36 @@ impl Shared {
     /// One HTTP client for the run: connections are reused between steps.
     pub fn http(&self) -> &reqwest::Client {
         self.http.get_or_init(reqwest::Client::new)
+    }
+
+    /// A client that trusts the CA certificates of the PEM file at `path`
+    /// as well as the system's (`ca_cert` of an `http` step): made once per
+    /// file and run, as [`Shared::http`] is.
+    pub fn http_trusting(&self, path: &std::path::Path) -> Result<reqwest::Client, ActionError> {
+        let mut clients = self.http_trusting.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = clients.get(path) {
+            return Ok(client.clone());
+        }
+        let fail = |source: std::io::Error| ActionError::Io {
+            action: "use the CA certificates (`ca_cert`) in",
+            path: path.to_path_buf(),
+            source,
+        };
+        let pem = std::fs::read(path).map_err(fail)?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| fail(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+        if certs.is_empty() {
+            return Err(fail(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "it holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)",
+            )));
+        }
+        let client = reqwest::Client::builder()
+            .tls_certs_merge(certs)
+            .build()
+            .map_err(|e| fail(std::io::Error::other(e)))?;
+        clients.insert(path.to_path_buf(), client.clone());
+        Ok(client)
     }
 
     /// An error as it may be written anywhere: its causes joined, secrets masked.

@@ -221,3 +221,142 @@ until = \"1s\"
     assert_eq!(state_of(&status, "file"), "succeeded");
     drop(listener);
 }
+
+/// `openssl s_server -www` on 127.0.0.1 with a certificate signed by a CA of
+/// the test's own, as a rebuilt internal service has: killed when dropped.
+struct TlsServer {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl TlsServer {
+    fn start(dir: &std::path::Path) -> TlsServer {
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl (scripts/test.sh installs it)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Phoenix test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ]);
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("openssl")
+            .args([
+                "s_server",
+                "-quiet",
+                "-www",
+                "-cert",
+                "server.pem",
+                "-key",
+                "server.key",
+            ])
+            .arg("-accept")
+            .arg(format!("127.0.0.1:{port}"))
+            .current_dir(dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        let server = TlsServer { port, child };
+        assert!(crate::common::wait_for(
+            std::time::Duration::from_secs(10),
+            || { std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() }
+        ));
+        server
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn http_trusts_the_plans_own_ca_when_told() {
+    let ws = Workspace::new();
+    let server = TlsServer::start(ws.path());
+    let url = format!("https://127.0.0.1:{}/", server.port);
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}{}{}{}",
+            http_step("system_roots", &format!("url = \"{url}\"")),
+            http_step("own_ca", &format!("url = \"{url}\"\nca_cert = \"ca.pem\"")),
+            http_step(
+                "not_a_cert",
+                &format!("url = \"{url}\"\nca_cert = \"server.ext\"")
+            ),
+        ),
+    );
+    let run = ws.expect(["run", "plan.toml", "--keep-going"], 1);
+    let stderr = run.stderr();
+    let status = ws.status();
+    assert_eq!(state_of(&status, "own_ca"), "succeeded", "{stderr}");
+    assert_eq!(state_of(&status, "system_roots"), "failed");
+    assert!(stderr.contains("UnknownIssuer"), "{stderr}");
+    assert!(
+        stderr.contains("cannot use the CA certificates (`ca_cert`) in `")
+            && stderr.contains("server.ext`: it holds no PEM certificate"),
+        "{stderr}"
+    );
+}
