@@ -1054,7 +1054,7 @@ async fn run_checks(
         let check = match rendered {
             Some(args) if !args.is_empty() => {
                 let log = shared.run.logs.join(format!("{}.check.log", step.id.value));
-                let run = run_check(&args, &shared.plan.dir, log, Arc::clone(&shared.masker));
+                let run = run_check(shared, &step.id.value, &args, log);
                 // The step's timeout bounds its check: a probe that hangs
                 // (a host that takes the connection and never answers) must
                 // not hold the resume forever.
@@ -1107,36 +1107,50 @@ async fn run_checks(
     Ok(())
 }
 
-/// Runs a step's `check`; whether it exited 0. Its output goes to `log`
-/// through the secret masker, as a step's does: a check that prints what it
-/// probes (a connection string, a token from its environment) must not put
-/// a secret in the state.
-async fn run_check(args: &[String], dir: &Path, log: PathBuf, masker: Arc<Masker>) -> bool {
+/// Runs a step's `check`; whether it exited 0. It is started as a step's
+/// command is ([`crate::exec::spawn`]: a session of its own, so that a probe
+/// such as `ssh` cannot ask at the terminal; the run's variables), in the
+/// plan's directory. Its output goes to `log` through the secret masker, as
+/// a step's does: a check that prints what it probes (a connection string,
+/// a token from its environment) must not put a secret in the state.
+/// Dropped before it ends (the step's timeout, Ctrl-C), its process group
+/// is killed.
+async fn run_check(shared: &Shared, step: &str, args: &[String], log: PathBuf) -> bool {
+    use std::ffi::OsStr;
+    use std::os::fd::AsFd;
+    let Ok(spawner) = shared.spawner() else {
+        return false;
+    };
     let Ok((reader, writer)) = std::io::pipe() else {
         return false;
     };
-    let Ok(stderr) = writer.try_clone() else {
-        return false;
-    };
-    let mut command = tokio::process::Command::new(&args[0]);
-    command
-        .args(&args[1..])
-        .current_dir(dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(writer)
-        .stderr(stderr)
-        .kill_on_drop(true);
-    let child = command.spawn();
-    // The command holds the pipe's write ends: closed, the copy sees the end.
-    drop(command);
-    let Ok(mut child) = child else {
-        return false;
-    };
     let Ok(reader) = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()) else {
-        return child.wait().await.is_ok_and(|s| s.success());
+        return false;
     };
+    let run = &shared.run;
+    let env = [
+        ("PHOENIX_RUN_ID", OsStr::new(&run.id)),
+        ("PHOENIX_RUN_DIR", run.dir.as_os_str()),
+        ("PHOENIX_STEP", OsStr::new(step)),
+    ];
+    let Ok(mut child) = spawner.spawn(&crate::exec::spawn::SpawnRequest {
+        program: OsStr::new(&args[0]),
+        args: &args[1..],
+        env: &env,
+        cwd: &shared.plan.dir,
+        output: writer.as_fd(),
+    }) else {
+        return false;
+    };
+    // The child holds the pipe's write end: closed here, the copy sees the end.
+    drop(writer);
+    let group = crate::exec::process::KillOnDrop::new(child.id());
     // Copied while the check runs, so that a full pipe never stops it.
-    let mut copier = Box::pin(crate::actions::command::copy_masked(reader, log, masker));
+    let mut copier = Box::pin(crate::actions::command::copy_masked(
+        reader,
+        log,
+        Arc::clone(&shared.masker),
+    ));
     let mut copied = false;
     let status = loop {
         tokio::select! {
@@ -1144,6 +1158,7 @@ async fn run_check(args: &[String], dir: &Path, log: PathBuf, masker: Arc<Masker
             _ = &mut copier, if !copied => copied = true,
         }
     };
+    group.disarm();
     // A check's log that cannot be written changes nothing of its answer.
     if !copied {
         crate::actions::command::finish_copy(copier).await;

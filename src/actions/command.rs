@@ -256,6 +256,9 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
 async fn terminate(pgid: i32, child: &mut Child) {
     use nix::sys::signal::Signal;
     signal_group(pgid, Signal::SIGTERM);
+    // A stopped process acts on SIGTERM only once it runs again: without
+    // this, it would sit out the whole grace period.
+    signal_group(pgid, Signal::SIGCONT);
     if tokio::time::timeout(grace(), child.wait()).await.is_err() {
         signal_group(pgid, Signal::SIGKILL);
     }

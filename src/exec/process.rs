@@ -48,3 +48,29 @@ impl ProcessGroups {
 pub fn signal_group(pgid: i32, signal: Signal) {
     let _ = killpg(Pid::from_raw(pgid), signal);
 }
+
+/// Kills a process group when dropped, unless disarmed first: for a child
+/// whose waiting may be given up (a check past its step's timeout, or
+/// stopped by Ctrl-C), so that nothing it started goes on behind the run.
+pub struct KillOnDrop {
+    pgid: Option<i32>,
+}
+
+impl KillOnDrop {
+    pub fn new(pgid: i32) -> Self {
+        KillOnDrop { pgid: Some(pgid) }
+    }
+
+    /// The group ended as it should: nothing to kill.
+    pub fn disarm(mut self) {
+        self.pgid = None;
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.pgid {
+            signal_group(pgid, Signal::SIGKILL);
+        }
+    }
+}

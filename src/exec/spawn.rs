@@ -14,8 +14,9 @@
 //! for the thread instead of one mapped and unmapped for every child, and
 //! resets the signals it must in one call each.
 //!
-//! What the child gets is what `std` would give it: its own process group,
-//! every signal unblocked and at its default but those Phoenix was started
+//! What the child gets is what `std` would give it with a process group of
+//! its own, and a session of its own (no controlling terminal: see
+//! `child_main`): every signal unblocked and at its default but those Phoenix was started
 //! ignoring (`SIGPIPE`, which Rust ignores, is reset all the same), the
 //! directory changed before the program is looked up, stdin from `/dev/null`,
 //! stdout and stderr to the caller's descriptor, nothing else open (every
@@ -562,7 +563,7 @@ unsafe fn set_signal_mask(set: *const libc::sigset_t, old: *mut libc::sigset_t) 
 /// The child, from clone to exec. It runs on Phoenix's memory while the
 /// thread that started it waits, so it calls only what is safe there (no
 /// allocation, no lock, no panic): each signal back to its default, its own
-/// process group, stdin, stdout and stderr, the directory, the signal mask
+/// session, stdin, stdout and stderr, the directory, the signal mask
 /// emptied, exec. A step that fails leaves its errno for the parent and
 /// exits 127.
 extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
@@ -579,7 +580,12 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         }
         let stdin = (*args).stdin;
         let output = (*args).output;
-        let ok = libc::setpgid(0, 0) == 0
+        // A session of its own, and so a process group of its own with no
+        // controlling terminal: a program that asks on /dev/tty (ssh's
+        // host-key question, sudo's password) fails at once, where in a
+        // background group of Phoenix's terminal it would be stopped by
+        // SIGTTIN and hang, unseen, to its timeout.
+        let ok = libc::setsid() != -1
             && redirect(stdin, 0)
             && redirect(output, 1)
             && redirect(output, 2)
@@ -820,15 +826,16 @@ mod tests {
         let (status, text) = run(
             &spawner,
             "sh",
-            &["-c", "echo \"$PHOENIX_STEP $(pwd) $(ps -o pgid= -p $$ | tr -d ' ') $$\"; echo err >&2; exit 3"],
+            &["-c", "echo \"$PHOENIX_STEP $(pwd) $(ps -o pgid= -p $$ | tr -d ' ') $(ps -o sid= -p $$ | tr -d ' ') $$\"; echo err >&2; exit 3"],
             &[("PHOENIX_STEP", OsStr::new("s1"))],
         );
         assert_eq!(status.unwrap().code(), Some(3));
         let mut words = text.split_whitespace();
         assert_eq!(words.next(), Some("s1"));
         assert_eq!(words.next(), Some("/tmp"));
-        let (pgid, pid) = (words.next(), words.next());
+        let (pgid, sid, pid) = (words.next(), words.next(), words.next());
         assert_eq!(pgid, pid, "the child leads a process group of its own");
+        assert_eq!(sid, pid, "and a session of its own, with no terminal");
         assert_eq!(words.next(), Some("err"), "stderr goes to the same place");
     }
 

@@ -430,3 +430,53 @@ fn a_full_disk_stops_the_run_and_leaves_the_journal_whole() {
     assert!(!resumed.stderr().contains("torn"), "{}", resumed.stderr());
     assert_eq!(ws.status()["state"], "succeeded");
 }
+
+#[test]
+fn a_step_that_asks_at_the_terminal_fails_instead_of_hanging() {
+    // Phoenix on a terminal (`script` gives it one), a step that would ask
+    // there, as ssh asks about a new host's key: in a background group of
+    // that terminal, it was stopped by SIGTTIN and hung, unseen, until its
+    // timeout; with no terminal of its own it fails to open one at once.
+    let ws = Workspace::new();
+    ws.write_plan(&[shell_step(
+        "asks",
+        "provision",
+        "read answer < /dev/tty && echo \"$answer\" >> ledger",
+        "",
+    )
+    .replace("timeout = \"1m\"", "timeout = \"3s\"")]);
+    let phoenix = env!("CARGO_BIN_EXE_phoenix");
+    let status = std::process::Command::new("script")
+        .args(["-qec", &format!("{phoenix} run plan.toml"), "/dev/null"])
+        .current_dir(ws.path())
+        .env("PHOENIX_KILL_GRACE", "1s")
+        .env_remove("PHOENIX_STATE")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("script (util-linux)");
+    assert_eq!(status.code(), Some(1));
+    let log = std::fs::read_to_string(ws.run_dir().join("logs/asks.1.log")).unwrap();
+    assert!(log.contains("cannot open /dev/tty"), "{log}");
+    assert!(!ws.journal().contains("timed out"), "{}", ws.journal());
+}
+
+#[test]
+fn a_stopped_step_still_gets_sigterm_on_its_timeout() {
+    // SIGTERM waits while a process is stopped: it is continued, so that it
+    // can clean up in its grace period instead of being killed at its end.
+    let ws = Workspace::new();
+    ws.write_plan(&[shell_step(
+        "stopped",
+        "provision",
+        "trap 'echo cleaned up >> ledger; exit 1' TERM; kill -STOP $$; sleep 30",
+        "",
+    )
+    .replace("timeout = \"1m\"", "timeout = \"1s\"")]);
+    ws.phoenix()
+        .args(["run", "plan.toml"])
+        .env("PHOENIX_KILL_GRACE", "3s")
+        .run()
+        .expect_code(1);
+    assert_eq!(ws.read("ledger"), "cleaned up\n");
+}

@@ -404,7 +404,7 @@ fn a_hanging_check_gives_way_to_the_timeout_and_to_sigint() {
         "probed",
         "provision",
         "echo ran >> ledger",
-        "check = [\"sleep\", \"30\"]\ntimeout = \"1s\"",
+        "check = [\"sh\", \"-c\", \"echo $PHOENIX_STEP >> checked; sleep 30 & echo $! >> sleepers; wait\"]\ntimeout = \"1s\"",
     )
     .replace("timeout = \"1m\"\n", "")]);
     ws.expect(["run", "plan.toml"], 0);
@@ -428,6 +428,25 @@ fn a_hanging_check_gives_way_to_the_timeout_and_to_sigint() {
         resumed.stderr()
     );
     assert_eq!(ws.read("ledger"), "ran\nran\n");
+    // Run as a step is, and given up on with all it started.
+    assert_eq!(ws.read("checked"), "probed\nprobed\n");
+    for pid in ws.read("sleepers").lines() {
+        let gone = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|stat| {
+                    stat.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(true)
+        };
+        assert!(
+            crate::common::wait_for(std::time::Duration::from_secs(5), gone),
+            "what the check started outlived it: {pid}"
+        );
+    }
 }
 
 #[test]
