@@ -361,8 +361,23 @@ pub fn resume(
 ) -> Result<SessionEnd, SessionError> {
     let run_id = match &request.run_id {
         Some(id) => id.clone(),
-        None => newest_unfinished(state)?
-            .ok_or_else(|| SessionError::NothingToResume(state.describe()))?,
+        None => {
+            // `--plan FILE` says which plan is meant: its newest unfinished
+            // run, not that of another plan sharing the state (which the
+            // file would then be refused for).
+            let of_plan = match request.plan.as_deref().and_then(plan_name) {
+                Some(name) => newest_where(state, |bytes| {
+                    !ended_successfully(bytes)
+                        && first_header(bytes).is_some_and(|header| header.plan == name)
+                })?,
+                None => None,
+            };
+            match of_plan {
+                Some(id) => id,
+                None => newest_unfinished(state)?
+                    .ok_or_else(|| SessionError::NothingToResume(state.describe()))?,
+            }
+        }
     };
     let lock = state.lock(&lock_info(&run_id))?;
     warn_took_over(lock.as_ref(), events.as_ref());
@@ -736,6 +751,14 @@ fn load_for_resume(
             })
         }
     }
+}
+
+/// The `[plan] name` of a plan file, read without checking the rest of it;
+/// `None` when the file cannot be read or parsed that far.
+fn plan_name(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let table: toml::Table = toml::from_str(&text).ok()?;
+    Some(table.get("plan")?.get("name")?.as_str()?.to_string())
 }
 
 /// The newest run that did not succeed. A run whose journal is damaged counts

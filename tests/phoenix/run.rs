@@ -952,3 +952,41 @@ fn a_resume_after_the_checkout_moved_asks_where_the_plan_is_now() {
     ws.expect(["resume", "--plan", "moved/plan.toml"], 0);
     assert_eq!(ws.read("moved/ledger"), "first\n");
 }
+
+#[test]
+fn resume_with_a_plan_takes_up_that_plans_newest_unfinished_run() {
+    // Two plans share the state; the one that failed first is meant.
+    let ws = Workspace::new();
+    ws.write_plan(&[shell_step(
+        "db",
+        "restore",
+        "test -e fixed && echo db >> ledger",
+        "",
+    )]);
+    ws.write(
+        "other.toml",
+        &format!(
+            "{}{}",
+            HEADER.replace("name = \"t\"", "name = \"other\""),
+            shell_step("web", "configure", "exit 1", "")
+        ),
+    );
+    ws.expect(["run", "plan.toml"], 1);
+    ws.expect(["run", "other.toml"], 1);
+    ws.write("fixed", "");
+
+    let resumed = ws.expect(["resume", "--plan", "plan.toml"], 0);
+    assert!(
+        resumed.stderr().contains("of plan `t`"),
+        "{}",
+        resumed.stderr()
+    );
+    assert_eq!(ws.read("ledger"), "db\n");
+    // Without a plan, the newest unfinished run, as before.
+    let plain = ws.expect(["resume"], 1);
+    assert!(
+        plain.stderr().contains("of plan `other`"),
+        "{}",
+        plain.stderr()
+    );
+}
