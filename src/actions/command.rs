@@ -177,8 +177,8 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
     // output and runs on), is waited for through its pidfd.
     const EARLY: Duration = Duration::from_millis(100);
     const EXITING: Duration = Duration::from_millis(1);
-    // `Some` once the copy is over, with what it could not write.
-    let mut copied: Option<Option<LogError>> = None;
+    // `Some` once the copy is over, with how the log ended.
+    let mut copied: Option<LogEnd> = None;
     let mut early = None;
     tokio::select! {
         lost = &mut copier => {
@@ -209,15 +209,24 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
         }
     };
     ctx.shared.processes.remove(pgid);
-    let lost = match copied {
-        Some(lost) => lost,
+    let log = match copied {
+        Some(end) => end,
         None => finish_copy(copier).await,
     };
-    if let Some(lost) = lost {
+    if let Some(lost) = log.lost {
         ctx.shared.events.emit(crate::exec::Event::Warning(format!(
             "step `{}`: {}",
             ctx.step.id.value,
             ctx.shared.describe(&lost)
+        )));
+    }
+    if log.left_out > 0 {
+        ctx.shared.events.emit(crate::exec::Event::Warning(format!(
+            "step `{}`: its output passed {}: {} of it were left out of the middle of its log `{}` (PHOENIX_LOG_LIMIT sets how much is kept)",
+            ctx.step.id.value,
+            crate::report::terminal::bytes(log_limit() as f64),
+            crate::report::terminal::bytes(log.left_out as f64),
+            ctx.log_path.display()
         )));
     }
     let status = status.map_err(|source| ActionError::Io {
@@ -299,18 +308,16 @@ fn read_outputs(path: &Path) -> (Outputs, Vec<String>) {
 
 /// Lets the copy of an exited process's output finish: a daemon it started
 /// may keep the pipe open, and then the output goes on into the log in the
-/// background (closing the pipe would kill the daemon with SIGPIPE). What
-/// the copy could not write, if it finished.
+/// background (closing the pipe would kill the daemon with SIGPIPE). How
+/// the log ended, if the copy finished.
 pub(crate) async fn finish_copy(
-    mut copier: std::pin::Pin<
-        Box<impl std::future::Future<Output = Option<LogError>> + Send + 'static>,
-    >,
-) -> Option<LogError> {
+    mut copier: std::pin::Pin<Box<impl std::future::Future<Output = LogEnd> + Send + 'static>>,
+) -> LogEnd {
     match tokio::time::timeout(Duration::from_millis(500), &mut copier).await {
-        Ok(lost) => lost,
+        Ok(end) => end,
         Err(_) => {
             tokio::spawn(copier);
-            None
+            LogEnd::default()
         }
     }
 }
@@ -326,39 +333,148 @@ pub struct LogError {
     pub source: std::io::Error,
 }
 
+/// How a step's log ended: what could not be written, and how much of the
+/// output was left out of its middle (see [`log_limit`]).
+#[derive(Debug, Default)]
+pub struct LogEnd {
+    pub lost: Option<LogError>,
+    pub left_out: u64,
+}
+
+/// How much of a step's output its log keeps from the start:
+/// `PHOENIX_LOG_LIMIT` (a size such as `512MiB`), 1 GiB by default. Past
+/// it, only the last [`LOG_TAIL`] bytes are kept, after a line saying how
+/// much was left out: a step stuck printing the same error in a loop must
+/// not fill the disk the journal, and perhaps the restored data, live on.
+pub fn log_limit() -> u64 {
+    static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::env::var("PHOENIX_LOG_LIMIT")
+            .ok()
+            .and_then(|text| crate::plan::fields::parse_size(&text))
+            .unwrap_or(1 << 30)
+    })
+}
+
+/// What a log keeps of the end of an output longer than [`log_limit`]: the
+/// end is what tells why a step failed.
+pub const LOG_TAIL: usize = 1 << 20;
+
+/// A step's log, created on its first byte.
+struct Log {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    lost: Option<std::io::Error>,
+    limit: u64,
+    written: u64,
+    /// Past the limit: the latest output, at most [`LOG_TAIL`] bytes.
+    tail: std::collections::VecDeque<u8>,
+    left_out: u64,
+    /// Whether what the file holds ends a line.
+    ends_line: bool,
+}
+
+impl Log {
+    fn new(path: PathBuf, limit: u64) -> Log {
+        Log {
+            path,
+            file: None,
+            lost: None,
+            limit,
+            written: 0,
+            tail: std::collections::VecDeque::new(),
+            left_out: 0,
+            ends_line: true,
+        }
+    }
+
+    /// Output, already masked.
+    fn write(&mut self, text: &[u8]) {
+        if self.tail.is_empty() && self.written + text.len() as u64 <= self.limit {
+            self.written += text.len() as u64;
+            self.append(text);
+            return;
+        }
+        self.tail.extend(text);
+        if self.tail.len() > LOG_TAIL {
+            let excess = self.tail.len() - LOG_TAIL;
+            self.tail.drain(..excess);
+            self.left_out += excess as u64;
+        }
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        if self.lost.is_some() {
+            return;
+        }
+        if self.file.is_none() {
+            match create_private(&self.path) {
+                Ok(file) => self.file = Some(file),
+                Err(error) => {
+                    self.lost = Some(error);
+                    return;
+                }
+            }
+        }
+        if let Some(Err(error)) = self.file.as_mut().map(|file| file.write_all(bytes)) {
+            self.lost = Some(error);
+        }
+        if let Some(last) = bytes.last() {
+            self.ends_line = *last == b'\n';
+        }
+    }
+
+    fn finish(mut self) -> LogEnd {
+        let mut tail = std::mem::take(&mut self.tail);
+        if self.left_out > 0 {
+            // From the first whole line on.
+            if let Some(newline) = tail.iter().position(|b| *b == b'\n') {
+                tail.drain(..=newline);
+                self.left_out += newline as u64 + 1;
+            }
+            let bytes = |n: u64| crate::report::terminal::bytes(n as f64);
+            let marker = format!(
+                "{}[phoenix: {} of output left out here; the log keeps the first {} (PHOENIX_LOG_LIMIT) and the last {}]\n",
+                if self.ends_line { "" } else { "\n" },
+                bytes(self.left_out),
+                bytes(self.limit),
+                bytes(LOG_TAIL as u64)
+            );
+            self.append(marker.as_bytes());
+        }
+        let (first, second) = tail.as_slices();
+        self.append(first);
+        self.append(second);
+        LogEnd {
+            lost: self.lost.map(|source| LogError {
+                path: self.path,
+                source,
+            }),
+            left_out: self.left_out,
+        }
+    }
+}
+
 /// Copies a child's output to its log, masking secrets. Text is held back
 /// until a line ends (or a long line fills the buffer), and is never cut
 /// inside a secret or before one the next read may complete
 /// ([`crate::exec::secrets::Masker::safe_cut`]): a secret split between two
-/// writes would be masked in neither. The log is created on the first byte.
-/// The output is read to its end even when the log cannot be written (a
-/// step must not block on a full pipe for it), and the first failure is
-/// returned.
+/// writes would be masked in neither. The output is read to its end even
+/// when the log cannot be written or is past [`log_limit`] (a step must not
+/// block on a full pipe for it).
 pub(crate) async fn copy_masked(
     mut stream: impl tokio::io::AsyncRead + Unpin,
     path: PathBuf,
     masker: std::sync::Arc<crate::exec::secrets::Masker>,
-) -> Option<LogError> {
-    use std::io::Write;
+) -> LogEnd {
     use tokio::io::AsyncReadExt;
     const LIMIT: usize = 64 * 1024;
-    let mut log: Option<std::fs::File> = None;
-    let mut lost: Option<std::io::Error> = None;
+    let mut log = Log::new(path, log_limit());
     let mut pending: Vec<u8> = Vec::new();
-    let mut write = |bytes: &[u8]| {
-        if lost.is_some() {
-            return;
-        }
+    let write = |log: &mut Log, bytes: &[u8]| {
         let text = String::from_utf8_lossy(bytes);
-        let written = match log.as_mut() {
-            Some(file) => file.write_all(masker.mask(&text).as_bytes()),
-            None => create_private(&path).and_then(|mut file| {
-                let written = file.write_all(masker.mask(&text).as_bytes());
-                log = Some(file);
-                written
-            }),
-        };
-        lost = written.err();
+        log.write(masker.mask(&text).as_bytes());
     };
     loop {
         // Read straight into what is held back: no chunk buffer to zero on
@@ -378,11 +494,65 @@ pub(crate) async fn copy_masked(
         if cut == 0 {
             continue;
         }
-        write(&pending[..cut]);
+        write(&mut log, &pending[..cut]);
         pending.drain(..cut);
     }
     if !pending.is_empty() {
-        write(&pending);
+        write(&mut log, &pending);
     }
-    lost.map(|source| LogError { path, source })
+    log.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines `first..=last`, one number a line, as `seq` prints them.
+    fn lines(first: usize, last: usize) -> String {
+        (first..=last).map(|n| format!("{n}\n")).collect()
+    }
+
+    fn logged(limit: u64, output: &str) -> (String, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("step.1.log");
+        let mut log = Log::new(path.clone(), limit);
+        // In whole lines, as copy_masked hands them over.
+        for line in output.split_inclusive('\n') {
+            log.write(line.as_bytes());
+        }
+        let end = log.finish();
+        assert!(end.lost.is_none());
+        (std::fs::read_to_string(&path).unwrap(), end.left_out)
+    }
+
+    #[test]
+    fn a_log_keeps_all_of_an_output_within_the_limit_and_its_tail() {
+        let short = lines(1, 1000);
+        assert_eq!(logged(1 << 20, &short), (short.clone(), 0));
+        // Past the limit by less than the tail: nothing is left out.
+        let past = lines(1, 100_000);
+        assert!(past.len() < 10_000 + LOG_TAIL);
+        assert_eq!(logged(10_000, &past), (past.clone(), 0));
+    }
+
+    #[test]
+    fn a_log_leaves_out_the_middle_of_a_long_output_and_says_so() {
+        let output = lines(1, 400_000);
+        let (log, left_out) = logged(100 * 1024, &output);
+        let (head, rest) = log.split_once("[phoenix: ").unwrap();
+        let (marker, tail) = rest.split_once('\n').unwrap();
+        assert!(output.starts_with(head) && head.ends_with('\n'));
+        assert!(head.len() <= 100 * 1024);
+        assert!(
+            marker.ends_with("of output left out here; the log keeps the first 100.0 KiB (PHOENIX_LOG_LIMIT) and the last 1.0 MiB]"),
+            "{marker}"
+        );
+        // The tail starts at a whole line, ends the output, and nothing
+        // else is missing.
+        assert!(output.ends_with(tail) && tail.len() <= LOG_TAIL);
+        assert!(tail.starts_with(|c: char| c.is_ascii_digit()));
+        let skipped = &output[head.len()..output.len() - tail.len()];
+        assert!(skipped.ends_with('\n'));
+        assert_eq!(left_out, skipped.len() as u64);
+    }
 }

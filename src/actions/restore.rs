@@ -125,7 +125,7 @@ pub fn parse(fields: &Fields<'_, '_>, diags: &mut Diagnostics) -> Option<Restore
     let unpack = fields.choice("unpack", &["auto", "none"], diags);
     let max_age = fields.duration("max_age", diags).map(|d| d.value);
     let part_size = match fields.string("part_size", diags) {
-        Some(text) => match parse_size(&text) {
+        Some(text) => match crate::plan::fields::parse_size(&text) {
             Some(size) if (64 * 1024..=1024 * 1024 * 1024).contains(&size) => size,
             _ => {
                 diags.error(
@@ -162,24 +162,6 @@ pub fn parse(fields: &Fields<'_, '_>, diags: &mut Diagnostics) -> Option<Restore
         part_size,
         parallelism,
     })
-}
-
-/// `8MiB`, `512KiB`, `1GiB`, `1048576`.
-pub fn parse_size(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    let factor = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1024,
-        "m" | "mb" | "mib" => 1024 * 1024,
-        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
-        _ => return None,
-    };
-    number.checked_mul(factor)
 }
 
 /// `latest` or `before:RFC3339`.

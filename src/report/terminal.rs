@@ -164,7 +164,7 @@ impl Terminal {
 }
 
 /// `1.5 GiB`, `200 MiB`, `12 KiB`.
-fn bytes(n: f64) -> String {
+pub(crate) fn bytes(n: f64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = n;
     let mut unit = 0;

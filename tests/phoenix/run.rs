@@ -990,3 +990,27 @@ fn resume_with_a_plan_takes_up_that_plans_newest_unfinished_run() {
         plain.stderr()
     );
 }
+
+#[test]
+fn a_runaway_output_keeps_its_start_and_end_and_not_the_disk() {
+    let ws = Workspace::new();
+    ws.write_plan(&[shell_step("loud", "provision", "seq 1 400000; exit 2", "")]);
+    let run = ws
+        .phoenix()
+        .args(["run", "plan.toml"])
+        .env("PHOENIX_LOG_LIMIT", "100KiB")
+        .run()
+        .expect_code(1);
+    let stderr = run.stderr();
+    assert!(
+        stderr.contains("warning: step `loud`: its output passed 100.0 KiB: ")
+            && stderr.contains("were left out of the middle of its log"),
+        "{stderr}"
+    );
+    // The failure still shows how the output ended.
+    assert!(stderr.contains("| 400000\n"), "{stderr}");
+    let log = std::fs::read_to_string(ws.run_dir().join("logs/loud.1.log")).unwrap();
+    assert!(log.starts_with("1\n2\n3\n") && log.ends_with("399999\n400000\n"));
+    assert!(log.len() < 100 * 1024 + (1 << 20) + 200, "{}", log.len());
+    assert!(log.contains("of output left out here"));
+}
