@@ -405,7 +405,8 @@ impl Log {
 
     fn append(&mut self, bytes: &[u8]) {
         use std::io::Write;
-        if self.lost.is_some() {
+        // A silent step has no log: a file per attempt would cost an inode.
+        if self.lost.is_some() || bytes.is_empty() {
             return;
         }
         if self.file.is_none() {
@@ -523,6 +524,15 @@ mod tests {
         let end = log.finish();
         assert!(end.lost.is_none());
         (std::fs::read_to_string(&path).unwrap(), end.left_out)
+    }
+
+    #[test]
+    fn a_silent_step_has_no_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("step.1.log");
+        let end = Log::new(path.clone(), 1 << 20).finish();
+        assert!(end.lost.is_none() && end.left_out == 0);
+        assert!(!path.exists());
     }
 
     #[test]
