@@ -1131,7 +1131,7 @@ async fn run_checks(
 }
 
 /// Runs a step's `check`; whether it exited 0. It is started as a step's
-/// command is ([`crate::exec::spawn`]: a session of its own, so that a probe
+/// command is ([`crate::exec::spawn`]: no terminal, so that a probe
 /// such as `ssh` cannot ask at the terminal; the run's variables), in the
 /// plan's directory. Its output goes to `log` through the secret masker, as
 /// a step's does: a check that prints what it probes (a connection string,
