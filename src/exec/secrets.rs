@@ -151,12 +151,65 @@ impl Secrets {
         for name in self.sources.keys() {
             let _ = self.get(name, masker);
         }
+        for (_, value) in std::env::vars().filter(|(name, _)| is_credential(name)) {
+            if value.len() >= MIN_CREDENTIAL {
+                masker.add(&value);
+            }
+        }
     }
+}
+
+/// Names of the variables whose values are masked though no plan declares
+/// them: the credentials in Phoenix's own environment (its AWS keys for the
+/// stores and the state, a token a CI job was given), which every step
+/// inherits and one that prints its environment (`env`, `set -x`) would
+/// write into its log.
+const CREDENTIAL_SUFFIXES: &[&str] = &[
+    "_SECRET_ACCESS_KEY",
+    "_SESSION_TOKEN",
+    "_TOKEN",
+    "_SECRET",
+    "_PASSWORD",
+    "_API_KEY",
+    "_PRIVATE_KEY",
+];
+
+/// Shorter values are left alone: a placeholder such as `test` would mask
+/// that word wherever a log has it.
+const MIN_CREDENTIAL: usize = 8;
+
+fn is_credential(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    upper == "PGPASSWORD" || CREDENTIAL_SUFFIXES.iter().any(|s| upper.ends_with(s))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_are_known_by_their_names() {
+        for name in [
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "GITHUB_TOKEN",
+            "vault_token",
+            "DB_PASSWORD",
+            "PGPASSWORD",
+            "STRIPE_API_KEY",
+        ] {
+            assert!(is_credential(name), "{name}");
+        }
+        for name in [
+            "AWS_ACCESS_KEY_ID",
+            "PATH",
+            "HOME",
+            "TOKENIZER",
+            "PASSWORD_POLICY",
+        ] {
+            assert!(!is_credential(name), "{name}");
+        }
+    }
 
     #[test]
     fn masks_longest_first() {

@@ -303,3 +303,33 @@ fn a_secret_percent_encoded_in_a_url_is_masked() {
     let found = files_containing(&ws.state(), &["wordZq"]);
     assert!(found.is_empty(), "a secret reached the state: {found:?}");
 }
+
+#[test]
+fn credentials_phoenix_was_given_are_masked_in_what_steps_print() {
+    // Phoenix's own AWS keys, or a token a CI job was given: every step
+    // inherits them, and one that prints its environment must not write
+    // them into its log. (Short placeholders, as tests use, are left alone.)
+    const AMBIENT: &str = "ambient-Yk42-credential";
+    let ws = Workspace::new();
+    ws.write_plan(&[shell_step(
+        "prints_env",
+        "provision",
+        "env | grep -e DEPLOY_TOKEN -e AWS_SECRET; echo \"$SHORT_TOKEN\"; exit 1",
+        "",
+    )]);
+    let run = ws
+        .phoenix()
+        .env("DEPLOY_TOKEN", AMBIENT)
+        .env("AWS_SECRET_ACCESS_KEY", format!("{AMBIENT}-aws"))
+        .env("SHORT_TOKEN", "short")
+        .args(["run", "plan.toml"])
+        .run()
+        .expect_code(1);
+    let output = run.stderr() + &run.stdout();
+    assert!(output.contains("DEPLOY_TOKEN=***"), "{output}");
+    assert!(output.contains("AWS_SECRET_ACCESS_KEY=***"), "{output}");
+    assert!(output.contains("| short"), "{output}");
+    assert!(!output.contains(AMBIENT), "{output}");
+    let found = files_containing(&ws.state(), &[AMBIENT]);
+    assert!(found.is_empty(), "credentials in state files: {found:?}");
+}
