@@ -224,5 +224,39 @@ pub(crate) fn beside(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    remove_leftovers(&parent, &format!(".{name}.phoenix-"), &format!(".{suffix}"));
     Ok(parent.join(format!(".{name}.phoenix-{}.{suffix}", std::process::id())))
+}
+
+/// Removes the work in progress that a Phoenix killed mid-step (a crash, a
+/// lost machine's disk brought back, `--chaos kill`) left under the same
+/// name with its own process id: its resume starts afresh under a new one,
+/// and a partial download can be gigabytes. One whose process still lives
+/// is left alone.
+fn remove_leftovers(parent: &std::path::Path, prefix: &str, ending: &str) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|rest| rest.strip_suffix(ending))
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+            == Err(nix::errno::Errno::ESRCH);
+        if pid <= 0 || !gone {
+            continue;
+        }
+        let path = entry.path();
+        let _ = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+    }
 }

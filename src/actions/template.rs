@@ -180,13 +180,7 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ActionEr
             source,
         }
     };
-    let parent = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(io("create the directory of"))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = parent.join(format!(".{name}.phoenix-{}", std::process::id()));
+    let temp = super::beside(path, "render")?;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

@@ -251,6 +251,17 @@ fn archives_are_unpacked_into_dest_and_replace_it_whole() {
     let bytes = std::fs::read(&tar_path).unwrap();
     backup(&ws, "files/files.tar.gz", &bytes, true, 5);
     std::fs::create_dir_all(ws.path().join("restored/stale")).unwrap();
+    // What a Phoenix killed mid-restore left beside `dest` under its own
+    // process id (one long gone), and what a live one is writing.
+    let dead = ws.path().join(".restored.phoenix-2147483646.download");
+    let half_unpacked = ws.path().join(".restored.phoenix-2147483646.unpack");
+    let live = ws
+        .path()
+        .join(format!(".restored.phoenix-{}.download", std::process::id()));
+    for path in [&dead, &live] {
+        std::fs::write(path, "partial").unwrap();
+    }
+    std::fs::create_dir_all(half_unpacked.join("conf")).unwrap();
     ws.write(
         "plan.toml",
         &format!(
@@ -261,6 +272,11 @@ fn archives_are_unpacked_into_dest_and_replace_it_whole() {
     ws.expect(["run", "plan.toml"], 0);
     assert_eq!(ws.read("restored/conf/app.conf"), "x = 1\n");
     assert!(!ws.path().join("restored/stale").exists());
+    assert!(
+        !dead.exists() && !half_unpacked.exists(),
+        "a dead run's leftovers are removed"
+    );
+    assert!(live.exists(), "a live process's work is left alone");
 }
 
 #[test]
