@@ -822,6 +822,8 @@ pub enum OverrideValue {
     Text(String),
     /// Not a string, number or boolean.
     Invalid(&'static str),
+    /// A vars file that is not TOML: what is wrong, at the override's span.
+    Syntax(String),
 }
 
 pub fn read_overrides(options: &LoadOptions) -> Result<Overrides, LoadError> {
@@ -834,15 +836,21 @@ pub fn read_overrides(options: &LoadOptions) -> Result<Overrides, LoadError> {
         let (table, errors) = DeTable::parse_recoverable(&source.text);
         // Not UTF-8 is not TOML either: reported at its first bad byte.
         let bad = match source.not_utf8_at {
-            Some(at) => Some(Span::new(at, at + 1)),
-            None => errors
-                .first()
-                .map(|err| err.span().map(Span::from).unwrap_or_default()),
+            Some(at) => Some((
+                Span::new(at, at + 1),
+                "invalid UTF-8: a vars file is TOML, which must be UTF-8 text".to_string(),
+            )),
+            None => errors.first().map(|err| {
+                (
+                    err.span().map(Span::from).unwrap_or_default(),
+                    format!("invalid TOML in vars file: {}", err.message().trim()),
+                )
+            }),
         };
-        if let Some(span) = bad {
+        if let Some((span, message)) = bad {
             overrides.push(Override {
                 name: String::new(),
-                value: OverrideValue::Invalid("invalid TOML"),
+                value: OverrideValue::Syntax(message),
                 span,
                 source: Arc::clone(&source),
             });
@@ -896,13 +904,8 @@ fn apply_overrides(
     let mut applied = BTreeMap::new();
     for o in overrides {
         let Some(var) = plan.vars.get_mut(&o.name) else {
-            if o.name.is_empty() {
-                diags.error(
-                    &o.source,
-                    o.span,
-                    "toml-syntax",
-                    "invalid TOML in vars file",
-                );
+            if let OverrideValue::Syntax(message) = o.value {
+                diags.error(&o.source, o.span, "toml-syntax", message);
             } else {
                 diags.error(
                     &o.source,
@@ -919,6 +922,8 @@ fn apply_overrides(
         };
         let value = match o.value {
             OverrideValue::Typed(value) => value,
+            // Said above: a syntax error has no var name.
+            OverrideValue::Syntax(_) => continue,
             OverrideValue::Invalid(found) => {
                 diags.error(
                     &o.source,

@@ -210,8 +210,25 @@ fn vars_files_and_overrides_are_checked() {
         .run()
         .expect_code(1);
     assert!(
+        run.stderr().contains(
+            "latin1.toml:1:12: error: invalid UTF-8: a vars file is TOML, which must be UTF-8 text"
+        ),
+        "{}",
         run.stderr()
-            .contains("latin1.toml:1:12: error: invalid TOML in vars file"),
+    );
+    // Broken TOML: where, and what is wrong there.
+    std::fs::write(
+        dir.path().join("broken.toml"),
+        "region = \"eu\nreplicas = 3\n",
+    )
+    .unwrap();
+    let run = Phoenix::new(dir.path())
+        .args(["validate", "p.toml", "--vars", "broken.toml"])
+        .run()
+        .expect_code(1);
+    assert!(
+        run.stderr()
+            .contains("broken.toml:1:13: error: invalid TOML in vars file: invalid basic string"),
         "{}",
         run.stderr()
     );
