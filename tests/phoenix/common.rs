@@ -231,6 +231,11 @@ pub fn shell_step(id: &str, phase: &str, script: &str, extra: &str) -> String {
     )
 }
 
+/// `step` (from [`shell_step`]) with another timeout than its minute.
+pub fn timed(step: String, timeout: &str) -> String {
+    step.replace("timeout = \"1m\"", &format!("timeout = \"{timeout}\""))
+}
+
 /// A step's entry in `phoenix status --format json`.
 pub fn step_of<'a>(status: &'a serde_json::Value, step: &str) -> &'a serde_json::Value {
     status["steps"]

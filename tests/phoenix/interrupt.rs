@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::common::{shell_step, signal, state_of, wait_for, Phoenix, Workspace, HEADER};
+use crate::common::{shell_step, signal, state_of, timed, wait_for, Phoenix, Workspace, HEADER};
 
 #[test]
 fn sigint_stops_children_flushes_and_exits_130() {
@@ -438,13 +438,15 @@ fn a_step_that_asks_at_the_terminal_fails_instead_of_hanging() {
     // that terminal, it was stopped by SIGTTIN and hung, unseen, until its
     // timeout; with no terminal of its own it fails to open one at once.
     let ws = Workspace::new();
-    ws.write_plan(&[shell_step(
-        "asks",
-        "provision",
-        "read answer < /dev/tty && echo \"$answer\" >> ledger",
-        "",
-    )
-    .replace("timeout = \"1m\"", "timeout = \"3s\"")]);
+    ws.write_plan(&[timed(
+        shell_step(
+            "asks",
+            "provision",
+            "read answer < /dev/tty && echo \"$answer\" >> ledger",
+            "",
+        ),
+        "3s",
+    )]);
     let phoenix = env!("CARGO_BIN_EXE_phoenix");
     let status = std::process::Command::new("script")
         .args(["-qec", &format!("{phoenix} run plan.toml"), "/dev/null"])
@@ -466,13 +468,15 @@ fn a_stopped_step_still_gets_sigterm_on_its_timeout() {
     // SIGTERM waits while a process is stopped: it is continued, so that it
     // can clean up in its grace period instead of being killed at its end.
     let ws = Workspace::new();
-    ws.write_plan(&[shell_step(
-        "stopped",
-        "provision",
-        "trap 'echo cleaned up >> ledger; exit 1' TERM; kill -STOP $$; sleep 30",
-        "",
-    )
-    .replace("timeout = \"1m\"", "timeout = \"1s\"")]);
+    ws.write_plan(&[timed(
+        shell_step(
+            "stopped",
+            "provision",
+            "trap 'echo cleaned up >> ledger; exit 1' TERM; kill -STOP $$; sleep 30",
+            "",
+        ),
+        "1s",
+    )]);
     ws.phoenix()
         .args(["run", "plan.toml"])
         .env("PHOENIX_KILL_GRACE", "3s")
