@@ -244,12 +244,13 @@ fn remove_leftovers(parent: &std::path::Path, prefix: &str, ending: &str) {
             .and_then(|n| n.strip_prefix(prefix))
             .and_then(|rest| rest.strip_suffix(ending))
             .and_then(|pid| pid.parse::<i32>().ok())
+            .filter(|pid| *pid > 0)
         else {
             continue;
         };
         let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
             == Err(nix::errno::Errno::ESRCH);
-        if pid <= 0 || !gone {
+        if !gone {
             continue;
         }
         let path = entry.path();
