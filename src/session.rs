@@ -93,6 +93,8 @@ pub struct ResumeRequest {
     pub skip: Vec<String>,
     pub rerun: Vec<String>,
     pub yes: bool,
+    /// `--abandon`: only the drill's teardown runs.
+    pub abandon: bool,
     pub interactive: bool,
 }
 
@@ -571,6 +573,34 @@ pub fn resume(
             _ => starts.push(Start::Pending { first_attempt }),
         }
     }
+    // A drill abandoned (now or by an earlier resume) runs its teardown
+    // only: what else it had not done is left, checks and in-doubt steps
+    // included, and the teardown steps that read what never ran are skipped
+    // as after a failure.
+    let abandon = request.abandon || view.abandoned;
+    if request.abandon && !header.drill {
+        return Err(SessionError::Usage(format!(
+            "`--abandon` is for drills: run `{run_id}` is a recovery, which has no teardown"
+        )));
+    }
+    if abandon {
+        let teardown = |i: usize| plan.steps[i].phase.value == crate::plan::Phase::Teardown;
+        for (i, start) in starts.iter_mut().enumerate() {
+            if !teardown(i) && matches!(start, Start::Pending { .. }) {
+                *start = Start::Left;
+            }
+        }
+        needs_check.retain(|&i| teardown(i));
+        blocked.retain(|id| {
+            plan.steps
+                .iter()
+                .position(|s| s.id.as_str() == id)
+                .is_some_and(teardown)
+        });
+        events.emit(Event::Info(format!(
+            "abandoning drill `{run_id}`: only its teardown runs; the run will not succeed"
+        )));
+    }
     if !blocked.is_empty() {
         return Err(SessionError::InDoubt { steps: blocked });
     }
@@ -596,6 +626,7 @@ pub fn resume(
             .map(|_| plan.dir.display().to_string()),
         changed,
         in_doubt,
+        abandoned: request.abandon && !view.abandoned,
     };
     if plan_changed {
         // A step the run had that the plan has no more: what it did stays

@@ -27,6 +27,10 @@ pub struct ResumeArgs {
     /// Approve every approval gate.
     #[arg(long)]
     pub yes: bool,
+    /// Abandon a drill: run only its teardown, now and in any later resume,
+    /// leaving the steps it had not done (the run does not succeed).
+    #[arg(long)]
+    pub abandon: bool,
 }
 
 pub fn run(global: &GlobalArgs, args: ResumeArgs) -> CliResult {
@@ -44,6 +48,7 @@ pub fn run(global: &GlobalArgs, args: ResumeArgs) -> CliResult {
         skip: args.skip,
         rerun: args.rerun,
         yes: args.yes,
+        abandon: args.abandon,
         interactive: super::interactive(),
     };
     let end = session::resume(state.as_ref(), request, events)?;

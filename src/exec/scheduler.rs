@@ -29,6 +29,9 @@ pub enum Start {
     Done,
     /// Not part of this kind of run (`when`, or teardown outside a drill).
     NotApplicable,
+    /// Left as it is by this session: a drill being abandoned runs only its
+    /// teardown (`resume --abandon`). The run does not succeed.
+    Left,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +98,7 @@ pub async fn execute(shared: Arc<Shared>, starts: Vec<Start>) -> RunResult {
                 Start::Pending { .. } => State::Waiting,
                 Start::Done => State::Done,
                 Start::NotApplicable => State::NotApplicable,
+                Start::Left => State::Stopped,
             })
             .collect(),
         first_attempt: starts

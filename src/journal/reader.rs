@@ -115,6 +115,7 @@ impl RunView {
             finished_at: None,
             result: None,
             resumes: 0,
+            abandoned: false,
             steps: HashMap::default(),
             paused_at: None,
             approvals: Vec::new(),
@@ -186,6 +187,7 @@ impl RunView {
                 }
                 view.changed
                     .extend(resumed.changed.iter().map(|c| c.step.clone()));
+                view.abandoned |= resumed.abandoned;
             }
             Record::Interrupted { .. } | Record::Fenced { .. } => view.interruptions += 1,
             Record::Paused { step, .. } => {
@@ -295,6 +297,8 @@ pub struct RunView {
     /// How the latest run or resume ended; `None` when it is live or crashed.
     pub result: Option<RunResult>,
     pub resumes: usize,
+    /// Abandoned by `resume --abandon`: only the teardown runs from then on.
+    pub abandoned: bool,
     /// By step id. A hash map: a 100,000-step run looks every step up as its
     /// journal is folded and again for its report. Hashed with foldhash
     /// instead of SipHash: the keys are the plan's own ids, and SipHash was

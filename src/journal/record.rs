@@ -186,6 +186,10 @@ pub struct Resumed {
     /// Steps found started but unfinished, and what was done about each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub in_doubt: Vec<InDoubt>,
+    /// `resume --abandon`: the drill stops where it is and only its teardown
+    /// runs, in this resume and every later one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub abandoned: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -14,6 +14,9 @@ pub struct Status {
     pub run_id: String,
     pub plan: String,
     pub drill: bool,
+    /// A drill given up with `resume --abandon`: only its teardown ran.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub abandoned: bool,
     pub state: &'static str,
     #[serde(serialize_with = "crate::timestamp::serialize")]
     pub started_at: DateTime<Utc>,
@@ -105,6 +108,7 @@ pub fn build(header: &Header, view: &RunView, live: bool, plan: Option<&Plan>) -
         run_id: header.run_id.clone(),
         plan: header.plan.clone(),
         drill: header.drill,
+        abandoned: view.abandoned,
         state,
         started_at: header.started_at,
         finished_at: if live { None } else { view.finished_at },
@@ -116,7 +120,11 @@ pub fn build(header: &Header, view: &RunView, live: bool, plan: Option<&Plan>) -
 
 pub fn render_text(status: &Status) -> String {
     let mut out = String::new();
-    let kind = if status.drill { "drill" } else { "recovery" };
+    let kind = match (status.drill, status.abandoned) {
+        (true, true) => "drill, abandoned",
+        (true, false) => "drill",
+        (false, _) => "recovery",
+    };
     let _ = writeln!(
         out,
         "run `{}` of plan `{}` ({kind}): {}",

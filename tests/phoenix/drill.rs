@@ -678,3 +678,58 @@ fn an_approval_asked_at_a_terminal() {
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert_eq!(ledger(&ws), ["after"], "{text}");
 }
+
+#[test]
+fn an_abandoned_drill_runs_only_its_teardown() {
+    // A drill paused at a gate (no terminal to ask), or stopped, that its
+    // operator gives up: what it built must still come down.
+    let ws = Workspace::new();
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{DRILL_HEADER}{}\n[[step]]\nid = \"gate\"\nphase = \"configure\"\naction = \"approval\"\nprompt = \"Go on?\"\nneeds = [\"up\"]\n{}{}{}",
+            shell_step("up", "provision", "echo up >> ledger; echo id=vm-7 >> $PHOENIX_OUTPUT", ""),
+            shell_step("after", "restore", "echo after >> ledger; echo id=db-1 >> $PHOENIX_OUTPUT", "needs = [\"gate\"]"),
+            shell_step("down", "teardown", "echo down {{ steps.up.outputs.id }} >> ledger", "needs = [\"up\"]"),
+            shell_step("drop_db", "teardown", "echo drop {{ steps.after.outputs.id }} >> ledger", "needs = [\"after\"]"),
+        ),
+    );
+    ws.expect(["run", "plan.toml", "--drill"], 3);
+    assert_eq!(ws.read("ledger"), "up\n", "paused before its teardown");
+
+    let abandoned = ws.expect(["resume", "--abandon"], 1);
+    assert!(
+        abandoned
+            .stderr()
+            .contains("only its teardown runs; the run will not succeed"),
+        "{}",
+        abandoned.stderr()
+    );
+    assert_eq!(ws.read("ledger"), "up\ndown vm-7\n");
+    let status = ws.status();
+    assert_eq!(status["abandoned"], true);
+    assert_eq!(status["state"], "failed");
+    assert_eq!(state_of(&status, "after"), "pending");
+    assert_eq!(state_of(&status, "drop_db"), "skipped");
+    let text = ws.expect(["status"], 0);
+    assert!(
+        text.stdout().contains("(drill, abandoned): failed"),
+        "{}",
+        text.stdout()
+    );
+
+    // Abandoned for good: a later resume runs no more of the drill.
+    ws.expect(["resume", "--approve", "gate"], 1);
+    assert_eq!(ws.read("ledger"), "up\ndown vm-7\n");
+
+    // A recovery has no teardown to fall back on.
+    let recovery = Workspace::new();
+    recovery.write_plan(&[shell_step("fails", "provision", "exit 1", "")]);
+    recovery.expect(["run", "plan.toml"], 1);
+    let refused = recovery.expect(["resume", "--abandon"], 2);
+    assert!(
+        refused.stderr().contains("`--abandon` is for drills"),
+        "{}",
+        refused.stderr()
+    );
+}
