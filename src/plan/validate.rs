@@ -148,8 +148,90 @@ pub fn check(plan: &mut Plan, diags: &mut Diagnostics) {
     }
 
     check_expressions(plan, &graph, diags);
+    check_destinations(plan, &graph, diags);
     // Kept for the run, `phoenix plan` and resume: built once a plan.
     let _ = plan.graph.set(graph);
+}
+
+/// Two steps that put a tree or file in place at the same path (or one inside
+/// the other's) with neither needing the other: each replaces its `dest`
+/// whole, so which result stays depends on which finishes last. A warning,
+/// not an error: an overwrite in a known order is fine, and two steps that
+/// never run in the same kind of run (`when`) are left alone. Only literal
+/// destinations can be compared before a run.
+fn check_destinations(plan: &Plan, graph: &StepGraph, diags: &mut Diagnostics) {
+    use std::path::{Component, PathBuf};
+    let mut dests: Vec<(PathBuf, usize)> = plan
+        .steps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, step)| {
+            let dest = step.action.value.dest()?;
+            if has_expressions(dest) {
+                return None;
+            }
+            // Lexically, as the path is written: `a/../b` is `b`.
+            let mut path = PathBuf::new();
+            for part in plan.dir.join(dest.as_str()).components() {
+                match part {
+                    Component::CurDir => {}
+                    Component::ParentDir => {
+                        path.pop();
+                    }
+                    other => path.push(other),
+                }
+            }
+            Some((path, i))
+        })
+        .collect();
+    // Sorted by components, a path's descendants follow it directly.
+    dests.sort();
+    let runs_with = |a: &super::model::Step, b: &super::model::Step| {
+        [false, true]
+            .iter()
+            .any(|&drill| a.applies(drill) && b.applies(drill))
+    };
+    for (n, (outer, i)) in dests.iter().enumerate() {
+        for (inner, j) in dests[n + 1..]
+            .iter()
+            .take_while(|(p, _)| p.starts_with(outer))
+        {
+            let (a, b) = (&plan.steps[*i], &plan.steps[*j]);
+            let ordered = graph.ancestors(*i).contains(*j) || graph.ancestors(*j).contains(*i);
+            if ordered || !runs_with(a, b) {
+                continue;
+            }
+            let Some(dest) = b.action.value.dest() else {
+                continue;
+            };
+            let what = if inner == outer {
+                format!(
+                    "steps `{}` and `{}` both put `{}` in place",
+                    a.id.value, b.id.value, dest.value
+                )
+            } else {
+                format!(
+                    "step `{}` puts `{}` in place inside `{}`, which step `{}` replaces whole",
+                    b.id.value,
+                    dest.value,
+                    a.action
+                        .value
+                        .dest()
+                        .map(|d| d.value.as_str())
+                        .unwrap_or(""),
+                    a.id.value
+                )
+            };
+            diags.warning(
+                &plan.source,
+                dest.span,
+                "same-dest",
+                format!(
+                    "{what}, and neither needs the other: which result stays depends on which finishes last; add one to the other's `needs`"
+                ),
+            );
+        }
+    }
 }
 
 /// Every `{{ }}` in step and store strings: syntax, and that each name it reads
