@@ -155,13 +155,24 @@ fn warn_of_unfinished(
         if header.plan != plan || header.drill != drill {
             continue;
         }
-        if !ended_successfully(&bytes) {
+        // A drill given up has nothing left to go on with.
+        if !ended_successfully(&bytes) && !was_abandoned(&bytes) {
             events.emit(Event::Warning(format!(
                 "run `{id}` of this plan did not succeed; this run starts over from the first step, where `phoenix resume {id}` would go on from where it stopped"
             )));
         }
         return;
     }
+}
+
+/// Whether a journal records `resume --abandon`.
+fn was_abandoned(bytes: &[u8]) -> bool {
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|line| line.windows(16).any(|w| w == b"\"abandoned\":true"))
+        .any(|line| {
+            matches!(serde_json::from_slice::<Record>(line), Ok(Record::Resumed(resumed)) if resumed.abandoned)
+        })
 }
 
 /// Run ids name directories: no separators, no dot files.

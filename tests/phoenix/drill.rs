@@ -721,6 +721,9 @@ fn an_abandoned_drill_runs_only_its_teardown() {
     // Abandoned for good: a later resume runs no more of the drill.
     ws.expect(["resume", "--approve", "gate"], 1);
     assert_eq!(ws.read("ledger"), "up\ndown vm-7\n");
+    // And the next drill is not told that resuming it would go on.
+    let next = ws.expect(["run", "plan.toml", "--drill"], 3);
+    assert!(!next.stderr().contains("starts over"), "{}", next.stderr());
 
     // A recovery has no teardown to fall back on.
     let recovery = Workspace::new();
