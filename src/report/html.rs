@@ -193,7 +193,7 @@ svg .rto-label{font-size:11px;fill:#dc2626;text-anchor:end}pre{background:#f9faf
 
 pub fn render(report: &Report, history: &[HistoryEntry]) -> String {
     let status = &report.status;
-    let kind = if status.drill { "drill" } else { "recovery" };
+    let kind = status.kind();
     let mut html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"/><title>Phoenix report: {plan} {run}</title><style>{STYLE}</style></head><body>
 <h1>Phoenix report: plan <code>{plan}</code> ({kind})</h1>

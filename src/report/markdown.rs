@@ -36,7 +36,7 @@ fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
 pub fn render(report: &Report) -> String {
     let status = &report.status;
     let mut out = String::new();
-    let kind = if status.drill { "drill" } else { "recovery" };
+    let kind = status.kind();
     let _ = writeln!(out, "# Phoenix report: plan `{}` ({kind})\n", status.plan);
     let _ = writeln!(
         out,

@@ -29,6 +29,16 @@ pub struct Status {
 }
 
 impl Status {
+    /// "recovery", "drill", or "drill, abandoned": the kind of run, as the
+    /// status and the reports name it.
+    pub fn kind(&self) -> &'static str {
+        match (self.drill, self.abandoned) {
+            (true, true) => "drill, abandoned",
+            (true, false) => "drill",
+            (false, _) => "recovery",
+        }
+    }
+
     /// "resumed once", "resumed 3 times"; nothing for a run never resumed.
     pub fn resumed(&self) -> Option<String> {
         match self.resumes {
@@ -120,11 +130,7 @@ pub fn build(header: &Header, view: &RunView, live: bool, plan: Option<&Plan>) -
 
 pub fn render_text(status: &Status) -> String {
     let mut out = String::new();
-    let kind = match (status.drill, status.abandoned) {
-        (true, true) => "drill, abandoned",
-        (true, false) => "drill",
-        (false, _) => "recovery",
-    };
+    let kind = status.kind();
     let _ = writeln!(
         out,
         "run `{}` of plan `{}` ({kind}): {}",

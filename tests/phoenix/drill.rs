@@ -717,6 +717,10 @@ fn an_abandoned_drill_runs_only_its_teardown() {
         "{}",
         text.stdout()
     );
+    let report = ws.expect(["report"], 0);
+    assert!(report
+        .stdout()
+        .starts_with("# Phoenix report: plan `drill` (drill, abandoned)"));
 
     // Abandoned for good: a later resume runs no more of the drill.
     ws.expect(["resume", "--approve", "gate"], 1);
