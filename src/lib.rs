@@ -134,6 +134,7 @@ pub mod journal;
 pub mod plan;
 pub mod report;
 pub mod session;
+pub mod settings;
 pub mod stores;
 pub mod timestamp;
 pub mod unpack;

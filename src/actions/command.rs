@@ -348,12 +348,7 @@ pub struct LogEnd {
 /// not fill the disk the journal, and perhaps the restored data, live on.
 pub fn log_limit() -> u64 {
     static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *LIMIT.get_or_init(|| {
-        std::env::var("PHOENIX_LOG_LIMIT")
-            .ok()
-            .and_then(|text| crate::plan::fields::parse_size(&text))
-            .unwrap_or(1 << 30)
-    })
+    *LIMIT.get_or_init(crate::settings::log_limit)
 }
 
 /// What a log keeps of the end of an output longer than [`log_limit`]: the

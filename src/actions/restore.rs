@@ -607,10 +607,7 @@ fn write_chunks(file: &mut std::fs::File, chunks: &[bytes::Bytes]) -> std::io::R
 /// How long one part may take before it counts as stalled and is tried again:
 /// `PHOENIX_PART_TIMEOUT` (a duration), else 60s.
 fn part_timeout() -> Duration {
-    std::env::var("PHOENIX_PART_TIMEOUT")
-        .ok()
-        .and_then(|v| crate::plan::fields::parse_duration(&v).ok())
-        .unwrap_or(Duration::from_secs(60))
+    crate::settings::part_timeout()
 }
 
 /// One part, retried alone (up to 5 attempts, backing off) when the failure

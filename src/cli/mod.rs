@@ -163,6 +163,9 @@ impl CliError {
 pub type CliResult = Result<i32, CliError>;
 
 pub fn run(cli: Cli) -> CliResult {
+    for problem in crate::settings::problems() {
+        say_warning(&problem);
+    }
     match cli.command {
         Command::Validate(args) => validate::run(&cli.global, args),
         Command::Plan(args) => plan::run(&cli.global, args),

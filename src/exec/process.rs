@@ -8,12 +8,9 @@ use std::time::Duration;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
-/// How long a group gets between SIGTERM and SIGKILL.
+/// How long a group gets between SIGTERM and SIGKILL (`PHOENIX_KILL_GRACE`).
 pub fn grace() -> Duration {
-    std::env::var("PHOENIX_KILL_GRACE")
-        .ok()
-        .and_then(|v| crate::plan::fields::parse_duration(&v).ok())
-        .unwrap_or(Duration::from_secs(10))
+    crate::settings::kill_grace()
 }
 
 /// The process groups of running steps, for the second Ctrl-C.

@@ -39,10 +39,7 @@ pub async fn client(
     let shared = loader.load().await;
     // A server that stops answering must not hang a rebuild: connections and
     // reads time out (`PHOENIX_S3_TIMEOUT`, default 30s) and the SDK retries.
-    let read_timeout = std::env::var("PHOENIX_S3_TIMEOUT")
-        .ok()
-        .and_then(|v| crate::plan::fields::parse_duration(&v).ok())
-        .unwrap_or(std::time::Duration::from_secs(30));
+    let read_timeout = crate::settings::s3_timeout();
     let timeouts = aws_sdk_s3::config::timeout::TimeoutConfig::builder()
         .connect_timeout(std::time::Duration::from_secs(5))
         .read_timeout(read_timeout)

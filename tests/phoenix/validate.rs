@@ -291,3 +291,26 @@ fn validate_needs_no_secret_values() {
         .run()
         .expect_code(0);
 }
+
+#[test]
+fn a_setting_that_does_not_parse_is_said() {
+    // `PHOENIX_KILL_GRACE=30` has no unit: it used to mean the default, 10s,
+    // without a word.
+    let run = Phoenix::new(&repo_root())
+        .args(["validate", "plans/demo.toml"])
+        .env("PHOENIX_KILL_GRACE", "30")
+        .env("PHOENIX_LOG_LIMIT", "lots")
+        .env("PHOENIX_PART_TIMEOUT", "2m")
+        .run()
+        .expect_code(0);
+    let stderr = run.stderr();
+    assert!(
+        stderr.contains("warning: `PHOENIX_KILL_GRACE=30` is not a duration such as `30s` or `2m`: using the default, 10s"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("warning: `PHOENIX_LOG_LIMIT=lots` is not a size"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("PHOENIX_PART_TIMEOUT"), "{stderr}");
+}

@@ -31,11 +31,7 @@ const LOCK: &str = "lock";
 
 /// How long a lease lasts: `PHOENIX_LEASE` (a duration), default 60 seconds.
 pub fn duration() -> Duration {
-    std::env::var("PHOENIX_LEASE")
-        .ok()
-        .and_then(|v| crate::plan::fields::parse_duration(&v).ok())
-        .filter(|d| *d >= Duration::from_secs(1))
-        .unwrap_or(Duration::from_secs(60))
+    crate::settings::lease()
 }
 
 /// How long after sending a renewal the holder may count on it: three
