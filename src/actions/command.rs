@@ -115,34 +115,9 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
             };
         }
-        // `run = ["deploy.sh"]` looks the name up in PATH, as a shell does:
-        // the file beside the plan is `./deploy.sh`.
-        let source = if source.kind() == std::io::ErrorKind::NotFound
-            && !program.contains('/')
-            && !program.is_empty()
-            && cwd.join(&program).is_file()
-        {
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("not found in PATH; the file in the step's directory is `./{program}`"),
-            )
-        } else if source.kind() == std::io::ErrorKind::PermissionDenied
-            && program.contains('/')
-            && std::fs::metadata(cwd.join(&program)).is_ok_and(|m| {
-                use std::os::unix::fs::PermissionsExt;
-                m.is_file() && m.permissions().mode() & 0o111 == 0
-            })
-        {
-            std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                "the file is not executable: `chmod +x` it, or name its interpreter first (`run = [\"sh\", …]`)",
-            )
-        } else {
-            source
-        };
         ActionError::Spawn {
             program: program.clone(),
-            source,
+            source: with_the_way_out(source, &program, &cwd),
         }
     };
     let spawner = ctx.shared.spawner().map_err(spawn_error)?;
@@ -181,8 +156,8 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
     let mut copied: Option<LogEnd> = None;
     let mut early = None;
     tokio::select! {
-        lost = &mut copier => {
-            copied = Some(lost);
+        end = &mut copier => {
+            copied = Some(end);
             early = child.wait_exiting(EXITING).ok().flatten();
         }
         _ = tokio::time::sleep(EARLY) => {}
@@ -204,7 +179,7 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
         loop {
             tokio::select! {
                 status = &mut exited => break status,
-                lost = &mut copier, if copied.is_none() => copied = Some(lost),
+                end = &mut copier, if copied.is_none() => copied = Some(end),
             }
         }
     };
@@ -258,6 +233,34 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
                 .unwrap_or_else(|_| signal.to_string()),
         )),
         (None, None) => Err(ActionError::Exit(-1)),
+    }
+}
+
+/// The two mistakes a program that cannot be started is most often, said
+/// with what to write instead; any other error as it is.
+fn with_the_way_out(source: std::io::Error, program: &str, cwd: &Path) -> std::io::Error {
+    use std::io::ErrorKind;
+    use std::os::unix::fs::PermissionsExt;
+    let file = std::fs::metadata(cwd.join(program))
+        .ok()
+        .filter(|m| m.is_file());
+    match source.kind() {
+        // `run = ["deploy.sh"]` looks the name up in PATH, as a shell does.
+        ErrorKind::NotFound if !program.contains('/') && !program.is_empty() && file.is_some() => {
+            std::io::Error::new(
+                ErrorKind::NotFound,
+                format!("not found in PATH; the file in the step's directory is `./{program}`"),
+            )
+        }
+        ErrorKind::PermissionDenied
+            if program.contains('/') && file.is_some_and(|m| m.permissions().mode() & 0o111 == 0) =>
+        {
+            std::io::Error::new(
+                ErrorKind::PermissionDenied,
+                "the file is not executable: `chmod +x` it, or name its interpreter first (`run = [\"sh\", …]`)",
+            )
+        }
+        _ => source,
     }
 }
 
