@@ -8,42 +8,53 @@
 
 use std::time::Duration;
 
-/// A duration such as `30s` or `2m`, at least `min`.
-struct DurationSetting {
+/// One variable: how its text is read, and what stands when it is not set
+/// or does not parse.
+struct Setting<T: 'static> {
     name: &'static str,
-    default: Duration,
-    min: Duration,
+    default: T,
+    parse: fn(&str) -> Option<T>,
+    /// What a value looks like, for the warning.
+    wanted: &'static str,
+    show: fn(&T) -> String,
 }
 
-/// A size such as `256MiB`.
-struct SizeSetting {
-    name: &'static str,
-    default: u64,
-}
+const DURATION: &str = "a duration such as `30s` or `2m`";
 
-const KILL_GRACE: DurationSetting = DurationSetting {
+const KILL_GRACE: Setting<Duration> = Setting {
     name: "PHOENIX_KILL_GRACE",
     default: Duration::from_secs(10),
-    min: Duration::ZERO,
+    parse: duration,
+    wanted: DURATION,
+    show: show_duration,
 };
-const LEASE: DurationSetting = DurationSetting {
+const LEASE: Setting<Duration> = Setting {
     name: "PHOENIX_LEASE",
     default: Duration::from_secs(60),
-    min: Duration::from_secs(1),
+    parse: |text| duration(text).filter(|d| *d >= Duration::from_secs(1)),
+    wanted: "a duration of at least 1s, such as `30s` or `2m`",
+    show: show_duration,
 };
-const PART_TIMEOUT: DurationSetting = DurationSetting {
+const PART_TIMEOUT: Setting<Duration> = Setting {
     name: "PHOENIX_PART_TIMEOUT",
     default: Duration::from_secs(60),
-    min: Duration::ZERO,
+    parse: duration,
+    wanted: DURATION,
+    show: show_duration,
 };
-const S3_TIMEOUT: DurationSetting = DurationSetting {
+const S3_TIMEOUT: Setting<Duration> = Setting {
     name: "PHOENIX_S3_TIMEOUT",
     default: Duration::from_secs(30),
-    min: Duration::ZERO,
+    parse: duration,
+    wanted: DURATION,
+    show: show_duration,
 };
-const LOG_LIMIT: SizeSetting = SizeSetting {
+const LOG_LIMIT: Setting<u64> = Setting {
     name: "PHOENIX_LOG_LIMIT",
     default: 1 << 30,
+    parse: crate::plan::fields::parse_size,
+    wanted: "a size such as `256MiB` or `2GiB`",
+    show: |n| crate::report::terminal::bytes(*n as f64),
 };
 
 /// How long a step's process group gets between SIGTERM and SIGKILL.
@@ -71,8 +82,8 @@ pub fn log_limit() -> u64 {
     LOG_LIMIT.get()
 }
 
-/// One line for each setting set to a value that does not parse (or is
-/// below its least), saying the default used instead.
+/// One line for each setting set to a value that does not parse, saying
+/// the default used instead.
 pub fn problems() -> Vec<String> {
     [
         KILL_GRACE.problem(),
@@ -86,59 +97,32 @@ pub fn problems() -> Vec<String> {
     .collect()
 }
 
-impl DurationSetting {
-    fn parse(&self, text: &str) -> Option<Duration> {
-        crate::plan::fields::parse_duration(text)
-            .ok()
-            .filter(|d| *d >= self.min)
-    }
-
-    fn get(&self) -> Duration {
-        std::env::var(self.name)
-            .ok()
-            .and_then(|text| self.parse(&text))
-            .unwrap_or(self.default)
-    }
-
-    fn problem(&self) -> Option<String> {
-        let text = std::env::var(self.name).ok()?;
-        if self.parse(&text).is_some() {
-            return None;
-        }
-        let least = if self.min.is_zero() {
-            String::new()
-        } else {
-            format!(" of at least {}", humantime::format_duration(self.min))
-        };
-        Some(format!(
-            "`{}={text}` is not a duration{least} such as `30s` or `2m`: using the default, {}",
-            self.name,
-            humantime::format_duration(self.default)
-        ))
-    }
+fn duration(text: &str) -> Option<Duration> {
+    crate::plan::fields::parse_duration(text).ok()
 }
 
-impl SizeSetting {
-    fn parse(&self, text: &str) -> Option<u64> {
-        crate::plan::fields::parse_size(text)
-    }
+fn show_duration(d: &Duration) -> String {
+    humantime::format_duration(*d).to_string()
+}
 
-    fn get(&self) -> u64 {
+impl<T: Copy> Setting<T> {
+    fn get(&self) -> T {
         std::env::var(self.name)
             .ok()
-            .and_then(|text| self.parse(&text))
+            .and_then(|text| (self.parse)(&text))
             .unwrap_or(self.default)
     }
 
     fn problem(&self) -> Option<String> {
         let text = std::env::var(self.name).ok()?;
-        if self.parse(&text).is_some() {
+        if (self.parse)(&text).is_some() {
             return None;
         }
         Some(format!(
-            "`{}={text}` is not a size such as `256MiB` or `2GiB`: using the default, {}",
+            "`{}={text}` is not {}: using the default, {}",
             self.name,
-            crate::report::terminal::bytes(self.default as f64)
+            self.wanted,
+            (self.show)(&self.default)
         ))
     }
 }
@@ -149,11 +133,11 @@ mod tests {
 
     #[test]
     fn values_parse_by_kind_and_least() {
-        assert_eq!(KILL_GRACE.parse("30s"), Some(Duration::from_secs(30)));
-        assert_eq!(KILL_GRACE.parse("30"), None, "a unit is needed");
-        assert_eq!(LEASE.parse("500ms"), None, "below its least");
-        assert_eq!(LEASE.parse("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(LOG_LIMIT.parse("256MiB"), Some(256 << 20));
-        assert_eq!(LOG_LIMIT.parse("lots"), None);
+        assert_eq!((KILL_GRACE.parse)("30s"), Some(Duration::from_secs(30)));
+        assert_eq!((KILL_GRACE.parse)("30"), None, "a unit is needed");
+        assert_eq!((LEASE.parse)("500ms"), None, "below its least");
+        assert_eq!((LEASE.parse)("2m"), Some(Duration::from_secs(120)));
+        assert_eq!((LOG_LIMIT.parse)("256MiB"), Some(256 << 20));
+        assert_eq!((LOG_LIMIT.parse)("lots"), None);
     }
 }
