@@ -102,9 +102,9 @@ async fn attempts(
             shared.journal.append(record);
         } else if let Err(e) = shared.journal.append_durable(record).await {
             release();
-            return StepOutcome::Failed {
-                error: e.to_string(),
-            };
+            return unrecorded(shared, e, |e| {
+                format!("step `{id}` was not started: its start could not be recorded ({e})")
+            });
         }
         shared.events.emit(Event::StepStarted {
             step: id.clone(),
@@ -153,9 +153,9 @@ async fn attempts(
                     shared.journal.append_waiting(record, Durability::Now)
                 };
                 if let Err(e) = durable.await {
-                    return StepOutcome::Failed {
-                        error: e.to_string(),
-                    };
+                    return unrecorded(shared, e, |e| {
+                        format!("step `{id}` succeeded, but its finish could not be recorded ({e}): a resume finds it in doubt")
+                    });
                 }
                 shared.events.emit(Event::StepFinished {
                     step: id.clone(),
@@ -206,9 +206,9 @@ async fn attempts(
         );
         if last {
             if let Err(e) = shared.journal.append_durable(record).await {
-                return StepOutcome::Failed {
-                    error: e.to_string(),
-                };
+                return unrecorded(shared, e, |e| {
+                    format!("step `{id}` failed, and its failure could not be recorded ({e})")
+                });
             }
         } else {
             shared.journal.append(record);
@@ -244,6 +244,19 @@ async fn attempts(
         }
     }
     unreachable!("the loop returns on its last attempt")
+}
+
+/// A step whose record the journal could not take (a full disk): said, so
+/// that the step does not just vanish from the terminal, and failed, so that
+/// the run starts nothing new. The run's own error says how to go on.
+fn unrecorded(
+    shared: &Shared,
+    error: crate::journal::writer::JournalWriteError,
+    say: impl FnOnce(&str) -> String,
+) -> StepOutcome {
+    let error = error.to_string();
+    shared.events.emit(Event::Warning(say(&error)));
+    StepOutcome::Failed { error }
 }
 
 fn finished(

@@ -98,6 +98,29 @@ struct Harness {
 }
 
 async fn run(plan_text: String, concurrency: usize, keep_going: bool) -> Harness {
+    run_on(plan_text, concurrency, keep_going, None).await
+}
+
+/// A journal whose every sync fails, as on a full disk.
+struct FullDisk;
+
+impl crate::journal::JournalBackend for FullDisk {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn sync(&mut self) -> crate::journal::SyncJob {
+        Box::new(|| Err(std::io::Error::from_raw_os_error(28)))
+    }
+}
+
+/// [`run`], with the journal's backend given (else the state's own file).
+async fn run_on(
+    plan_text: String,
+    concurrency: usize,
+    keep_going: bool,
+    backend: Option<Box<dyn crate::journal::JournalBackend>>,
+) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let loaded = load_source(
         SourceFile::new("t.toml", plan_text),
@@ -118,8 +141,8 @@ async fn run(plan_text: String, concurrency: usize, keep_going: bool) -> Harness
         crate::journal::local::LocalState::new(dir.path().join("state").to_str().unwrap()).unwrap();
     state.create_run("r", &plan.source.text).unwrap();
     let masker = Arc::new(Masker::default());
-    let (writer, thread) =
-        JournalWriter::start(state.journal("r").unwrap(), Arc::clone(&masker), None);
+    let backend = backend.unwrap_or_else(|| state.journal("r").unwrap());
+    let (writer, thread) = JournalWriter::start(backend, Arc::clone(&masker), None);
     let recorder = Arc::new(Recorder::default());
     let run_dir = state.run_dir("r");
     let info = RunInfo {
@@ -293,4 +316,29 @@ async fn ready_steps_on_the_critical_path_start_first() {
     );
     let h = run(plan, 1, false).await;
     assert_eq!(h.recorder.started()[0], "long_chain");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_whose_finish_cannot_be_recorded_says_so() {
+    let plan = format!("{HEADER}{}{}", noop("a", ""), noop("b", "needs = [\"a\"]"));
+    let h = run_on(plan, 2, false, Some(Box::new(FullDisk))).await;
+    assert_eq!(h.result, RunResult::Failed);
+    let warnings: Vec<String> = h
+        .recorder
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(_, event)| match event {
+            Event::Warning(text) => Some(text.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("step `a` succeeded, but its finish could not be recorded (")
+            && warnings[0].ends_with("): a resume finds it in doubt"),
+        "{warnings:?}"
+    );
+    assert_eq!(h.recorder.started(), ["a"], "nothing starts after it");
 }
