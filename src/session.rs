@@ -72,6 +72,16 @@ pub enum SessionError {
     },
 }
 
+/// [`SessionError::JournalWrite`] for the run `shared` runs.
+fn journal_write(
+    shared: &Shared,
+) -> impl FnOnce(crate::journal::writer::JournalWriteError) -> SessionError + '_ {
+    move |source| SessionError::JournalWrite {
+        run: shared.run.id.clone(),
+        source,
+    }
+}
+
 /// What `phoenix run` asks for.
 pub struct RunRequest {
     pub plan_path: PathBuf,
@@ -571,7 +581,7 @@ pub fn resume(
                     needs_check.push(i);
                     starts.push(Start::Pending { first_attempt });
                 } else if !step.idempotent {
-                    blocked.push(id.to_string());
+                    blocked.push(i);
                     starts.push(Start::Pending { first_attempt });
                 } else {
                     in_doubt.push(InDoubt {
@@ -602,18 +612,16 @@ pub fn resume(
             }
         }
         needs_check.retain(|&i| teardown(i));
-        blocked.retain(|id| {
-            plan.steps
-                .iter()
-                .position(|s| s.id.as_str() == id)
-                .is_some_and(teardown)
-        });
+        blocked.retain(|&i| teardown(i));
         events.emit(Event::Info(format!(
             "abandoning drill `{run_id}`: only its teardown runs; the run will not succeed"
         )));
     }
     if !blocked.is_empty() {
-        return Err(SessionError::InDoubt { steps: blocked });
+        let steps = blocked.iter().map(|&i| plan.steps[i].id.value.clone());
+        return Err(SessionError::InDoubt {
+            steps: steps.collect(),
+        });
     }
     let plan_changed = plan_hash(&plan.source.text) != view.plan_hash;
     let resumed = Resumed {
@@ -969,10 +977,7 @@ impl Session<'_> {
                     .journal
                     .append_durable(record)
                     .await
-                    .map_err(|source| SessionError::JournalWrite {
-                        run: shared.run.id.clone(),
-                        source,
-                    })?;
+                    .map_err(journal_write(&shared))?;
             }
             // Watched from here: a check that hangs is stopped by Ctrl-C
             // like a step, with the lock released and the run resumable.
@@ -1019,10 +1024,7 @@ impl Session<'_> {
                     result,
                 })
                 .await
-                .map_err(|source| SessionError::JournalWrite {
-                    run: shared.run.id.clone(),
-                    source,
-                })?;
+                .map_err(journal_write(&shared))?;
             Ok::<_, SessionError>(result)
         });
         drop(short_slice);
@@ -1150,10 +1152,7 @@ async fn run_checks(
                     reason: SkipReason::Check,
                 })
                 .await
-                .map_err(|source| SessionError::JournalWrite {
-                    run: shared.run.id.clone(),
-                    source,
-                })?;
+                .map_err(journal_write(shared))?;
             shared
                 .outputs
                 .write()
@@ -1192,12 +1191,7 @@ async fn run_check(shared: &Shared, step: &str, args: &[String], log: PathBuf) -
     let Ok(reader) = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()) else {
         return false;
     };
-    let run = &shared.run;
-    let env = [
-        ("PHOENIX_RUN_ID", OsStr::new(&run.id)),
-        ("PHOENIX_RUN_DIR", run.dir.as_os_str()),
-        ("PHOENIX_STEP", OsStr::new(step)),
-    ];
+    let env = shared.run.variables(step);
     let Ok(mut child) = spawner.spawn(&crate::exec::spawn::SpawnRequest {
         program: OsStr::new(&args[0]),
         args: &args[1..],

@@ -72,17 +72,12 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
     }
     let output_name = format!("{}.{}.out", ctx.step.id.value, ctx.attempt);
     let output_file = ctx.shared.run.tmp.join(&output_name);
-    let run = &ctx.shared.run;
     let mut env: Vec<(&str, &OsStr)> = step_env
         .iter()
         .map(|(key, value)| (*key, OsStr::new(value)))
         .collect();
-    env.extend([
-        ("PHOENIX_OUTPUT", output_file.as_os_str()),
-        ("PHOENIX_RUN_ID", OsStr::new(&run.id)),
-        ("PHOENIX_RUN_DIR", run.dir.as_os_str()),
-        ("PHOENIX_STEP", OsStr::new(ctx.step.id.as_str())),
-    ]);
+    env.push(("PHOENIX_OUTPUT", output_file.as_os_str()));
+    env.extend(ctx.shared.run.variables(ctx.step.id.as_str()));
     // Output goes through one pipe (stdout and stderr interleaved as written),
     // masked, into a log file created on the first byte: most steps print nothing,
     // and a file per silent attempt would cost an inode each.

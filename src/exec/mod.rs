@@ -51,6 +51,18 @@ pub struct RunInfo {
     pub tmp: PathBuf,
 }
 
+impl RunInfo {
+    /// What every process Phoenix starts for a step (its command, its
+    /// `check`) is told of the run and the step, beside its environment.
+    pub fn variables<'a>(&'a self, step: &'a str) -> [(&'static str, &'a std::ffi::OsStr); 3] {
+        [
+            ("PHOENIX_RUN_ID", std::ffi::OsStr::new(&self.id)),
+            ("PHOENIX_RUN_DIR", self.dir.as_os_str()),
+            ("PHOENIX_STEP", std::ffi::OsStr::new(step)),
+        ]
+    }
+}
+
 /// How gates are answered.
 #[derive(Clone, Debug, Default)]
 pub struct Approvals {

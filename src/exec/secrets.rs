@@ -146,7 +146,9 @@ impl Secrets {
 
     /// Reads every secret that can be read now, so that output which prints a
     /// secret no expression named (a child that reads its own environment) is
-    /// masked too. Secrets that cannot be read yet are read when a step needs them.
+    /// masked too; and teaches the masker the credentials in Phoenix's own
+    /// environment ([`CREDENTIAL_SUFFIXES`]). Secrets that cannot be read yet
+    /// are read when a step needs them.
     pub fn preload(&self, masker: &Masker) {
         for name in self.sources.keys() {
             let _ = self.get(name, masker);

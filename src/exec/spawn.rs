@@ -15,7 +15,8 @@
 //! resets the signals it must in one call each.
 //!
 //! What the child gets is what `std` would give it with a process group of
-//! its own, and no controlling terminal (see `child_main`): every signal unblocked and at its default but those Phoenix was started
+//! its own, and no controlling terminal (see `child_main`): every signal
+//! unblocked and at its default but those Phoenix was started
 //! ignoring (`SIGPIPE`, which Rust ignores, is reset all the same), the
 //! directory changed before the program is looked up, stdin from `/dev/null`,
 //! stdout and stderr to the caller's descriptor, nothing else open (every
