@@ -59,8 +59,11 @@ pub fn parse_host_port(text: &str) -> Option<(&str, u16)> {
 }
 
 /// Polls until the target is there, `until` runs out, or the step is cancelled.
+/// The last try is made as `until` runs out, not up to a poll interval after:
+/// "not ready after 2m" means two minutes, whatever the interval had grown to.
 pub async fn run(spec: &WaitSpec, ctx: &StepContext<'_>) -> Result<Outputs, ActionError> {
     let started = tokio::time::Instant::now();
+    let left = || spec.until.map(|until| until.saturating_sub(started.elapsed()));
     // Poll often at first, then back off: a port that is not up in seconds is
     // usually minutes away.
     let mut poll = Duration::from_millis(100);
@@ -79,16 +82,18 @@ pub async fn run(spec: &WaitSpec, ctx: &StepContext<'_>) -> Result<Outputs, Acti
         // (a refused port is a service still starting; a name that does not
         // resolve is more likely a typo in the plan).
         let last = match &target {
-            Target::Tcp(address) => match tokio::time::timeout(
-                Duration::from_secs(1),
-                tokio::net::TcpStream::connect(address.as_str()),
-            )
-            .await
-            {
-                Ok(Ok(_)) => return Ok(Outputs::new()),
-                Ok(Err(error)) => error.to_string(),
-                Err(_) => "no answer within 1s".to_string(),
-            },
+            Target::Tcp(address) => {
+                // A try that is not answered gives up within a second, and
+                // as the time runs out.
+                let limit = left().map_or(CONNECT, |left| left.clamp(MIN_CONNECT, CONNECT));
+                match tokio::time::timeout(limit, tokio::net::TcpStream::connect(address.as_str()))
+                    .await
+                {
+                    Ok(Ok(_)) => return Ok(Outputs::new()),
+                    Ok(Err(error)) => error.to_string(),
+                    Err(_) => format!("no answer within {}", humantime::format_duration(limit)),
+                }
+            }
             Target::Path(path) => match tokio::fs::try_exists(path).await {
                 Ok(true) => return Ok(Outputs::new()),
                 Ok(false) => "no such file or directory".to_string(),
@@ -105,12 +110,17 @@ pub async fn run(spec: &WaitSpec, ctx: &StepContext<'_>) -> Result<Outputs, Acti
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(poll) => {}
+            _ = tokio::time::sleep(left().map_or(poll, |left| poll.min(left))) => {}
             _ = ctx.cancel.cancelled() => return Err(ActionError::Interrupted),
         }
         poll = (poll * 3 / 2).min(Duration::from_secs(2));
     }
 }
+
+/// How long one connection try may take.
+const CONNECT: Duration = Duration::from_secs(1);
+/// ... at the least, even at the end of `until`: the last try is a real one.
+const MIN_CONNECT: Duration = Duration::from_millis(100);
 
 enum Target {
     Tcp(String),

@@ -342,3 +342,16 @@ async fn a_step_whose_finish_cannot_be_recorded_says_so() {
     );
     assert_eq!(h.recorder.started(), ["a"], "nothing starts after it");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_gives_up_as_its_time_runs_out() {
+    // Polled at 100 ms, then half as long again each time: the tries before
+    // 5 s fall at 4.9 s and then 6.9 s, which the wait used to reach.
+    let h = run(format!("{HEADER}{}", slow("w", 5, "")), 1, false).await;
+    let (_, start, end) = h.recorder.spans().remove(0);
+    assert!(
+        end - start >= Duration::from_secs(5) && end - start < Duration::from_millis(5100),
+        "{:?}",
+        end - start
+    );
+}
