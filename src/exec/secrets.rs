@@ -17,13 +17,17 @@ pub struct Masker {
 pub const MASK: &str = "***";
 
 impl Masker {
+    /// Masks `value` from now on, and each line of it on its own when it has
+    /// several ([`lines_of`]).
     pub fn add(&self, value: &str) {
-        if value.is_empty() {
-            return;
-        }
         let mut values = self.values.write().unwrap_or_else(|e| e.into_inner());
-        if !values.iter().any(|v| v == value) {
-            values.push(value.to_string());
+        let before = values.len();
+        for part in std::iter::once(value).chain(lines_of(value)) {
+            if !part.is_empty() && !values.iter().any(|v| v == part) {
+                values.push(part.to_string());
+            }
+        }
+        if values.len() > before {
             values.sort_by_key(|v| std::cmp::Reverse(v.len()));
         }
     }
@@ -75,6 +79,25 @@ impl Masker {
         out
     }
 }
+
+/// The lines of a secret of several lines (a PEM key, a kubeconfig, a
+/// service account's JSON), each masked on its own as well as the whole: a
+/// step that prints part of the value (`tail`, a diff, a tool that logs a key
+/// line by line, JSON that escapes its newlines) would otherwise write those
+/// lines in the clear. A line is taken without the whitespace around it, as
+/// a tool may indent it otherwise; shorter ones than [`MIN_LINE`] (a `}`, a
+/// blank line) are left alone, as masking them would mask that text wherever
+/// a log has it.
+fn lines_of(value: &str) -> impl Iterator<Item = &str> {
+    let several = value.contains('\n');
+    value
+        .lines()
+        .map(str::trim)
+        .filter(move |line| several && line.len() >= MIN_LINE)
+}
+
+/// See [`lines_of`].
+const MIN_LINE: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -220,6 +243,27 @@ mod tests {
         masker.add("hunter2-extended");
         assert_eq!(masker.mask("a hunter2-extended b hunter2"), "a *** b ***");
         assert_eq!(masker.mask("nothing here"), "nothing here");
+    }
+
+    #[test]
+    fn each_line_of_a_secret_of_several_is_masked() {
+        let masker = Masker::default();
+        masker.add("-----BEGIN KEY-----\nAAAABBBBCCCC\n  DDDDEEEEFFFF  \r\nshort\n}\n");
+        // Part of the value, as `tail` or a tool that logs it line by line
+        // would print it, and its lines in JSON, newlines escaped.
+        assert_eq!(
+            masker.mask("DDDDEEEEFFFF\n}"),
+            "***\n}",
+            "a line, not the short ones"
+        );
+        assert_eq!(
+            masker.mask(r#"{"key": "AAAABBBBCCCC\n  DDDDEEEEFFFF"}"#),
+            r#"{"key": "***\n  ***"}"#
+        );
+        assert_eq!(masker.mask("short } ok"), "short } ok");
+        // A value of one line is masked whole only.
+        masker.add("one-line-secret");
+        assert_eq!(masker.mask("one-line"), "one-line");
     }
 
     #[test]

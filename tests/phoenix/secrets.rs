@@ -333,3 +333,38 @@ fn credentials_phoenix_was_given_are_masked_in_what_steps_print() {
     let found = files_containing(&ws.state(), &[AMBIENT]);
     assert!(found.is_empty(), "credentials in state files: {found:?}");
 }
+
+#[test]
+fn each_line_of_a_key_is_masked_when_part_of_it_is_printed() {
+    // A PEM key, a kubeconfig: a step that prints some of its lines (`tail`,
+    // a tool that logs it line by line) or an output holding one.
+    const LINES: [&str; 2] = ["MIIEvQIBADANBgkqhkiG9w0B-canary", "AQEFAASCBKcwggSjAgEAAoIB-canary"];
+    let ws = Workspace::new();
+    ws.write(
+        "key.pem",
+        &format!("-----BEGIN PRIVATE KEY-----\n{}\n{}\n-----END PRIVATE KEY-----\n", LINES[0], LINES[1]),
+    );
+    ws.write_plan(&[
+        "\n[secrets]\nkey = { file = \"key.pem\" }\n".to_string(),
+        shell_step(
+            "prints_part",
+            "provision",
+            "printf '%s\\n' \"$KEY\" | tail -n 2; exit 1",
+            "env = { KEY = \"{{ secrets.key }}\" }",
+        ),
+        shell_step(
+            "as_output",
+            "provision",
+            "printf '%s\\n' \"$KEY\" | sed -n 2p | sed 's/^/line=/' >> \"$PHOENIX_OUTPUT\"",
+            "env = { KEY = \"{{ secrets.key }}\" }",
+        ),
+    ]);
+    let run = ws.expect(["run", "plan.toml", "--keep-going"], 1);
+    let output = run.stderr() + &run.stdout();
+    assert!(output.contains("| ***"), "{output}");
+    for line in LINES {
+        assert!(!output.contains(line), "{output}");
+    }
+    let found = files_containing(&ws.state(), &LINES);
+    assert!(found.is_empty(), "a secret's line in state files: {found:?}");
+}
