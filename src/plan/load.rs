@@ -816,8 +816,10 @@ pub struct Override {
 
 #[derive(Clone, Debug)]
 pub enum OverrideValue {
-    /// From a `--vars` file or the journal: typed already.
+    /// From the journal: typed already, as applied when the run started.
     Typed(serde_json::Value),
+    /// From a `--vars` file: typed, and held to the declared var's type.
+    File(serde_json::Value),
     /// From `--var`: converted to the declared var's type.
     Text(String),
     /// Not a string, number or boolean.
@@ -860,7 +862,7 @@ pub fn read_overrides(options: &LoadOptions) -> Result<Overrides, LoadError> {
             overrides.push(Override {
                 name: key.get_ref().to_string(),
                 value: scalar(value.get_ref())
-                    .map(OverrideValue::Typed)
+                    .map(OverrideValue::File)
                     .unwrap_or(OverrideValue::Invalid(type_name(value.get_ref()))),
                 source: Arc::clone(&source),
                 span: span_of(key),
@@ -922,6 +924,30 @@ fn apply_overrides(
         };
         let value = match o.value {
             OverrideValue::Typed(value) => value,
+            // As `--var` is: a var declared a number stays a number, which a
+            // template may compare or add to.
+            OverrideValue::File(value) => {
+                let kind = |v: &serde_json::Value| match v {
+                    serde_json::Value::Bool(_) => "a boolean",
+                    serde_json::Value::Number(_) => "a number",
+                    _ => "a string",
+                };
+                if kind(&value) != kind(&var.value) {
+                    diags.error(
+                        &o.source,
+                        o.span,
+                        "var-type",
+                        format!(
+                            "var `{}` is {}: found {} (`{value}`)",
+                            o.name,
+                            kind(&var.value),
+                            kind(&value)
+                        ),
+                    );
+                    continue;
+                }
+                value
+            }
             // Said above: a syntax error has no var name.
             OverrideValue::Syntax(_) => continue,
             OverrideValue::Invalid(found) => {

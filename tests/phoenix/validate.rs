@@ -167,18 +167,34 @@ fn vars_files_and_overrides_are_checked() {
         "region = \"us\"\nregoin = \"x\"\n",
     )
     .unwrap();
+    // Typed in the file, so held to the declared type as `--var` is.
+    std::fs::write(
+        dir.path().join("typed.toml"),
+        "replicas = \"3\"\nregion = 7\n",
+    )
+    .unwrap();
     let run = Phoenix::new(dir.path())
         .args([
             "validate",
             "p.toml",
             "--vars",
             "vars.toml",
+            "--vars",
+            "typed.toml",
             "--var",
             "replicas=many",
         ])
         .run()
         .expect_code(1);
     let stderr = run.stderr();
+    assert!(
+        stderr.contains("typed.toml:1:1: error: var `replicas` is a number: found a string (`\"3\"`)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("typed.toml:2:1: error: var `region` is a string: found a number (`7`)"),
+        "{stderr}"
+    );
     assert!(stderr.contains("vars.toml:2:1: error: unknown var `regoin`: the plan declares no such var in `[vars]`; did you mean `region`?"), "{stderr}");
     assert!(
         stderr.contains("--var:1:1: error: var `replicas` is a number: `many` is not one"),
