@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::actions::approval::{current_user, host_name};
 use crate::exec::chaos::{Chaos, ChaosSpec};
+use crate::exec::leftovers::{self, Leftover};
 use crate::exec::scheduler::{self, Start};
 use crate::exec::secrets::Masker;
 use crate::exec::spawn::ShortSlice;
@@ -53,9 +54,14 @@ pub enum SessionError {
     #[error(
         "{} in doubt and not idempotent: {}; it may or may not have taken effect, so phoenix will not run it again by itself. Check it, then resume with `--rerun STEP` or `--skip STEP`",
         if steps.len() == 1 { "this step was running when the run stopped, is" } else { "these steps were running when the run stopped, are" },
-        steps.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+        in_doubt_list(steps, still_running)
     )]
-    InDoubt { steps: Vec<String> },
+    InDoubt {
+        steps: Vec<String>,
+        /// Their processes that are still running: what the operator
+        /// deciding between `--rerun` and `--skip` most needs to know.
+        still_running: Vec<Leftover>,
+    },
     #[error("no run in `{0}` to resume")]
     NothingToResume(String),
     #[error("run `{0}` already succeeded; there is nothing to resume")]
@@ -70,6 +76,23 @@ pub enum SessionError {
         #[source]
         source: crate::journal::writer::JournalWriteError,
     },
+}
+
+/// `` `a`, `b` (still running: pid 42 (sh)) ``.
+fn in_doubt_list(steps: &[String], still_running: &[Leftover]) -> String {
+    steps
+        .iter()
+        .map(|step| {
+            let running: Vec<&Leftover> =
+                still_running.iter().filter(|l| &l.step == step).collect();
+            if running.is_empty() {
+                format!("`{step}`")
+            } else {
+                format!("`{step}` (still running: {})", leftovers::describe(running))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// [`SessionError::JournalWrite`] for the run `shared` runs.
@@ -617,10 +640,35 @@ pub fn resume(
             "abandoning drill `{run_id}`: only its teardown runs; the run will not succeed"
         )));
     }
+    // What the steps in doubt left running, if the phoenix that ran them
+    // was killed on this machine: a step run again must not run beside it.
+    let still_running = if plan.steps.iter().any(|step| {
+        view.steps
+            .get(step.id.as_str())
+            .is_some_and(|s| matches!(s.state, StepState::InDoubt | StepState::Running))
+    }) {
+        let mut found = leftovers::find(&run_id);
+        found.retain(|l| {
+            view.steps
+                .get(l.step.as_str())
+                .is_some_and(|s| matches!(s.state, StepState::InDoubt | StepState::Running))
+        });
+        found
+    } else {
+        Vec::new()
+    };
     if !blocked.is_empty() {
-        let steps = blocked.iter().map(|&i| plan.steps[i].id.value.clone());
+        let steps: Vec<String> = blocked
+            .iter()
+            .map(|&i| plan.steps[i].id.value.clone())
+            .collect();
+        let still_running = still_running
+            .into_iter()
+            .filter(|l| steps.contains(&l.step))
+            .collect();
         return Err(SessionError::InDoubt {
-            steps: steps.collect(),
+            steps,
+            still_running,
         });
     }
     let plan_changed = plan_hash(&plan.source.text) != view.plan_hash;
@@ -710,7 +758,10 @@ pub fn resume(
         frozen,
         chaos,
         approvals,
-        Some(needs_check),
+        Some(Resuming {
+            checks: needs_check,
+            still_running,
+        }),
         Some((log.header.clone(), view)),
     );
     crate::drop_later(log);
@@ -893,6 +944,14 @@ struct Session<'a> {
     events: Arc<dyn EventSink>,
 }
 
+/// What a resume does before its steps start.
+struct Resuming {
+    /// In-doubt steps with a `check`, by index.
+    checks: Vec<usize>,
+    /// The processes the steps in doubt left running.
+    still_running: Vec<Leftover>,
+}
+
 impl Session<'_> {
     #[allow(clippy::too_many_arguments)]
     fn execute(
@@ -903,7 +962,7 @@ impl Session<'_> {
         frozen: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
         chaos: Option<Chaos>,
         approvals: Approvals,
-        checks: Option<Vec<usize>>,
+        resuming: Option<Resuming>,
         folded: crate::journal::writer::Folded,
     ) -> Result<SessionEnd, SessionError> {
         // The steps' programs get the machine's huge-page policy, not the one
@@ -982,8 +1041,9 @@ impl Session<'_> {
             // Watched from here: a check that hangs is stopped by Ctrl-C
             // like a step, with the lock released and the run resumable.
             let watcher = crate::exec::signals::watch(Arc::clone(&shared));
-            if let Some(checks) = checks {
-                run_checks(&shared, &checks, &mut starts).await?;
+            if let Some(resuming) = resuming {
+                run_checks(&shared, &resuming.checks, &mut starts).await?;
+                stop_leftovers(&shared, &resuming.still_running, &starts).await;
             }
             let per_phase = crate::plan::Phase::ALL
                 .iter()
@@ -1099,6 +1159,43 @@ fn warn_of_secret_vars(
                 "the value of var `{name}` holds a secret's value; vars are kept in the journal as given, for a resume: declare the secret under [secrets] and use `{{{{ secrets.NAME }}}}` instead"
             )));
         }
+    }
+}
+
+/// Stops what the steps in doubt left running, before they run again: as a
+/// timed-out step is stopped, and said. The processes of a step that does not
+/// run again (its check passed, `--skip`, an abandoned drill) are left to
+/// finish what they do, and said too.
+async fn stop_leftovers(shared: &Shared, still_running: &[Leftover], starts: &[Start]) {
+    let mut by_step: BTreeMap<&str, Vec<Leftover>> = BTreeMap::new();
+    for leftover in still_running {
+        by_step
+            .entry(&leftover.step)
+            .or_default()
+            .push(leftover.clone());
+    }
+    let mut stopping = Vec::new();
+    for (step, found) in by_step {
+        let runs_again = shared
+            .plan
+            .steps
+            .iter()
+            .position(|s| s.id.as_str() == step)
+            .is_some_and(|i| matches!(starts[i], Start::Pending { .. }));
+        let processes = leftovers::describe(&found);
+        if runs_again {
+            shared.events.emit(Event::Warning(format!(
+                "step `{step}`: its last attempt is still running ({processes}); stopping it before the step runs again"
+            )));
+            stopping.extend(found);
+        } else {
+            shared.events.emit(Event::Info(format!(
+                "step `{step}`: its last attempt is still running ({processes}); left as it is, as the step does not run again"
+            )));
+        }
+    }
+    if !stopping.is_empty() {
+        leftovers::stop(&stopping, crate::exec::process::grace()).await;
     }
 }
 

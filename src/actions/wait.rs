@@ -63,7 +63,10 @@ pub fn parse_host_port(text: &str) -> Option<(&str, u16)> {
 /// "not ready after 2m" means two minutes, whatever the interval had grown to.
 pub async fn run(spec: &WaitSpec, ctx: &StepContext<'_>) -> Result<Outputs, ActionError> {
     let started = tokio::time::Instant::now();
-    let left = || spec.until.map(|until| until.saturating_sub(started.elapsed()));
+    let left = || {
+        spec.until
+            .map(|until| until.saturating_sub(started.elapsed()))
+    };
     // Poll often at first, then back off: a port that is not up in seconds is
     // usually minutes away.
     let mut poll = Duration::from_millis(100);

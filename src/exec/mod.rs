@@ -7,6 +7,7 @@
 //!   backoff, chaos, the durable finish record.
 //! - [`context`]: what a step's `{{ }}` can read.
 //! - [`secrets`], [`process`], [`signals`], [`chaos`]: the pieces they share.
+//! - [`leftovers`]: what a killed phoenix's steps left running, for a resume.
 //!
 //! Actions never see the scheduler: they get a [`StepContext`] and return outputs
 //! or an [`ActionError`].
@@ -28,6 +29,7 @@ pub mod attempt;
 pub mod chaos;
 pub mod context;
 pub mod events;
+pub mod leftovers;
 pub mod outputs;
 pub mod process;
 pub mod scheduler;

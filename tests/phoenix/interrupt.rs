@@ -484,3 +484,66 @@ fn a_stopped_step_still_gets_sigterm_on_its_timeout() {
         .expect_code(1);
     assert_eq!(ws.read("ledger"), "cleaned up\n");
 }
+
+#[test]
+fn a_resume_stops_what_a_killed_run_left_running_before_running_it_again() {
+    // Phoenix killed with SIGKILL cannot stop its steps: they run on. The
+    // resume runs a step in doubt again only once its last attempt is gone,
+    // and says so; one that may not be run again by itself is named with
+    // what of it still runs.
+    let ws = Workspace::new();
+    let attempt = "if [ -e first ]; then echo again >> ledger; else touch first; echo $$ > {id}.pid; sleep 60; fi";
+    ws.write_plan(&[
+        shell_step("load", "restore", &attempt.replace("{id}", "load"), ""),
+        shell_step(
+            "switch",
+            "restore",
+            &attempt
+                .replace("{id}", "switch")
+                .replace("first", "first_switch"),
+            "idempotent = false",
+        ),
+    ]);
+    let child = ws.phoenix().args(["run", "plan.toml"]).spawn();
+    let pid_of = |id: &str| -> i32 {
+        let file = ws.path().join(format!("{id}.pid"));
+        assert!(wait_for(Duration::from_secs(10), || {
+            std::fs::read_to_string(&file).is_ok_and(|s| s.ends_with('\n'))
+        }));
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (load, switch) = (pid_of("load"), pid_of("switch"));
+    signal(child.id(), "KILL");
+    child.wait_with_output().unwrap();
+    assert!(group_alive(load) && group_alive(switch), "the steps ran on");
+
+    let blocked = ws.expect(["resume"], 1);
+    assert!(
+        blocked
+            .stderr()
+            .contains(&format!("`switch` (still running: pid {switch} (sh)")),
+        "{}",
+        blocked.stderr()
+    );
+    assert!(
+        group_alive(load),
+        "nothing is stopped before the operator decides"
+    );
+
+    let resumed = ws.expect(["resume", "--rerun", "switch"], 0);
+    for (id, pid) in [("load", load), ("switch", switch)] {
+        assert!(
+            resumed.stderr().contains(&format!(
+                "step `{id}`: its last attempt is still running (pid {pid} (sh)"
+            )),
+            "{}",
+            resumed.stderr()
+        );
+        assert!(!group_alive(pid), "`{id}`'s last attempt was stopped");
+    }
+    assert_eq!(ws.read("ledger"), "again\nagain\n");
+}

@@ -338,11 +338,17 @@ fn credentials_phoenix_was_given_are_masked_in_what_steps_print() {
 fn each_line_of_a_key_is_masked_when_part_of_it_is_printed() {
     // A PEM key, a kubeconfig: a step that prints some of its lines (`tail`,
     // a tool that logs it line by line) or an output holding one.
-    const LINES: [&str; 2] = ["MIIEvQIBADANBgkqhkiG9w0B-canary", "AQEFAASCBKcwggSjAgEAAoIB-canary"];
+    const LINES: [&str; 2] = [
+        "MIIEvQIBADANBgkqhkiG9w0B-canary",
+        "AQEFAASCBKcwggSjAgEAAoIB-canary",
+    ];
     let ws = Workspace::new();
     ws.write(
         "key.pem",
-        &format!("-----BEGIN PRIVATE KEY-----\n{}\n{}\n-----END PRIVATE KEY-----\n", LINES[0], LINES[1]),
+        &format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n{}\n-----END PRIVATE KEY-----\n",
+            LINES[0], LINES[1]
+        ),
     );
     ws.write_plan(&[
         "\n[secrets]\nkey = { file = \"key.pem\" }\n".to_string(),
@@ -366,5 +372,8 @@ fn each_line_of_a_key_is_masked_when_part_of_it_is_printed() {
         assert!(!output.contains(line), "{output}");
     }
     let found = files_containing(&ws.state(), &LINES);
-    assert!(found.is_empty(), "a secret's line in state files: {found:?}");
+    assert!(
+        found.is_empty(),
+        "a secret's line in state files: {found:?}"
+    );
 }

@@ -188,7 +188,9 @@ fn vars_files_and_overrides_are_checked() {
         .expect_code(1);
     let stderr = run.stderr();
     assert!(
-        stderr.contains("typed.toml:1:1: error: var `replicas` is a number: found a string (`\"3\"`)"),
+        stderr.contains(
+            "typed.toml:1:1: error: var `replicas` is a number: found a string (`\"3\"`)"
+        ),
         "{stderr}"
     );
     assert!(
