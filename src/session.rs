@@ -190,8 +190,18 @@ fn warn_of_unfinished(
         }
         // A drill given up has nothing left to go on with.
         if !ended_successfully(&bytes) && !was_abandoned(&bytes) {
+            // Killed, its steps run on: this run's would run beside them.
+            let still_running = leftovers::find(&id);
+            let still_running = if still_running.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; its steps' processes are still running: {}",
+                    leftovers::describe(&still_running)
+                )
+            };
             events.emit(Event::Warning(format!(
-                "run `{id}` of this plan did not succeed; this run starts over from the first step, where `phoenix resume {id}` would go on from where it stopped"
+                "run `{id}` of this plan did not succeed; this run starts over from the first step, where `phoenix resume {id}` would go on from where it stopped{still_running}"
             )));
         }
         return;

@@ -520,6 +520,18 @@ fn a_resume_stops_what_a_killed_run_left_running_before_running_it_again() {
     signal(child.id(), "KILL");
     child.wait_with_output().unwrap();
     assert!(group_alive(load) && group_alive(switch), "the steps ran on");
+    // A new run of the plan is told.
+    let fresh = ws.expect(["run", "plan.toml", "--run-id", "fresh"], 0);
+    for pid in [load, switch] {
+        assert!(
+            fresh
+                .stderr()
+                .contains("its steps' processes are still running: ")
+                && fresh.stderr().contains(&format!("pid {pid} (sh)")),
+            "{}",
+            fresh.stderr()
+        );
+    }
 
     let blocked = ws.expect(["resume"], 1);
     assert!(
@@ -545,5 +557,5 @@ fn a_resume_stops_what_a_killed_run_left_running_before_running_it_again() {
         );
         assert!(!group_alive(pid), "`{id}`'s last attempt was stopped");
     }
-    assert_eq!(ws.read("ledger"), "again\nagain\n");
+    assert_eq!(ws.read("ledger"), "again\n".repeat(4));
 }
