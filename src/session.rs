@@ -472,6 +472,17 @@ pub fn resume(
             }
         }
     }
+    // A gate mistyped as another step would leave the run paused where it was.
+    for id in &request.approve {
+        if let Some(step) = plan.steps.iter().find(|s| s.id.as_str() == id.as_str()) {
+            let kind = step.action.value.kind();
+            if kind != "approval" {
+                return Err(SessionError::Usage(format!(
+                    "`--approve {id}`: step `{id}` is not an approval gate (its action is `{kind}`)"
+                )));
+            }
+        }
+    }
 
     // Steps whose definition changed, and everything after them, run again.
     let graph = plan.graph();

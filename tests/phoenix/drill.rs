@@ -287,6 +287,15 @@ fn approval_gates_pause_resume_and_yes() {
     assert_eq!(ledger(&ws), ["up"]);
     // Resuming without approval pauses again.
     ws.expect(["resume"], 3);
+    // Another step named instead of the gate is a mistake, said at once.
+    let wrong = ws.expect(["resume", "--approve", "up"], 2);
+    assert!(
+        wrong.stderr().contains(
+            "`--approve up`: step `up` is not an approval gate (its action is `command`)"
+        ),
+        "{}",
+        wrong.stderr()
+    );
     ws.phoenix()
         .args(["resume", "--approve", "gate"])
         .env("USER", "alice")
