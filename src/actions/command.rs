@@ -19,6 +19,14 @@ use crate::plan::source::Spanned;
 
 pub const FIELDS: &[&str] = &["run", "shell", "cwd", "env"];
 
+/// What phoenix gives every step's processes, over the step's own `env`.
+const RESERVED_ENV: &[&str] = &[
+    "PHOENIX_OUTPUT",
+    "PHOENIX_STEP",
+    "PHOENIX_RUN_ID",
+    "PHOENIX_RUN_DIR",
+];
+
 #[derive(Clone, Debug)]
 pub enum Program {
     Argv(Vec<Spanned<String>>),
@@ -36,6 +44,19 @@ pub fn parse(fields: &Fields<'_, '_>, diags: &mut Diagnostics) -> Option<Command
     fields.exactly_one(&["run", "shell"], diags);
     let cwd = fields.string("cwd", diags);
     let env = fields.string_map("env", diags).unwrap_or_default();
+    for (key, value) in &env {
+        if RESERVED_ENV.contains(&key.as_str()) {
+            diags.warning(
+                fields.source,
+                value.span,
+                "reserved-env",
+                format!(
+                    "`env.{key}` in {}: phoenix sets `{key}` for every step, so this value is not used",
+                    fields.what
+                ),
+            );
+        }
+    }
     let program = if fields.contains("run") {
         Program::Argv(fields.string_list("run", true, diags)?.value)
     } else {
