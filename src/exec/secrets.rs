@@ -167,6 +167,23 @@ impl Secrets {
         Ok(value)
     }
 
+    /// Reads the secrets not read yet that can be read now: a file a step
+    /// has just written (a password it generated). Whether any was.
+    pub fn read_new(&self, masker: &Masker) -> bool {
+        let mut any = false;
+        for name in self.sources.keys() {
+            let known = self
+                .cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(name);
+            if !known && self.get(name, masker).is_ok() {
+                any = true;
+            }
+        }
+        any
+    }
+
     /// Reads every secret that can be read now, so that output which prints a
     /// secret no expression named (a child that reads its own environment) is
     /// masked too; and teaches the masker the credentials in Phoenix's own

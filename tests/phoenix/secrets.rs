@@ -377,3 +377,47 @@ fn each_line_of_a_key_is_masked_when_part_of_it_is_printed() {
         "a secret's line in state files: {found:?}"
     );
 }
+
+#[test]
+fn a_secret_a_step_makes_is_masked_in_what_it_printed() {
+    // A password generated during the rebuild, into a file the plan
+    // declares as a secret: phoenix cannot know it before the step has
+    // run, and masks it in that step's log once it has.
+    // (Made by the shell: the plan's text must not hold it.)
+    const MADE: &str = "generated-42-Pw-canary";
+    let ws = Workspace::new();
+    ws.write_plan(&[
+        "\n[secrets]\nnew_password = { file = \"password.txt\" }\n".to_string(),
+        shell_step(
+            "make_password",
+            "provision",
+            "echo generated-$((6 * 7))-Pw-canary > password.txt; echo \"new password: $(cat password.txt)\"; echo password=$(cat password.txt) >> \"$PHOENIX_OUTPUT\"",
+            "",
+        ),
+        shell_step(
+            "use_password",
+            "configure",
+            "test \"$PW\" = \"$(cat password.txt)\"; echo set",
+            "needs = [\"make_password\"]\nenv = { PW = \"{{ secrets.new_password }}\" }",
+        ),
+    ]);
+    let run = ws.expect(["run", "plan.toml", "-v"], 0);
+    let output = run.stderr() + &run.stdout();
+    assert!(!output.contains(MADE), "{output}");
+    let found = files_containing(&ws.state(), &[MADE]);
+    assert!(found.is_empty(), "a made secret in state files: {found:?}");
+    let logs = ws
+        .state()
+        .join("runs")
+        .read_dir()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("logs");
+    assert_eq!(
+        std::fs::read_to_string(logs.join("make_password.1.log")).unwrap(),
+        "new password: ***\n"
+    );
+}
