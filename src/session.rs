@@ -128,6 +128,9 @@ pub struct ResumeRequest {
     pub yes: bool,
     /// `--abandon`: only the drill's teardown runs.
     pub abandon: bool,
+    /// `--concurrency` and `--keep-going`: for this session only.
+    pub concurrency: Option<usize>,
+    pub keep_going: bool,
     pub interactive: bool,
 }
 
@@ -766,8 +769,8 @@ pub fn resume(
         run_id: run_id.clone(),
         plan,
         drill: header.drill,
-        concurrency: header.concurrency,
-        keep_going: header.keep_going,
+        concurrency: request.concurrency.unwrap_or(header.concurrency),
+        keep_going: request.keep_going || header.keep_going,
         events,
     };
     let mut first = vec![Record::Resumed(resumed)];

@@ -31,6 +31,14 @@ pub struct ResumeArgs {
     /// leaving the steps it had not done (the run does not succeed).
     #[arg(long)]
     pub abandon: bool,
+    /// Steps in flight at once in this resume (default: as the run started).
+    /// Fewer, for one that failed on an API's rate limit.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency: Option<u32>,
+    /// In this resume, on a failure run every branch that does not depend on
+    /// it (default: as the run started).
+    #[arg(long)]
+    pub keep_going: bool,
 }
 
 pub fn run(global: &GlobalArgs, args: ResumeArgs) -> CliResult {
@@ -49,6 +57,8 @@ pub fn run(global: &GlobalArgs, args: ResumeArgs) -> CliResult {
         rerun: args.rerun,
         yes: args.yes,
         abandon: args.abandon,
+        concurrency: args.concurrency.map(|c| c as usize),
+        keep_going: args.keep_going,
         interactive: super::interactive(),
     };
     let end = session::resume(state.as_ref(), request, events)?;

@@ -82,6 +82,9 @@ async fn attempts(
     let id = step.id.value.clone();
     let phase = step.phase.value;
     let budget = step.retries + 1;
+    // A step that fails or pauses keeps its slot until the walker hears of
+    // it (`Message::Done`): a slot given back first would let the walker
+    // start another step before it knows the run must stop starting them.
     let mut released = false;
     let mut release = || {
         if !released {
@@ -101,7 +104,6 @@ async fn attempts(
         if step.idempotent {
             shared.journal.append(record);
         } else if let Err(e) = shared.journal.append_durable(record).await {
-            release();
             return unrecorded(shared, e, |e| {
                 format!("step `{id}` was not started: its start could not be recorded ({e})")
             });
@@ -176,7 +178,6 @@ async fn attempts(
                 return StepOutcome::Interrupted;
             }
             Err(ActionError::AwaitingApproval { prompt }) => {
-                release();
                 let record = Record::Paused {
                     step: id.clone(),
                     at: Utc::now(),
@@ -192,9 +193,6 @@ async fn attempts(
             Err(error) => shared.describe(&error),
         };
         let last = n + 1 == budget || shared.interrupt.is_cancelled();
-        if last {
-            release();
-        }
         let log_tail = tail(&log_path, 20);
         let record = finished(
             &id,

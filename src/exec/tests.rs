@@ -355,3 +355,18 @@ async fn a_wait_gives_up_as_its_time_runs_out() {
         end - start
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn nothing_starts_once_a_step_has_failed() {
+    // One slot: `fails` (on the longer chain) runs first. Its failure is
+    // recorded before the walker hears of it; the slot must not be free in
+    // between, or `other` would start after the failure.
+    let plan = format!(
+        "{HEADER}{}{}",
+        slow("fails", 1, "estimate = \"1h\""),
+        noop("other", "")
+    );
+    let h = run(plan, 1, false).await;
+    assert_eq!(h.result, RunResult::Failed);
+    assert_eq!(h.recorder.started(), ["fails"]);
+}

@@ -1014,3 +1014,26 @@ fn a_runaway_output_keeps_its_start_and_end_and_not_the_disk() {
     assert!(log.len() < 100 * 1024 + (1 << 20) + 200, "{}", log.len());
     assert!(log.contains("of output left out here"));
 }
+
+#[test]
+fn a_resume_may_run_with_fewer_steps_at_once_or_keep_going() {
+    // A run that failed on an API's rate limit goes on with fewer steps at
+    // once; one whose failing step waits for someone goes on around it.
+    let ws = Workspace::new();
+    let overlap = "touch running_$PHOENIX_STEP; sleep 0.3; ls running_* | wc -l | tr -d ' ' >> seen; rm running_$PHOENIX_STEP";
+    ws.write_plan(&[
+        shell_step("gate", "provision", "test -e ok", "estimate = \"1h\""),
+        shell_step("p", "configure", overlap, "needs = [\"gate\"]"),
+        shell_step("q", "configure", overlap, "needs = [\"gate\"]"),
+        shell_step("stuck", "provision", "test -e fixed", "estimate = \"1h\""),
+        shell_step("beside", "provision", "echo beside >> ledger", ""),
+    ]);
+    ws.expect(["run", "plan.toml", "--concurrency", "1"], 1);
+    ws.write("ok", "");
+    // Without `--keep-going`, `stuck` fails again first and nothing new starts.
+    ws.expect(["resume", "--concurrency", "1"], 1);
+    assert!(!ws.path().join("ledger").exists());
+    ws.expect(["resume", "--concurrency", "1", "--keep-going"], 1);
+    assert_eq!(ws.read("seen"), "1\n1\n", "one step at a time");
+    assert_eq!(ws.read("ledger"), "beside\n");
+}
