@@ -641,6 +641,28 @@ pub fn resume(
             _ => starts.push(Start::Pending { first_attempt }),
         }
     }
+    // A done step run again may give its dependents other outputs, or
+    // replace what they put in place (a checkout a template wrote into):
+    // those that are done stay as they are unless named too, and are named.
+    for id in &request.rerun {
+        let done = |id: &str| view.steps.get(id).is_some_and(|s| s.is_done());
+        let Some(index) = known.iter().position(|k| k == id).filter(|_| done(id)) else {
+            continue;
+        };
+        let after: Vec<String> = graph
+            .descendants_of([index])
+            .ones()
+            .map(|d| plan.steps[d].id.as_str())
+            .filter(|d| d != id && done(d) && !rerun.contains(d) && !rerun_changed.contains(*d))
+            .map(|d| format!("`{d}`"))
+            .collect();
+        if !after.is_empty() {
+            events.emit(Event::Warning(format!(
+                "`--rerun {id}`: step `{id}` was done; the done steps after it ({}) keep what they did with its last run: name them with `--rerun` too to run them again",
+                after.join(", ")
+            )));
+        }
+    }
     // A drill abandoned (now or by an earlier resume) runs its teardown
     // only: what else it had not done is left, checks and in-doubt steps
     // included, and the teardown steps that read what never ran are skipped

@@ -1037,3 +1037,35 @@ fn a_resume_may_run_with_fewer_steps_at_once_or_keep_going() {
     assert_eq!(ws.read("seen"), "1\n1\n", "one step at a time");
     assert_eq!(ws.read("ledger"), "beside\n");
 }
+
+#[test]
+fn rerunning_a_done_step_names_the_done_steps_after_it() {
+    let ws = Workspace::new();
+    ws.write_plan(&[
+        shell_step("checkout", "configure", "echo checkout >> ledger", ""),
+        shell_step(
+            "render",
+            "configure",
+            "echo render >> ledger",
+            "needs = [\"checkout\"]",
+        ),
+        shell_step(
+            "serve",
+            "configure",
+            "echo serve >> ledger; test -e ok",
+            "needs = [\"render\"]",
+        ),
+    ]);
+    ws.expect(["run", "plan.toml"], 1);
+    ws.write("ok", "");
+    let resumed = ws.expect(["resume", "--rerun", "checkout"], 0);
+    assert!(
+        resumed.stderr().contains("`--rerun checkout`: step `checkout` was done; the done steps after it (`render`) keep what they did with its last run"),
+        "{}",
+        resumed.stderr()
+    );
+    assert_eq!(
+        ws.read("ledger"),
+        "checkout\nrender\nserve\ncheckout\nserve\n"
+    );
+}
