@@ -72,7 +72,12 @@ pub async fn run(spec: &TemplateSpec, ctx: &StepContext<'_>) -> Result<Outputs, 
             path: path.clone(),
             source,
         })?;
-        let name = relative.display().to_string();
+        // Named as the plan's author finds it: from the plan's directory.
+        let name = path
+            .strip_prefix(&ctx.shared.plan.dir)
+            .unwrap_or(path)
+            .display()
+            .to_string();
         let output = render(&name, &text, &context)?;
         rendered.push((relative.clone(), output));
     }

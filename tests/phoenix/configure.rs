@@ -335,9 +335,20 @@ fn an_undefined_name_in_a_template_fails_with_file_and_line() {
     );
     let run = ws.expect(["run", "plan.toml"], 1);
     assert!(
-        run.stderr().contains("template `app.conf` line 2: "),
+        run.stderr().contains("template `tpl/app.conf` line 2: "),
         "{}",
         run.stderr()
+    );
+    // A single file is named the same way (it was named ``).
+    ws.write(
+        "single.toml",
+        &format!("{HEADER}\n[[step]]\nid = \"t\"\nphase = \"configure\"\naction = \"template\"\nsource = \"tpl/app.conf\"\ndest = \"out.conf\"\ntimeout = \"1m\"\n"),
+    );
+    let single = ws.expect(["run", "single.toml"], 1);
+    assert!(
+        single.stderr().contains("template `tpl/app.conf` line 2: "),
+        "{}",
+        single.stderr()
     );
     assert!(
         !ws.path().join("out").exists(),
