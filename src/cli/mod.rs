@@ -151,6 +151,7 @@ impl CliError {
                         crate::journal::StateError::NoRun(_)
                         | crate::journal::StateError::NoState(_)
                         | crate::journal::StateError::Unsupported(_)
+                        | crate::journal::StateError::RunExists(_)
                         | crate::journal::StateError::Location { .. },
                     ) => exit_codes::USAGE,
                     _ => exit_codes::FAILURE,

@@ -1069,3 +1069,19 @@ fn rerunning_a_done_step_names_the_done_steps_after_it() {
         "checkout\nrender\nserve\ncheckout\nserve\n"
     );
 }
+
+#[test]
+fn a_run_id_taken_already_is_bad_usage() {
+    let ws = Workspace::new();
+    ws.write_plan(&[shell_step("a", "provision", "echo a >> ledger", "")]);
+    ws.expect(["run", "plan.toml", "--run-id", "drill-q3"], 0);
+    let again = ws.expect(["run", "plan.toml", "--run-id", "drill-q3"], 2);
+    assert!(
+        again
+            .stderr()
+            .contains("a run `drill-q3` exists already; choose another --run-id"),
+        "{}",
+        again.stderr()
+    );
+    assert_eq!(ws.read("ledger"), "a\n", "nothing ran the second time");
+}
