@@ -686,23 +686,7 @@ pub fn resume(
             "abandoning drill `{run_id}`: only its teardown runs; the run will not succeed"
         )));
     }
-    // What the steps in doubt left running, if the phoenix that ran them
-    // was killed on this machine: a step run again must not run beside it.
-    let still_running = if plan.steps.iter().any(|step| {
-        view.steps
-            .get(step.id.as_str())
-            .is_some_and(|s| matches!(s.state, StepState::InDoubt | StepState::Running))
-    }) {
-        let mut found = leftovers::find(&run_id);
-        found.retain(|l| {
-            view.steps
-                .get(l.step.as_str())
-                .is_some_and(|s| matches!(s.state, StepState::InDoubt | StepState::Running))
-        });
-        found
-    } else {
-        Vec::new()
-    };
+    let still_running = left_running(&run_id, &view);
     if !blocked.is_empty() {
         let steps: Vec<String> = blocked
             .iter()
@@ -988,6 +972,23 @@ struct Session<'a> {
     concurrency: usize,
     keep_going: bool,
     events: Arc<dyn EventSink>,
+}
+
+/// What the steps in doubt left running, if the phoenix that ran them was
+/// killed on this machine: a step run again must not run beside it. `/proc`
+/// is looked through only when a step is in doubt.
+fn left_running(run_id: &str, view: &RunView) -> Vec<Leftover> {
+    let in_doubt = |step: &str| {
+        view.steps
+            .get(step)
+            .is_some_and(|s| matches!(s.state, StepState::InDoubt | StepState::Running))
+    };
+    if !view.steps.keys().any(|step| in_doubt(step)) {
+        return Vec::new();
+    }
+    let mut found = leftovers::find(run_id);
+    found.retain(|l| in_doubt(&l.step));
+    found
 }
 
 /// What a resume does before its steps start.
