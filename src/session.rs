@@ -194,7 +194,7 @@ fn warn_of_unfinished(
         // A drill given up has nothing left to go on with.
         if !ended_successfully(&bytes) && !was_abandoned(&bytes) {
             // Killed, its steps run on: this run's would run beside them.
-            let still_running = leftovers::find(&id);
+            let still_running = leftovers::find(&id, &scratch_dir(&state.run_dir(&id)));
             let still_running = if still_running.is_empty() {
                 String::new()
             } else {
@@ -531,7 +531,7 @@ pub fn resume(
     // what earlier sessions put in it: the steps whose destination is in it
     // make it again. Only those: they replace their destination as a whole and
     // touch nothing else, so running them again is always safe.
-    if !state.run_dir(&run_id).join("work").is_dir() {
+    if !scratch_dir(&state.run_dir(&run_id)).is_dir() {
         for step in &plan.steps {
             let done = view
                 .steps
@@ -686,7 +686,7 @@ pub fn resume(
             "abandoning drill `{run_id}`: only its teardown runs; the run will not succeed"
         )));
     }
-    let still_running = left_running(&run_id, &view);
+    let still_running = left_running(&run_id, &state.run_dir(&run_id), &view);
     if !blocked.is_empty() {
         let steps: Vec<String> = blocked
             .iter()
@@ -977,7 +977,7 @@ struct Session<'a> {
 /// What the steps in doubt left running, if the phoenix that ran them was
 /// killed on this machine: a step run again must not run beside it. `/proc`
 /// is looked through only when a step is in doubt.
-fn left_running(run_id: &str, view: &RunView) -> Vec<Leftover> {
+fn left_running(run_id: &str, run_dir: &Path, view: &RunView) -> Vec<Leftover> {
     let in_doubt = |step: &str| {
         view.steps
             .get(step)
@@ -986,9 +986,14 @@ fn left_running(run_id: &str, view: &RunView) -> Vec<Leftover> {
     if !view.steps.keys().any(|step| in_doubt(step)) {
         return Vec::new();
     }
-    let mut found = leftovers::find(run_id);
+    let mut found = leftovers::find(run_id, &scratch_dir(run_dir));
     found.retain(|l| in_doubt(&l.step));
     found
+}
+
+/// `{{ run.dir }}` of the run kept in `run_dir`: its steps' scratch space.
+fn scratch_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("work")
 }
 
 /// What a resume does before its steps start.
@@ -1018,7 +1023,7 @@ impl Session<'_> {
         let run_dir = self.state.run_dir(&self.run_id);
         let info = RunInfo {
             id: self.run_id.clone(),
-            dir: run_dir.join("work"),
+            dir: scratch_dir(&run_dir),
             drill: self.drill,
             logs: run_dir.join("logs"),
             tmp: run_dir.join("tmp"),

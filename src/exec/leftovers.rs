@@ -4,12 +4,16 @@
 //! last attempt: two `pg_restore`s into one database, two `terraform apply`s.
 //!
 //! They are found by the variables every process of a step inherits
-//! (`PHOENIX_RUN_ID`, `PHOENIX_STEP`), in `/proc`: so on this machine, and
+//! (`PHOENIX_RUN_ID` and `PHOENIX_RUN_DIR`, which is in the state, so that a
+//! run of the same id in another state is not taken for this one; and
+//! `PHOENIX_STEP`), in `/proc`: so on this machine, and
 //! among the processes whose environment phoenix may read (its user's). A
 //! process that cleared its environment is reached through its step's
 //! process group, when another of the group is found.
 
 use std::collections::BTreeSet;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::signal::{kill, killpg, Signal};
@@ -25,8 +29,9 @@ pub struct Leftover {
     pub name: String,
 }
 
-/// The processes on this machine started for the steps of run `run_id`.
-pub fn find(run_id: &str) -> Vec<Leftover> {
+/// The processes on this machine started for the steps of run `run_id`,
+/// whose `{{ run.dir }}` is `run_dir`.
+pub fn find(run_id: &str, run_dir: &Path) -> Vec<Leftover> {
     let own = std::process::id() as i32;
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -36,7 +41,7 @@ pub fn find(run_id: &str) -> Vec<Leftover> {
         .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| pid != own)
         .filter_map(|pid| {
-            let step = step_of(pid, run_id)?;
+            let step = step_of(pid, run_id, run_dir)?;
             let pgid = nix::unistd::getpgid(Some(Pid::from_raw(pid))).ok()?;
             let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
             Some(Leftover {
@@ -51,20 +56,21 @@ pub fn find(run_id: &str) -> Vec<Leftover> {
     found
 }
 
-/// The step of run `run_id` that process `pid` was started for, if any. A
+/// The step of the run that process `pid` was started for, if any. A
 /// process that has exited (a zombie) has no environment left: none.
-fn step_of(pid: i32, run_id: &str) -> Option<String> {
+fn step_of(pid: i32, run_id: &str, run_dir: &Path) -> Option<String> {
     let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    let mut run = false;
-    let mut step = None;
+    let (mut id, mut dir, mut step) = (false, false, None);
     for entry in environ.split(|b| *b == 0) {
         if let Some(value) = entry.strip_prefix(b"PHOENIX_RUN_ID=") {
-            run = value == run_id.as_bytes();
+            id = value == run_id.as_bytes();
+        } else if let Some(value) = entry.strip_prefix(b"PHOENIX_RUN_DIR=") {
+            dir = value == run_dir.as_os_str().as_bytes();
         } else if let Some(value) = entry.strip_prefix(b"PHOENIX_STEP=") {
             step = Some(String::from_utf8_lossy(value).into_owned());
         }
     }
-    step.filter(|_| run)
+    step.filter(|_| id && dir)
 }
 
 /// Stops `leftovers` as a timed-out step is stopped: SIGTERM (and SIGCONT,
@@ -127,9 +133,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_steps_processes_are_found_and_stopped() {
+        let dir = Path::new("/state/runs/leftover-test-run/work");
         let mut child = std::process::Command::new("sh")
             .args(["-c", "trap '' TERM; sleep 30 & wait"])
             .env("PHOENIX_RUN_ID", "leftover-test-run")
+            .env("PHOENIX_RUN_DIR", "/state/runs/leftover-test-run/work")
             .env("PHOENIX_STEP", "load")
             .process_group(0)
             .spawn()
@@ -137,7 +145,7 @@ mod tests {
         // Both the shell and its `sleep`, once the shell has started it.
         let mut found = Vec::new();
         for _ in 0..250 {
-            found = find("leftover-test-run");
+            found = find("leftover-test-run", dir);
             if found.len() == 2 {
                 break;
             }
@@ -147,17 +155,23 @@ mod tests {
         assert!(found
             .iter()
             .all(|l| l.step == "load" && l.pgid == child.id() as i32));
-        assert!(find("another-run").iter().all(|l| l.step != "load"));
+        assert!(find("another-run", dir).is_empty());
+        // The same run id in another state is another run.
+        assert!(find(
+            "leftover-test-run",
+            Path::new("/other/runs/leftover-test-run/work")
+        )
+        .is_empty());
         // The shell ignores SIGTERM: it is killed after the grace period.
         stop(&found, Duration::from_millis(200)).await;
         let status = child.wait().unwrap();
         assert!(!status.success());
         for _ in 0..250 {
-            if find("leftover-test-run").is_empty() {
+            if find("leftover-test-run", dir).is_empty() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("still running: {:?}", find("leftover-test-run"));
+        panic!("still running: {:?}", find("leftover-test-run", dir));
     }
 }
