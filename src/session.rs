@@ -1094,8 +1094,10 @@ impl Session<'_> {
             // like a step, with the lock released and the run resumable.
             let watcher = crate::exec::signals::watch(Arc::clone(&shared));
             if let Some(resuming) = resuming {
-                run_checks(&shared, &resuming.checks, &mut starts).await?;
+                // First: a check that looked while the last attempt still
+                // ran (a database up, its restore not over) could pass it.
                 stop_leftovers(&shared, &resuming.still_running, &starts).await;
+                run_checks(&shared, &resuming.checks, &mut starts).await?;
             }
             let per_phase = crate::plan::Phase::ALL
                 .iter()
@@ -1214,10 +1216,10 @@ fn warn_of_secret_vars(
     }
 }
 
-/// Stops what the steps in doubt left running, before they run again: as a
-/// timed-out step is stopped, and said. The processes of a step that does not
-/// run again (its check passed, `--skip`, an abandoned drill) are left to
-/// finish what they do, and said too.
+/// Stops what the steps in doubt left running, before their checks and
+/// before they run again: as a timed-out step is stopped, and said. The
+/// processes of a step that does not run again (`--skip`, an abandoned
+/// drill) are left to finish what they do, and said too.
 async fn stop_leftovers(shared: &Shared, still_running: &[Leftover], starts: &[Start]) {
     let mut by_step: BTreeMap<&str, Vec<Leftover>> = BTreeMap::new();
     for leftover in still_running {
@@ -1237,7 +1239,7 @@ async fn stop_leftovers(shared: &Shared, still_running: &[Leftover], starts: &[S
         let processes = leftovers::describe(&found);
         if runs_again {
             shared.events.emit(Event::Warning(format!(
-                "step `{step}`: its last attempt is still running ({processes}); stopping it before the step runs again"
+                "step `{step}`: its last attempt is still running ({processes}); stopping it before the step is checked or run again"
             )));
             stopping.extend(found);
         } else {

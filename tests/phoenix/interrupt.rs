@@ -559,3 +559,32 @@ fn a_resume_stops_what_a_killed_run_left_running_before_running_it_again() {
     }
     assert_eq!(ws.read("ledger"), "again\n".repeat(4));
 }
+
+#[test]
+fn a_check_looks_only_once_the_last_attempt_is_stopped() {
+    // The killed run's attempt still runs and looks done to its check (a
+    // database is up while its restore goes on); stopped, it is not.
+    let ws = Workspace::new();
+    ws.write_plan(&[shell_step(
+        "restore_db",
+        "restore",
+        "if [ -e first ]; then echo again >> ledger; touch up; else touch first; trap 'rm -f up; exit 1' TERM; touch up; echo $$ > attempt.pid; sleep 60 & wait; fi",
+        "check = [\"test\", \"-e\", \"up\"]",
+    )]);
+    let child = ws.phoenix().args(["run", "plan.toml"]).spawn();
+    let pid_file = ws.path().join("attempt.pid");
+    assert!(wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n'))
+    }));
+    signal(child.id(), "KILL");
+    child.wait_with_output().unwrap();
+    let resumed = ws.expect(["resume"], 0);
+    assert!(
+        resumed
+            .stderr()
+            .contains("its check failed: running it again"),
+        "{}",
+        resumed.stderr()
+    );
+    assert_eq!(ws.read("ledger"), "again\n");
+}
