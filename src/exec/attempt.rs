@@ -383,12 +383,14 @@ pub fn tail(path: &Path, lines: usize) -> Option<String> {
 const LONGEST_LINE: usize = 400;
 
 /// A line of a step's output as it is shown on a terminal, in CI's log and
-/// in the reports: escape sequences taken out (a colour is lost, but a
+/// in the reports: a line a progress display wrote over with `\r` as its
+/// last text, escape sequences taken out (a colour is lost, but a
 /// cursor move, a screen clear or a window title would act on the reader's
 /// terminal), any other control character but a tab shown as `�`, and a
 /// line longer than [`LONGEST_LINE`] cut, saying how much was left out. The
 /// log keeps the output as it was.
 fn readable(line: &str) -> String {
+    let line = line.rsplit('\r').find(|s| !s.is_empty()).unwrap_or("");
     let stripped = console::strip_ansi_codes(line);
     let mut out = String::with_capacity(stripped.len().min(LONGEST_LINE + 40));
     let mut chars = stripped.chars();
@@ -418,6 +420,12 @@ mod tests {
             "red done\tok"
         );
         assert_eq!(readable("nul\0bell\x07"), "nul\u{FFFD}bell\u{FFFD}");
+        // What a terminal ends up showing of a progress display.
+        assert_eq!(
+            readable("copied 10%\rcopied 50%\rcopied 100%"),
+            "copied 100%"
+        );
+        assert_eq!(readable("done\r"), "done");
         let long = "é".repeat(LONGEST_LINE + 5);
         let shown = readable(&long);
         assert!(shown.starts_with(&"é".repeat(LONGEST_LINE)));
