@@ -63,7 +63,16 @@ impl SourceFile {
         Arc::new(Self::build(path.into(), text, None))
     }
 
+    /// Line endings are made `\n`: a plan saved on Windows has `\r\n` in
+    /// its multi-line strings, and a `shell` script of such lines runs
+    /// `cd /srv\r` (TOML lets a reader normalize them). Lines and columns
+    /// stay where they were.
     fn build(path: PathBuf, text: String, not_utf8_at: Option<usize>) -> Self {
+        let text = if not_utf8_at.is_none() && text.contains("\r\n") {
+            text.replace("\r\n", "\n")
+        } else {
+            text
+        };
         let line_starts = std::iter::once(0)
             .chain(text.match_indices('\n').map(|(i, _)| i + 1))
             .collect();
