@@ -1217,9 +1217,9 @@ fn warn_of_secret_vars(
 }
 
 /// Stops what the steps in doubt left running, before their checks and
-/// before they run again: as a timed-out step is stopped, and said. The
-/// processes of a step that does not run again (`--skip`, an abandoned
-/// drill) are left to finish what they do, and said too.
+/// before they run again, or when their drill is abandoned: as a timed-out
+/// step is stopped, and said. The processes of a step accepted as done
+/// (`--skip`) are left to finish what they do, and said too.
 async fn stop_leftovers(shared: &Shared, still_running: &[Leftover], starts: &[Start]) {
     let mut by_step: BTreeMap<&str, Vec<Leftover>> = BTreeMap::new();
     for leftover in still_running {
@@ -1230,23 +1230,28 @@ async fn stop_leftovers(shared: &Shared, still_running: &[Leftover], starts: &[S
     }
     let mut stopping = Vec::new();
     for (step, found) in by_step {
-        let runs_again = shared
+        let start = shared
             .plan
             .steps
             .iter()
             .position(|s| s.id.as_str() == step)
-            .is_some_and(|i| matches!(starts[i], Start::Pending { .. }));
+            .map(|i| starts[i]);
         let processes = leftovers::describe(&found);
-        if runs_again {
-            shared.events.emit(Event::Warning(format!(
-                "step `{step}`: its last attempt is still running ({processes}); stopping it before the step is checked or run again"
-            )));
-            stopping.extend(found);
-        } else {
-            shared.events.emit(Event::Info(format!(
-                "step `{step}`: its last attempt is still running ({processes}); left as it is, as the step does not run again"
-            )));
-        }
+        let why = match start {
+            Some(Start::Pending { .. }) => "before the step is checked or run again",
+            // Nothing of a drill given up goes on beside its teardown.
+            Some(Start::Left) => "the drill is abandoned",
+            _ => {
+                shared.events.emit(Event::Info(format!(
+                    "step `{step}`: its last attempt is still running ({processes}); left as it is, as the step does not run again"
+                )));
+                continue;
+            }
+        };
+        shared.events.emit(Event::Warning(format!(
+            "step `{step}`: its last attempt is still running ({processes}); stopping it: {why}"
+        )));
+        stopping.extend(found);
     }
     if !stopping.is_empty() {
         leftovers::stop(&stopping, crate::exec::process::grace()).await;

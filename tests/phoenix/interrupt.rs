@@ -588,3 +588,37 @@ fn a_check_looks_only_once_the_last_attempt_is_stopped() {
     );
     assert_eq!(ws.read("ledger"), "again\n");
 }
+
+#[test]
+fn abandoning_a_killed_drill_stops_what_it_left_running() {
+    // Nothing of a drill given up goes on beside its teardown.
+    let ws = Workspace::new();
+    ws.write_plan(&[
+        shell_step("load", "restore", "echo $$ > load.pid; sleep 60", ""),
+        shell_step("remove", "teardown", "echo removed >> ledger", ""),
+    ]);
+    let child = ws.phoenix().args(["run", "plan.toml", "--drill"]).spawn();
+    let pid_file = ws.path().join("load.pid");
+    assert!(wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n'))
+    }));
+    let load: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    signal(child.id(), "KILL");
+    child.wait_with_output().unwrap();
+    let abandoned = ws.expect(["resume", "--abandon"], 1);
+    assert!(
+        abandoned.stderr().contains(&format!(
+            "step `load`: its last attempt is still running (pid {load} (sh)"
+        )) && abandoned
+            .stderr()
+            .contains("stopping it: the drill is abandoned"),
+        "{}",
+        abandoned.stderr()
+    );
+    assert!(!group_alive(load));
+    assert_eq!(ws.read("ledger"), "removed\n");
+}
