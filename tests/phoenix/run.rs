@@ -521,11 +521,11 @@ fn status_text_and_a_missing_run() {
     );
     assert!(text.contains("provision  only  succeeded"), "{text}");
     ws.expect(["status", "nope"], 2);
-    // A run id is never reused.
+    // A run id is never reused: bad usage.
     ws.phoenix()
         .args(["run", "plan.toml", "--run-id", "first-run"])
         .run()
-        .expect_code(1);
+        .expect_code(2);
 }
 
 #[test]
