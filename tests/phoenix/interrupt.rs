@@ -41,15 +41,7 @@ fn stops_children_flushes_and_exits_130(name: &str) {
         .args(["run", "plan.toml"])
         .env("PHOENIX_KILL_GRACE", "5s")
         .spawn();
-    let pid_file = ws.path().join("child.pid");
-    assert!(wait_for(Duration::from_secs(10), || pid_file.exists()
-        && std::fs::read_to_string(&pid_file)
-            .is_ok_and(|s| s.ends_with('\n'))));
-    let shell_pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let shell_pid = pid_written(&ws, "child.pid");
     assert!(
         !ignores_hangup(&ws.read("sigign")),
         "a step keeps SIGHUP's default"
@@ -134,15 +126,7 @@ fn a_second_signal_kills_at_once() {
         .args(["run", "plan.toml"])
         .env("PHOENIX_KILL_GRACE", "60s")
         .spawn();
-    let pid_file = ws.path().join("child.pid");
-    assert!(wait_for(Duration::from_secs(10), || {
-        std::fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n'))
-    }));
-    let shell_pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let shell_pid = pid_written(&ws, "child.pid");
     signal(child.id(), "TERM");
     std::thread::sleep(Duration::from_millis(300));
     let started = std::time::Instant::now();
@@ -333,6 +317,22 @@ fn a_torn_last_line_is_set_aside_and_damage_is_reported() {
     assert_eq!(ws.read("ledger"), "a\n");
 }
 
+/// The pid a step wrote (`echo $$ > NAME`), once it has.
+fn pid_written(ws: &Workspace, name: &str) -> i32 {
+    let file = ws.path().join(name);
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            std::fs::read_to_string(&file).is_ok_and(|s| s.ends_with('\n'))
+        }),
+        "no `{name}`"
+    );
+    std::fs::read_to_string(&file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// Whether any process of group `pgid` is alive (zombies are dead).
 fn group_alive(pgid: i32) -> bool {
     std::fs::read_dir("/proc")
@@ -505,17 +505,7 @@ fn a_resume_stops_what_a_killed_run_left_running_before_running_it_again() {
         ),
     ]);
     let child = ws.phoenix().args(["run", "plan.toml"]).spawn();
-    let pid_of = |id: &str| -> i32 {
-        let file = ws.path().join(format!("{id}.pid"));
-        assert!(wait_for(Duration::from_secs(10), || {
-            std::fs::read_to_string(&file).is_ok_and(|s| s.ends_with('\n'))
-        }));
-        std::fs::read_to_string(&file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
+    let pid_of = |id: &str| pid_written(&ws, &format!("{id}.pid"));
     let (load, switch) = (pid_of("load"), pid_of("switch"));
     signal(child.id(), "KILL");
     child.wait_with_output().unwrap();
@@ -572,10 +562,7 @@ fn a_check_looks_only_once_the_last_attempt_is_stopped() {
         "check = [\"test\", \"-e\", \"up\"]",
     )]);
     let child = ws.phoenix().args(["run", "plan.toml"]).spawn();
-    let pid_file = ws.path().join("attempt.pid");
-    assert!(wait_for(Duration::from_secs(10), || {
-        std::fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n'))
-    }));
+    pid_written(&ws, "attempt.pid");
     signal(child.id(), "KILL");
     child.wait_with_output().unwrap();
     let resumed = ws.expect(["resume"], 0);
@@ -598,15 +585,7 @@ fn abandoning_a_killed_drill_stops_what_it_left_running() {
         shell_step("remove", "teardown", "echo removed >> ledger", ""),
     ]);
     let child = ws.phoenix().args(["run", "plan.toml", "--drill"]).spawn();
-    let pid_file = ws.path().join("load.pid");
-    assert!(wait_for(Duration::from_secs(10), || {
-        std::fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n'))
-    }));
-    let load: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let load = pid_written(&ws, "load.pid");
     signal(child.id(), "KILL");
     child.wait_with_output().unwrap();
     let abandoned = ws.expect(["resume", "--abandon"], 1);
