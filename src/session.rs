@@ -335,6 +335,7 @@ pub fn run(
             "`--run-id {run_id}`: a run id is 1 to 100 letters, digits, `-`, `_` and `.`, starting with a letter or digit"
         )));
     }
+    unset_secrets(&plan, |i| plan.steps[i].applies(request.drill), "run")?;
     let lock = state.lock(&lock_info(&run_id))?;
     warn_took_over(lock.as_ref(), events.as_ref());
     warn_of_unfinished(
@@ -686,6 +687,11 @@ pub fn resume(
             "abandoning drill `{run_id}`: only its teardown runs; the run will not succeed"
         )));
     }
+    unset_secrets(
+        &plan,
+        |i| matches!(starts[i], Start::Pending { .. }),
+        "resume",
+    )?;
     let still_running = left_running(&run_id, &state.run_dir(&run_id), &view);
     if !blocked.is_empty() {
         let steps: Vec<String> = blocked
@@ -972,6 +978,53 @@ struct Session<'a> {
     concurrency: usize,
     keep_going: bool,
     events: Arc<dyn EventSink>,
+}
+
+/// Secrets from environment variables that the steps to run read, and that
+/// are not set: said before anything starts, where the first step to read
+/// one would fail hours into the rebuild (a resume from a new terminal that
+/// was not given them is the usual case). A secret from a file is not
+/// checked: a step may make the file.
+fn unset_secrets(
+    plan: &Plan,
+    will_run: impl Fn(usize) -> bool,
+    then: &str,
+) -> Result<(), SessionError> {
+    let mut unset: BTreeMap<&str, (&str, Vec<&str>)> = BTreeMap::new();
+    for (_, step) in plan.steps.iter().enumerate().filter(|(i, _)| will_run(*i)) {
+        for name in crate::exec::context::secrets_read(step) {
+            let Some((name, secret)) = plan.secrets.get_key_value(name.as_str()) else {
+                continue;
+            };
+            if let crate::plan::model::SecretSource::Env(var) = &secret.source {
+                if std::env::var_os(var).is_none() {
+                    unset
+                        .entry(name)
+                        .or_insert((var, Vec::new()))
+                        .1
+                        .push(step.id.as_str());
+                }
+            }
+        }
+    }
+    if unset.is_empty() {
+        return Ok(());
+    }
+    let said: Vec<String> = unset
+        .iter()
+        .map(|(name, (var, steps))| {
+            let steps: Vec<String> = steps.iter().map(|s| format!("`{s}`")).collect();
+            format!(
+                "secret `{name}` comes from environment variable `{var}`, which is not set (read by {})",
+                steps.join(", ")
+            )
+        })
+        .collect();
+    Err(SessionError::Usage(format!(
+        "{}; set {} and {then} again",
+        said.join("; "),
+        if unset.len() == 1 { "it" } else { "them" }
+    )))
 }
 
 /// What the steps in doubt left running, if the phoenix that ran them was

@@ -34,6 +34,12 @@ fn referenced(step: &Step) -> (BTreeSet<String>, BTreeSet<String>) {
     (steps, secrets)
 }
 
+/// The names of the secrets a step's own strings read (a template's files
+/// may read others, which cannot be known before they are).
+pub fn secrets_read(step: &Step) -> BTreeSet<String> {
+    referenced(step).1
+}
+
 pub fn build(shared: &Shared, step: &Step) -> Result<minijinja::Value, ActionError> {
     if !step.texts.iter().any(|t| has_expressions(t)) {
         return Ok(minijinja::Value::UNDEFINED);

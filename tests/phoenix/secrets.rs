@@ -421,3 +421,49 @@ fn a_secret_a_step_makes_is_masked_in_what_it_printed() {
         "new password: ***\n"
     );
 }
+
+#[test]
+fn a_secret_from_an_unset_variable_stops_the_run_before_it_starts() {
+    // Known at the start, not when the step that reads it is reached: a
+    // resume from a new terminal that was not given the secret is the usual
+    // case.
+    let ws = Workspace::new();
+    ws.write_plan(&[
+        "\n[secrets]\npw = { env = \"PHOENIX_TEST_UNSET_PW\" }\nother = { env = \"PHOENIX_TEST_UNSET_OTHER\" }\n".to_string(),
+        shell_step("first", "provision", "echo first >> ledger", ""),
+        shell_step(
+            "reads",
+            "configure",
+            "test -n \"$PW\" && test -e fixed",
+            "needs = [\"first\"]\nenv = { PW = \"{{ secrets.pw }}\" }",
+        ),
+    ]);
+    let refused = ws.expect(["run", "plan.toml"], 2);
+    assert!(
+        refused.stderr().contains("secret `pw` comes from environment variable `PHOENIX_TEST_UNSET_PW`, which is not set (read by `reads`); set it and run again"),
+        "{}",
+        refused.stderr()
+    );
+    assert!(!ws.path().join("ledger").exists(), "nothing ran");
+    ws.phoenix()
+        .env("PHOENIX_TEST_UNSET_PW", "given-here")
+        .args(["run", "plan.toml"])
+        .run()
+        .expect_code(1);
+    ws.write("fixed", "");
+    let resume = ws.expect(["resume"], 2);
+    assert!(
+        resume
+            .stderr()
+            .contains("(read by `reads`); set it and resume again"),
+        "{}",
+        resume.stderr()
+    );
+    ws.phoenix()
+        .env("PHOENIX_TEST_UNSET_PW", "given-here")
+        .args(["resume"])
+        .run()
+        .expect_code(0);
+    // `other` is read by no step: it need not be set.
+    assert_eq!(ws.read("ledger"), "first\n");
+}
