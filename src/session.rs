@@ -692,6 +692,7 @@ pub fn resume(
         |i| matches!(starts[i], Start::Pending { .. }),
         "resume",
     )?;
+    outputs_of_skipped(&plan, &starts, &view, &skip)?;
     let still_running = left_running(&run_id, &state.run_dir(&run_id), &view);
     if !blocked.is_empty() {
         let steps: Vec<String> = blocked
@@ -978,6 +979,43 @@ struct Session<'a> {
     concurrency: usize,
     keep_going: bool,
     events: Arc<dyn EventSink>,
+}
+
+/// A step accepted as done without running (`--skip`, now or in an earlier
+/// resume) has no outputs: a step to run that reads them would fail as it
+/// starts, perhaps hours on. Said before anything starts. (A teardown step
+/// is skipped with a word instead, as after a failure; an expression that
+/// gives a `default` reads none.)
+fn outputs_of_skipped(
+    plan: &Plan,
+    starts: &[Start],
+    view: &RunView,
+    skip: &HashSet<&str>,
+) -> Result<(), SessionError> {
+    let skipped = |id: &str| match view.steps.get(id) {
+        // Named with `--skip` though done: left as it is, outputs and all.
+        Some(s) if s.is_done() => {
+            s.state == StepState::Skipped && matches!(s.skip, Some(SkipReason::Operator { .. }))
+        }
+        _ => skip.contains(id),
+    };
+    for (i, step) in plan.steps.iter().enumerate() {
+        if !matches!(starts[i], Start::Pending { .. })
+            || step.phase.value == crate::plan::Phase::Teardown
+        {
+            continue;
+        }
+        for text in step.texts.iter().filter(|t| !t.contains("default")) {
+            let read = crate::plan::interpolate::outputs_read(text);
+            if let Some(producer) = read.iter().find(|id| skipped(id)) {
+                return Err(SessionError::Usage(format!(
+                    "step `{}` reads the outputs of `{producer}`, which was accepted as done without running (`--skip`) and so has none: `{}` would fail as it starts. Give the expression a `default`, or write into the plan what `{producer}` would have given",
+                    step.id.value, step.id.value
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Secrets from environment variables that the steps to run read, and that

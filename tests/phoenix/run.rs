@@ -1107,3 +1107,55 @@ fn a_plan_saved_with_windows_line_endings_runs_its_scripts_as_written() {
     ws.expect(["run", "plan.toml"], 0);
     assert_eq!(ws.read("ledger"), "one\n");
 }
+
+#[test]
+fn skipping_a_step_whose_outputs_a_step_to_run_reads_is_refused() {
+    let ws = Workspace::new();
+    ws.write_plan(&[
+        shell_step("net", "provision", "exit 1", ""),
+        shell_step(
+            "host",
+            "provision",
+            "echo {{ steps.net.outputs.vpc }} >> ledger",
+            "needs = [\"net\"]",
+        ),
+        shell_step(
+            "tagged",
+            "provision",
+            "echo {{ steps.net.outputs.tag | default('none') }} >> ledger",
+            "needs = [\"net\"]",
+        ),
+    ]);
+    ws.expect(["run", "plan.toml"], 1);
+    let refused = ws.expect(["resume", "--skip", "net"], 2);
+    assert!(
+        refused.stderr().contains("step `host` reads the outputs of `net`, which was accepted as done without running (`--skip`) and so has none"),
+        "{}",
+        refused.stderr()
+    );
+    assert_eq!(
+        ws.status()["steps"][0]["state"],
+        "failed",
+        "nothing recorded"
+    );
+    // With what `net` would have given written into the plan, it goes on.
+    ws.write_plan(&[
+        shell_step("net", "provision", "exit 1", ""),
+        shell_step(
+            "host",
+            "provision",
+            "echo vpc-1 >> ledger",
+            "needs = [\"net\"]",
+        ),
+        shell_step(
+            "tagged",
+            "provision",
+            "echo {{ steps.net.outputs.tag | default('none') }} >> ledger",
+            "needs = [\"net\"]",
+        ),
+    ]);
+    ws.expect(["resume", "--skip", "net"], 0);
+    let mut ledger: Vec<String> = ws.read("ledger").lines().map(String::from).collect();
+    ledger.sort();
+    assert_eq!(ledger, ["none", "vpc-1"]);
+}
