@@ -1005,17 +1005,22 @@ fn outputs_of_skipped(
         {
             continue;
         }
-        for text in step.texts.iter().filter(|t| !t.contains("default")) {
-            let read = crate::plan::interpolate::outputs_read(text);
-            if let Some(producer) = read.iter().find(|id| skipped(id)) {
-                return Err(SessionError::Usage(format!(
-                    "step `{}` reads the outputs of `{producer}`, which was accepted as done without running (`--skip`) and so has none: `{}` would fail as it starts. Give the expression a `default`, or write into the plan what `{producer}` would have given",
-                    step.id.value, step.id.value
-                )));
-            }
+        if let Some(producer) = outputs_needed(step).find(|id| skipped(id)) {
+            return Err(SessionError::Usage(format!(
+                "step `{}` reads the outputs of `{producer}`, which was accepted as done without running (`--skip`) and so has none: `{}` would fail as it starts. Give the expression a `default`, or write into the plan what `{producer}` would have given",
+                step.id.value, step.id.value
+            )));
         }
     }
     Ok(())
+}
+
+/// The steps whose outputs `step` reads with no `default` to fall back on.
+fn outputs_needed(step: &crate::plan::Step) -> impl Iterator<Item = String> + '_ {
+    step.texts
+        .iter()
+        .filter(|text| !text.contains("default"))
+        .flat_map(|text| crate::plan::interpolate::outputs_read(text))
 }
 
 /// Secrets from environment variables that the steps to run read, and that
@@ -1359,6 +1364,19 @@ async fn run_checks(
     for &i in checks {
         let step = &shared.plan.steps[i];
         let Some(argv) = &step.check else { continue };
+        // A check that passes gives no outputs: a step to run that reads
+        // them would fail on their absence. Only running it gives them.
+        let reader = shared.plan.steps.iter().enumerate().find(|(j, other)| {
+            matches!(starts[*j], Start::Pending { .. })
+                && outputs_needed(other).any(|id| id == step.id.value)
+        });
+        if let Some((_, reader)) = reader {
+            shared.events.emit(Event::Info(format!(
+                "step `{}` was in doubt; `{}` reads its outputs, which only running it gives: running it again",
+                step.id.value, reader.id.value
+            )));
+            continue;
+        }
         let context = crate::exec::context::build(shared, step).ok();
         let rendered: Option<Vec<String>> = context.and_then(|ctx| {
             argv.iter()

@@ -601,3 +601,35 @@ fn abandoning_a_killed_drill_stops_what_it_left_running() {
     assert!(!group_alive(load));
     assert_eq!(ws.read("ledger"), "removed\n");
 }
+
+#[test]
+fn a_step_in_doubt_whose_outputs_are_read_runs_again_though_its_check_passes() {
+    // A check that passes says the effect is there, but gives no outputs:
+    // a step that reads them would fail on their absence.
+    let ws = Workspace::new();
+    ws.write_plan(&[
+        shell_step(
+            "net",
+            "provision",
+            "echo vpc=vpc-7 >> \"$PHOENIX_OUTPUT\"; if [ ! -e first ]; then touch first; echo $$ > net.pid; sleep 60; fi",
+            "check = [\"true\"]",
+        ),
+        shell_step(
+            "host",
+            "provision",
+            "echo {{ steps.net.outputs.vpc }} >> ledger",
+            "needs = [\"net\"]",
+        ),
+    ]);
+    let child = ws.phoenix().args(["run", "plan.toml"]).spawn();
+    pid_written(&ws, "net.pid");
+    signal(child.id(), "KILL");
+    child.wait_with_output().unwrap();
+    let resumed = ws.expect(["resume"], 0);
+    assert!(
+        resumed.stderr().contains("step `net` was in doubt; `host` reads its outputs, which only running it gives: running it again"),
+        "{}",
+        resumed.stderr()
+    );
+    assert_eq!(ws.read("ledger"), "vpc-7\n");
+}
