@@ -1365,9 +1365,11 @@ async fn run_checks(
         let step = &shared.plan.steps[i];
         let Some(argv) = &step.check else { continue };
         // A check that passes gives no outputs: a step to run that reads
-        // them would fail on their absence. Only running it gives them.
+        // them would fail on their absence. Only running it gives them (one
+        // that must not run twice by itself is still only checked).
         let reader = shared.plan.steps.iter().enumerate().find(|(j, other)| {
-            matches!(starts[*j], Start::Pending { .. })
+            step.idempotent
+                && matches!(starts[*j], Start::Pending { .. })
                 && outputs_needed(other).any(|id| id == step.id.value)
         });
         if let Some((_, reader)) = reader {
