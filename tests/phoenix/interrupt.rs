@@ -633,3 +633,35 @@ fn a_step_in_doubt_whose_outputs_are_read_runs_again_though_its_check_passes() {
     );
     assert_eq!(ws.read("ledger"), "vpc-7\n");
 }
+
+#[test]
+fn a_step_in_doubt_that_must_not_run_twice_is_only_checked_though_its_outputs_are_read() {
+    let ws = Workspace::new();
+    ws.write_plan(&[
+        shell_step(
+            "switch",
+            "provision",
+            "echo switched >> ledger; if [ ! -e first ]; then touch first; echo $$ > switch.pid; sleep 60; fi",
+            "check = [\"true\"]\nidempotent = false",
+        ),
+        shell_step(
+            "after",
+            "provision",
+            "echo {{ steps.switch.outputs.at }}",
+            "needs = [\"switch\"]",
+        ),
+    ]);
+    let child = ws.phoenix().args(["run", "plan.toml"]).spawn();
+    pid_written(&ws, "switch.pid");
+    signal(child.id(), "KILL");
+    child.wait_with_output().unwrap();
+    let resumed = ws.expect(["resume"], 1);
+    assert!(
+        resumed
+            .stderr()
+            .contains("step `switch` was in doubt; its check passed: counted as done"),
+        "{}",
+        resumed.stderr()
+    );
+    assert_eq!(ws.read("ledger"), "switched\n", "not run a second time");
+}
