@@ -36,8 +36,9 @@ fn stops_children_flushes_and_exits_130(name: &str) {
         shell_step("never", "configure", "true", "needs = [\"long\"]"),
     );
     ws.write("plan.toml", &plan);
-    let child = ws
-        .phoenix()
+    // Started with SIGHUP at its default even where the tests run ignoring
+    // it (under `nohup`): one phoenix was started ignoring goes on ignoring.
+    let child = Phoenix::under(ws.path(), &["env", "--default-signal=HUP"])
         .args(["run", "plan.toml"])
         .env("PHOENIX_KILL_GRACE", "5s")
         .spawn();
