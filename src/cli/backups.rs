@@ -118,24 +118,26 @@ pub fn run(_global: &GlobalArgs, args: BackupsArgs) -> CliResult {
                 check.digest = expected_digest(&store, &object)
                     .await?
                     .map(|(_, from)| from);
+                // Every problem at once: one fixed and the run still failing
+                // on the next costs another round in an incident.
+                let mut problems = Vec::new();
                 if let Some(limit) = max_age {
                     if age > limit.as_secs_f64() {
-                        check.problem = Some(format!(
+                        problems.push(format!(
                             "{} old, older than {} allowed",
                             duration(age.round()),
                             humantime::format_duration(limit)
                         ));
-                        return Ok(());
                     }
                 }
                 if spec.verify && check.digest.is_none() {
-                    check.problem = Some(format!(
+                    problems.push(format!(
                         "no digest: neither `{}.sha256` nor `sha256` metadata",
                         object.key
                     ));
-                    return Ok(());
                 }
-                check.ok = true;
+                check.ok = problems.is_empty();
+                check.problem = (!problems.is_empty()).then(|| problems.join("; "));
                 Ok(())
             }
             .await;

@@ -322,6 +322,18 @@ fn backups_preflight_reports_and_fails_on_problems() {
     backup(&ws, "pg/db-2.dump", b"new", false, 1);
     let nodigest = ws.expect(["backups", "plan.toml"], 1).stdout();
     assert!(nodigest.contains("no digest"), "{nodigest}");
+    // Both: both said, not the first alone.
+    std::fs::File::options()
+        .write(true)
+        .open(ws.path().join("backups/pg/db-2.dump"))
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7300))
+        .unwrap();
+    let both = ws.expect(["backups", "plan.toml"], 1).stdout();
+    assert!(
+        both.contains("older than 1h allowed; no digest: neither `pg/db-2.dump.sha256`"),
+        "{both}"
+    );
     // Missing entirely.
     ws.write(
         "plan.toml",
