@@ -1334,9 +1334,9 @@ async fn stop_leftovers(shared: &Shared, still_running: &[Leftover], starts: &[S
             .map(|i| starts[i]);
         let processes = leftovers::describe(&found);
         let why = match start {
-            Some(Start::Pending { .. }) => "before the step is checked or run again",
+            Some(Start::Pending { .. }) => "stopping it before the step is checked or run again",
             // Nothing of a drill given up goes on beside its teardown.
-            Some(Start::Left) => "the drill is abandoned",
+            Some(Start::Left) => "stopping it, as the drill is abandoned",
             _ => {
                 shared.events.emit(Event::Info(format!(
                     "step `{step}`: its last attempt is still running ({processes}); left as it is, as the step does not run again"
@@ -1345,7 +1345,7 @@ async fn stop_leftovers(shared: &Shared, still_running: &[Leftover], starts: &[S
             }
         };
         shared.events.emit(Event::Warning(format!(
-            "step `{step}`: its last attempt is still running ({processes}); stopping it: {why}"
+            "step `{step}`: its last attempt is still running ({processes}); {why}"
         )));
         stopping.extend(found);
     }

@@ -595,7 +595,7 @@ fn abandoning_a_killed_drill_stops_what_it_left_running() {
             "step `load`: its last attempt is still running (pid {load} (sh)"
         )) && abandoned
             .stderr()
-            .contains("stopping it: the drill is abandoned"),
+            .contains("stopping it, as the drill is abandoned"),
         "{}",
         abandoned.stderr()
     );
