@@ -1090,7 +1090,7 @@ fn a_run_id_taken_already_is_bad_usage() {
 fn a_plan_saved_with_windows_line_endings_runs_its_scripts_as_written() {
     let ws = Workspace::new();
     let plan = format!(
-        "{HEADER}\n[[step]]\nid = \"a\"\nphase = \"provision\"\naction = \"command\"\nshell = \"\"\"\ncd sub\necho one >> ../ledger\n\"\"\"\ntimeout = \"10s\"\nbogus = 1\n"
+        "{HEADER}\n[[step]]\nid = \"a\"\nphase = \"provision\"\naction = \"command\"\nshell = \"\"\"\ncd sub\necho one >> ledger\n\"\"\"\ntimeout = \"10s\"\nbogus = 1\n"
     )
     .replace('\n', "\r\n");
     std::fs::create_dir(ws.path().join("sub")).unwrap();
@@ -1105,7 +1105,7 @@ fn a_plan_saved_with_windows_line_endings_runs_its_scripts_as_written() {
     );
     ws.write("plan.toml", &plan.replace("bogus = 1\r\n", ""));
     ws.expect(["run", "plan.toml"], 0);
-    assert_eq!(ws.read("ledger"), "one\n");
+    assert_eq!(ws.read("sub/ledger"), "one\n");
 }
 
 #[test]
