@@ -1034,7 +1034,8 @@ fn unset_secrets(
     then: &str,
 ) -> Result<(), SessionError> {
     let mut unset: BTreeMap<&str, (&str, Vec<&str>)> = BTreeMap::new();
-    for (_, step) in plan.steps.iter().enumerate().filter(|(i, _)| will_run(*i)) {
+    let to_run = plan.steps.iter().enumerate().filter(|(i, _)| will_run(*i));
+    for step in to_run.map(|(_, step)| step) {
         for name in crate::exec::context::secrets_read(step) {
             let Some((name, secret)) = plan.secrets.get_key_value(name.as_str()) else {
                 continue;

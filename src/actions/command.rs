@@ -225,19 +225,6 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
         path: ctx.log_path.clone(),
         source,
     })?;
-    // A secret the step made (a password it generated into a file the plan
-    // declares as a secret) is masked from now on, and in what the step
-    // printed of it before phoenix knew it.
-    if ctx.shared.secrets.read_new(&ctx.shared.masker) {
-        if let Err(error) = mask_again(&ctx.log_path, &ctx.shared.masker) {
-            ctx.shared.events.emit(crate::exec::Event::Warning(format!(
-                "step `{}`: its log `{}` may hold a secret the step made, and could not be masked again: {}",
-                ctx.step.id.value,
-                ctx.log_path.display(),
-                crate::error_text(&error)
-            )));
-        }
-    }
     let outputs = if output_files.take(OsStr::new(&output_name)) {
         let (outputs, problems) = read_outputs(&output_file);
         for problem in problems {
@@ -305,34 +292,6 @@ async fn terminate(pgid: i32, child: &mut Child) {
     }
     // Grandchildren may outlive the leader: the group gets SIGKILL regardless.
     signal_group(pgid, Signal::SIGKILL);
-}
-
-/// Masks a finished step's log again, line by line, for a secret learned
-/// after it was written; replaced whole, so that a crash in between leaves
-/// either log. A step that printed nothing has no log.
-fn mask_again(log: &Path, masker: &crate::exec::secrets::Masker) -> std::io::Result<()> {
-    use std::io::{BufRead, Write};
-    let file = match std::fs::File::open(log) {
-        Ok(file) => file,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(error) => return Err(error),
-    };
-    let masked = log.with_extension("log.masking");
-    let mut out = std::io::BufWriter::new(create_private(&masked)?);
-    let mut line = Vec::new();
-    let mut reader = std::io::BufReader::new(file);
-    let result = (|| {
-        while reader.read_until(b'\n', &mut line)? > 0 {
-            out.write_all(masker.mask(&String::from_utf8_lossy(&line)).as_bytes())?;
-            line.clear();
-        }
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&masked, log)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&masked);
-    }
-    result
 }
 
 /// `key=value` lines of the `PHOENIX_OUTPUT` file (blank lines and `#`

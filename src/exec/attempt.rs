@@ -116,6 +116,7 @@ async fn attempts(
         let log_path = shared.run.logs.join(format!("{id}.{attempt}.log"));
         let result = run_attempt(shared, index, attempt, &log_path).await;
         let duration = started.elapsed();
+        learn_made_secrets(shared, &id, &log_path);
         let error = match result {
             Ok(outputs) => {
                 // Outputs are journaled, so a secret in one is masked, and
@@ -358,6 +359,51 @@ async fn maybe_crash(shared: &Shared, step: &str) {
         )));
         std::process::abort();
     }
+}
+
+/// A secret the step made (a password it generated into a file the plan
+/// declares as a secret) is masked from the step's end on: in its outputs
+/// and record, which are masked after this, and in what it printed of it
+/// before phoenix knew it, its log masked again.
+fn learn_made_secrets(shared: &Shared, id: &str, log: &Path) {
+    if !shared.secrets.read_new(&shared.masker) {
+        return;
+    }
+    if let Err(error) = mask_again(log, &shared.masker) {
+        shared.events.emit(Event::Warning(format!(
+            "step `{id}`: its log `{}` may hold a secret the step made, and could not be masked again: {}",
+            log.display(),
+            crate::error_text(&error)
+        )));
+    }
+}
+
+/// Masks a finished step's log again, line by line, for a secret learned
+/// after it was written; replaced whole, so that a crash in between leaves
+/// either log. A step that printed nothing has no log.
+fn mask_again(log: &Path, masker: &crate::exec::secrets::Masker) -> std::io::Result<()> {
+    use std::io::{BufRead, Write};
+    let file = match std::fs::File::open(log) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    let masked = log.with_extension("log.masking");
+    let mut out = std::io::BufWriter::new(crate::journal::local::create_private(&masked)?);
+    let mut line = Vec::new();
+    let mut reader = std::io::BufReader::new(file);
+    let result = (|| {
+        while reader.read_until(b'\n', &mut line)? > 0 {
+            out.write_all(masker.mask(&String::from_utf8_lossy(&line)).as_bytes())?;
+            line.clear();
+        }
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&masked, log)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&masked);
+    }
+    result
 }
 
 /// The last `lines` lines of a log file, if it has any, made [`readable`].

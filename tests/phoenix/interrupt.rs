@@ -334,6 +334,19 @@ fn pid_written(ws: &Workspace, name: &str) -> i32 {
         .unwrap()
 }
 
+/// `phoenix ARGS…` killed with SIGKILL once each step named has written its
+/// pid (`echo $$ > NAME.pid`), as a crash would; those pids.
+fn killed_while(ws: &Workspace, args: &[&str], steps: &[&str]) -> Vec<i32> {
+    let child = ws.phoenix().args(args).spawn();
+    let pids = steps
+        .iter()
+        .map(|step| pid_written(ws, &format!("{step}.pid")))
+        .collect();
+    signal(child.id(), "KILL");
+    child.wait_with_output().unwrap();
+    pids
+}
+
 /// Whether any process of group `pgid` is alive (zombies are dead).
 fn group_alive(pgid: i32) -> bool {
     std::fs::read_dir("/proc")
@@ -505,11 +518,8 @@ fn a_resume_stops_what_a_killed_run_left_running_before_running_it_again() {
             "idempotent = false",
         ),
     ]);
-    let child = ws.phoenix().args(["run", "plan.toml"]).spawn();
-    let pid_of = |id: &str| pid_written(&ws, &format!("{id}.pid"));
-    let (load, switch) = (pid_of("load"), pid_of("switch"));
-    signal(child.id(), "KILL");
-    child.wait_with_output().unwrap();
+    let pids = killed_while(&ws, &["run", "plan.toml"], &["load", "switch"]);
+    let (load, switch) = (pids[0], pids[1]);
     assert!(group_alive(load) && group_alive(switch), "the steps ran on");
     // A new run of the plan is told.
     let fresh = ws.expect(["run", "plan.toml", "--run-id", "fresh"], 0);
@@ -562,10 +572,7 @@ fn a_check_looks_only_once_the_last_attempt_is_stopped() {
         "if [ -e first ]; then echo again >> ledger; touch up; else touch first; trap 'rm -f up; exit 1' TERM; touch up; echo $$ > attempt.pid; sleep 60 & wait; fi",
         "check = [\"test\", \"-e\", \"up\"]",
     )]);
-    let child = ws.phoenix().args(["run", "plan.toml"]).spawn();
-    pid_written(&ws, "attempt.pid");
-    signal(child.id(), "KILL");
-    child.wait_with_output().unwrap();
+    killed_while(&ws, &["run", "plan.toml"], &["attempt"]);
     let resumed = ws.expect(["resume"], 0);
     assert!(
         resumed
@@ -585,10 +592,7 @@ fn abandoning_a_killed_drill_stops_what_it_left_running() {
         shell_step("load", "restore", "echo $$ > load.pid; sleep 60", ""),
         shell_step("remove", "teardown", "echo removed >> ledger", ""),
     ]);
-    let child = ws.phoenix().args(["run", "plan.toml", "--drill"]).spawn();
-    let load = pid_written(&ws, "load.pid");
-    signal(child.id(), "KILL");
-    child.wait_with_output().unwrap();
+    let load = killed_while(&ws, &["run", "plan.toml", "--drill"], &["load"])[0];
     let abandoned = ws.expect(["resume", "--abandon"], 1);
     assert!(
         abandoned.stderr().contains(&format!(
@@ -622,10 +626,7 @@ fn a_step_in_doubt_whose_outputs_are_read_runs_again_though_its_check_passes() {
             "needs = [\"net\"]",
         ),
     ]);
-    let child = ws.phoenix().args(["run", "plan.toml"]).spawn();
-    pid_written(&ws, "net.pid");
-    signal(child.id(), "KILL");
-    child.wait_with_output().unwrap();
+    killed_while(&ws, &["run", "plan.toml"], &["net"]);
     let resumed = ws.expect(["resume"], 0);
     assert!(
         resumed.stderr().contains("step `net` was in doubt; `host` reads its outputs, which only running it gives: running it again"),
@@ -652,10 +653,7 @@ fn a_step_in_doubt_that_must_not_run_twice_is_only_checked_though_its_outputs_ar
             "needs = [\"switch\"]",
         ),
     ]);
-    let child = ws.phoenix().args(["run", "plan.toml"]).spawn();
-    pid_written(&ws, "switch.pid");
-    signal(child.id(), "KILL");
-    child.wait_with_output().unwrap();
+    killed_while(&ws, &["run", "plan.toml"], &["switch"]);
     let resumed = ws.expect(["resume"], 1);
     assert!(
         resumed

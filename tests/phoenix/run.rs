@@ -1111,21 +1111,19 @@ fn a_plan_saved_with_windows_line_endings_runs_its_scripts_as_written() {
 #[test]
 fn skipping_a_step_whose_outputs_a_step_to_run_reads_is_refused() {
     let ws = Workspace::new();
-    ws.write_plan(&[
-        shell_step("net", "provision", "exit 1", ""),
-        shell_step(
-            "host",
-            "provision",
-            "echo {{ steps.net.outputs.vpc }} >> ledger",
-            "needs = [\"net\"]",
-        ),
-        shell_step(
-            "tagged",
-            "provision",
-            "echo {{ steps.net.outputs.tag | default('none') }} >> ledger",
-            "needs = [\"net\"]",
-        ),
-    ]);
+    let plan = |host: &str| {
+        vec![
+            shell_step("net", "provision", "exit 1", ""),
+            shell_step("host", "provision", host, "needs = [\"net\"]"),
+            shell_step(
+                "tagged",
+                "provision",
+                "echo {{ steps.net.outputs.tag | default('none') }} >> ledger",
+                "needs = [\"net\"]",
+            ),
+        ]
+    };
+    ws.write_plan(&plan("echo {{ steps.net.outputs.vpc }} >> ledger"));
     ws.expect(["run", "plan.toml"], 1);
     let refused = ws.expect(["resume", "--skip", "net"], 2);
     assert!(
@@ -1139,21 +1137,7 @@ fn skipping_a_step_whose_outputs_a_step_to_run_reads_is_refused() {
         "nothing recorded"
     );
     // With what `net` would have given written into the plan, it goes on.
-    ws.write_plan(&[
-        shell_step("net", "provision", "exit 1", ""),
-        shell_step(
-            "host",
-            "provision",
-            "echo vpc-1 >> ledger",
-            "needs = [\"net\"]",
-        ),
-        shell_step(
-            "tagged",
-            "provision",
-            "echo {{ steps.net.outputs.tag | default('none') }} >> ledger",
-            "needs = [\"net\"]",
-        ),
-    ]);
+    ws.write_plan(&plan("echo vpc-1 >> ledger"));
     ws.expect(["resume", "--skip", "net"], 0);
     let mut ledger: Vec<String> = ws.read("ledger").lines().map(String::from).collect();
     ledger.sort();
