@@ -1064,10 +1064,15 @@ fn rerunning_a_done_step_names_the_done_steps_after_it() {
         "{}",
         resumed.stderr()
     );
-    assert_eq!(
-        ws.read("ledger"),
-        "checkout\nrender\nserve\ncheckout\nserve\n"
-    );
+    // `serve` needs only `render`, which stays done, so it reruns beside
+    // `checkout`, in either order.
+    let ledger = ws.read("ledger");
+    let again = ledger
+        .strip_prefix("checkout\nrender\nserve\n")
+        .unwrap_or_else(|| panic!("the first run is not first: {ledger}"));
+    let mut again: Vec<&str> = again.lines().collect();
+    again.sort_unstable();
+    assert_eq!(again, ["checkout", "serve"], "{ledger}");
 }
 
 #[test]
