@@ -22,7 +22,7 @@ use crate::exec::spawn::ShortSlice;
 use crate::exec::{Approvals, Event, EventSink, RunInfo, Shared};
 use crate::journal::reader::{RunView, StepState};
 use crate::journal::record::{
-    ChangedStep, Header, InDoubt, Record, Resumed, RunResult, SkipReason, FORMAT_VERSION,
+    ChangedStep, Header, InDoubt, Outputs, Record, Resumed, RunResult, SkipReason, FORMAT_VERSION,
 };
 use crate::journal::writer::IdleWrites;
 use crate::journal::{
@@ -61,6 +61,16 @@ pub enum SessionError {
         /// Their processes that are still running: what the operator
         /// deciding between `--rerun` and `--skip` most needs to know.
         still_running: Vec<Leftover>,
+    },
+    #[error(
+        "step `{step}` was in doubt, and its check passed, but gave no {}, which `{reader}` reads; it must not run twice (`idempotent = false`), so phoenix will not run it again by itself. Make its check write {} to `$PHOENIX_OUTPUT` (as the step does), or resume with `--rerun {step}`",
+        key.as_ref().map_or("outputs".into(), |key| format!("`{key}`")),
+        key.as_ref().map_or("the outputs".into(), |key| format!("`{key}=…`"))
+    )]
+    CheckWithoutOutputs {
+        step: String,
+        reader: String,
+        key: Option<String>,
     },
     #[error("no run in `{0}` to resume")]
     NothingToResume(String),
@@ -599,6 +609,7 @@ pub fn resume(
                 reason: SkipReason::Operator {
                     user: current_user(),
                 },
+                outputs: Outputs::new(),
             });
             if previous.state == StepState::InDoubt {
                 in_doubt.push(InDoubt {
@@ -1356,7 +1367,11 @@ async fn stop_leftovers(shared: &Shared, still_running: &[Leftover], starts: &[S
 }
 
 /// In-doubt steps with a `check`: a check that exits 0 means the step's effect
-/// is there, and it counts as done.
+/// is there, and it counts as done, with the outputs the check gave (a check
+/// writes them to `PHOENIX_OUTPUT` as its step does: the probe that finds
+/// the VPC gives its id). A check that passes without an output a step still
+/// to run reads (with no `default`) is not enough: the step runs again, or,
+/// if it must not run twice, the resume stops and says what is missing.
 async fn run_checks(
     shared: &Arc<Shared>,
     checks: &[usize],
@@ -1365,21 +1380,6 @@ async fn run_checks(
     for &i in checks {
         let step = &shared.plan.steps[i];
         let Some(argv) = &step.check else { continue };
-        // A check that passes gives no outputs: a step to run that reads
-        // them would fail on their absence. Only running it gives them (one
-        // that must not run twice by itself is still only checked).
-        let reader = shared.plan.steps.iter().enumerate().find(|(j, other)| {
-            step.idempotent
-                && matches!(starts[*j], Start::Pending { .. })
-                && outputs_needed(other).any(|id| id == step.id.value)
-        });
-        if let Some((_, reader)) = reader {
-            shared.events.emit(Event::Info(format!(
-                "step `{}` was in doubt; `{}` reads its outputs, which only running it gives: running it again",
-                step.id.value, reader.id.value
-            )));
-            continue;
-        }
         let context = crate::exec::context::build(shared, step).ok();
         let rendered: Option<Vec<String>> = context.and_then(|ctx| {
             argv.iter()
@@ -1405,31 +1405,54 @@ async fn run_checks(
                     _ = shared.interrupt.cancelled() => return Ok(()),
                 }
             }
-            _ => Some(false),
+            _ => Some(None),
         };
-        let passed = check == Some(true);
-        let decision = if check.is_none() {
-            "its check did not finish within the step's timeout: running it again"
-        } else if passed {
-            starts[i] = Start::Done;
-            shared
-                .journal
-                .append_durable(Record::Skipped {
-                    step: step.id.value.clone(),
-                    at: Utc::now(),
-                    reason: SkipReason::Check,
-                })
-                .await
-                .map_err(journal_write(shared))?;
-            shared
-                .outputs
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(step.id.value.clone())
-                .or_default();
-            "its check passed: counted as done"
-        } else {
-            "its check failed: running it again"
+        let decision = match check {
+            None => "its check did not finish within the step's timeout: running it again".into(),
+            Some(None) => "its check failed: running it again".into(),
+            Some(Some(outputs)) => {
+                let outputs = crate::exec::attempt::masked_outputs(shared, &step.id.value, outputs);
+                match unmet_reader(&shared.plan, starts, &step.id.value, &outputs) {
+                    Some((reader, key)) if step.idempotent => format!(
+                        "its check passed, but gave no {}, which `{reader}` reads (a check gives outputs in `$PHOENIX_OUTPUT`, as its step does): running it again",
+                        key.map_or("outputs".into(), |key| format!("`{key}`"))
+                    ),
+                    Some((reader, key)) => {
+                        shared
+                            .journal
+                            .append_durable(Record::Ended {
+                                at: Utc::now(),
+                                result: RunResult::Failed,
+                            })
+                            .await
+                            .map_err(journal_write(shared))?;
+                        return Err(SessionError::CheckWithoutOutputs {
+                            step: step.id.value.clone(),
+                            reader: reader.to_string(),
+                            key,
+                        });
+                    }
+                    None => {
+                        starts[i] = Start::Done;
+                        shared
+                            .journal
+                            .append_durable(Record::Skipped {
+                                step: step.id.value.clone(),
+                                at: Utc::now(),
+                                reason: SkipReason::Check,
+                                outputs: outputs.clone(),
+                            })
+                            .await
+                            .map_err(journal_write(shared))?;
+                        shared
+                            .outputs
+                            .write()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(step.id.value.clone(), outputs);
+                        "its check passed: counted as done".into()
+                    }
+                }
+            }
         };
         shared.events.emit(Event::Info(format!(
             "step `{}` was in doubt; {decision}",
@@ -1439,36 +1462,64 @@ async fn run_checks(
     Ok(())
 }
 
-/// Runs a step's `check`; whether it exited 0. It is started as a step's
-/// command is ([`crate::exec::spawn`]: no terminal, so that a probe
-/// such as `ssh` cannot ask at the terminal; the run's variables), in the
-/// plan's directory. Its output goes to `log` through the secret masker, as
-/// a step's does: a check that prints what it probes (a connection string,
-/// a token from its environment) must not put a secret in the state.
-/// Dropped before it ends (the step's timeout, Ctrl-C), its process group
-/// is killed.
-async fn run_check(shared: &Shared, step: &str, args: &[String], log: PathBuf) -> bool {
+/// A step still to run that reads an output of `step` which `outputs` lacks
+/// (with no `default`): the reader, and the output (`None`: the outputs as
+/// a whole).
+fn unmet_reader<'p>(
+    plan: &'p Plan,
+    starts: &[Start],
+    step: &str,
+    outputs: &Outputs,
+) -> Option<(&'p str, Option<String>)> {
+    plan.steps
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| matches!(starts[*j], Start::Pending { .. }))
+        .find_map(|(_, reader)| {
+            reader
+                .texts
+                .iter()
+                .filter(|text| !text.contains("default"))
+                .flat_map(|text| crate::plan::interpolate::output_keys_read(text))
+                .find(|(of, key)| {
+                    of == step
+                        && match key {
+                            Some(key) => !outputs.contains_key(key),
+                            None => outputs.is_empty(),
+                        }
+                })
+                .map(|(_, key)| (reader.id.as_str(), key))
+        })
+}
+
+/// Runs a step's `check`: the outputs it gave if it exited 0, `None` if
+/// not. It is started as a step's command is ([`crate::exec::spawn`]: no
+/// terminal, so that a probe such as `ssh` cannot ask at the terminal; the
+/// run's variables and a `PHOENIX_OUTPUT` file of its own), in the plan's
+/// directory. Its output goes to `log` through the secret masker, as a
+/// step's does: a check that prints what it probes (a connection string, a
+/// token from its environment) must not put a secret in the state. Dropped
+/// before it ends (the step's timeout, Ctrl-C), its process group is killed.
+async fn run_check(shared: &Shared, step: &str, args: &[String], log: PathBuf) -> Option<Outputs> {
     use std::ffi::OsStr;
     use std::os::fd::AsFd;
-    let Ok(spawner) = shared.spawner() else {
-        return false;
-    };
-    let Ok((reader, writer)) = std::io::pipe() else {
-        return false;
-    };
-    let Ok(reader) = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()) else {
-        return false;
-    };
-    let env = shared.run.variables(step);
-    let Ok(mut child) = spawner.spawn(&crate::exec::spawn::SpawnRequest {
-        program: OsStr::new(&args[0]),
-        args: &args[1..],
-        env: &env,
-        cwd: &shared.plan.dir,
-        output: writer.as_fd(),
-    }) else {
-        return false;
-    };
+    let spawner = shared.spawner().ok()?;
+    let (reader, writer) = std::io::pipe().ok()?;
+    let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()).ok()?;
+    let output_file = shared.run.tmp.join(format!("{step}.check.out"));
+    // Left by a check that was killed: what it wrote is not this one's.
+    let _ = std::fs::remove_file(&output_file);
+    let mut env = shared.run.variables(step).to_vec();
+    env.push(("PHOENIX_OUTPUT", output_file.as_os_str()));
+    let mut child = spawner
+        .spawn(&crate::exec::spawn::SpawnRequest {
+            program: OsStr::new(&args[0]),
+            args: &args[1..],
+            env: &env,
+            cwd: &shared.plan.dir,
+            output: writer.as_fd(),
+        })
+        .ok()?;
     // The child holds the pipe's write end: closed here, the copy sees the end.
     drop(writer);
     let group = crate::exec::process::KillOnDrop::new(child.id());
@@ -1490,7 +1541,17 @@ async fn run_check(shared: &Shared, step: &str, args: &[String], log: PathBuf) -
     if !copied {
         crate::actions::command::finish_copy(copier).await;
     }
-    status.is_ok_and(|s| s.success())
+    // Read, and removed, either way: it may hold a secret.
+    let (outputs, problems) = crate::actions::command::read_outputs(&output_file);
+    if !status.is_ok_and(|s| s.success()) {
+        return None;
+    }
+    for problem in problems {
+        shared.events.emit(Event::Warning(format!(
+            "step `{step}`: its check's `PHOENIX_OUTPUT` {problem}"
+        )));
+    }
+    Some(outputs)
 }
 
 /// Where a run stands: the journal folded, plus whether it is live.

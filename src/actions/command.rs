@@ -300,7 +300,7 @@ async fn terminate(pgid: i32, child: &mut Child) {
 /// hold a secret), bytes that are not UTF-8 are replaced. Either used to be
 /// dropped without a word, and a dependent then failed on a missing output.
 /// The file is removed once read, as it may hold secrets.
-fn read_outputs(path: &Path) -> (Outputs, Vec<String>) {
+pub(crate) fn read_outputs(path: &Path) -> (Outputs, Vec<String>) {
     let mut problems = Vec::new();
     let Ok(bytes) = std::fs::read(path) else {
         return (Outputs::new(), problems);

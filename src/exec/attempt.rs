@@ -64,6 +64,25 @@ pub async fn run_step(
     let _ = tx.send(Message::Done(index, outcome));
 }
 
+/// A step's outputs as they are journaled: a secret in one is masked, and
+/// its dependents read `***` on the first run and after a resume alike;
+/// said, for who wonders why.
+pub(crate) fn masked_outputs(shared: &Shared, id: &str, outputs: Outputs) -> Outputs {
+    outputs
+        .into_iter()
+        .map(|(key, value)| {
+            if !shared.masker.reveals(&value) {
+                return (key, value);
+            }
+            shared.events.emit(Event::Warning(format!(
+                "step `{id}`: output `{key}` holds a secret's value, which the steps that read it get as `***`; give a step a secret with `{{{{ secrets.NAME }}}}`"
+            )));
+            let masked = shared.masker.mask(&value).into_owned();
+            (key, masked)
+        })
+        .collect()
+}
+
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<String>()
@@ -119,22 +138,7 @@ async fn attempts(
         learn_made_secrets(shared, &id, &log_path);
         let error = match result {
             Ok(outputs) => {
-                // Outputs are journaled, so a secret in one is masked, and
-                // its dependents read `***` on the first run and after a
-                // resume alike: said, for who wonders why.
-                let outputs: Outputs = outputs
-                    .into_iter()
-                    .map(|(key, value)| {
-                        if !shared.masker.reveals(&value) {
-                            return (key, value);
-                        }
-                        shared.events.emit(Event::Warning(format!(
-                            "step `{id}`: output `{key}` holds a secret's value, which the steps that read it get as `***`; give a step a secret with `{{{{ secrets.NAME }}}}`"
-                        )));
-                        let masked = shared.masker.mask(&value).into_owned();
-                        (key, masked)
-                    })
-                    .collect();
+                let outputs = masked_outputs(shared, &id, outputs);
                 let record = finished(
                     &id,
                     attempt,

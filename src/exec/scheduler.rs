@@ -441,6 +441,7 @@ impl Walker {
             reason: SkipReason::Upstream {
                 failed: cause.to_string(),
             },
+            outputs: Default::default(),
         });
         self.shared.events.emit(Event::StepSkipped {
             step: step.id.value.clone(),

@@ -164,11 +164,19 @@ impl RunView {
                 }
             }
             Record::Frozen { step, values } => view.step(step).frozen.extend(values.clone()),
-            Record::Skipped { step, at, reason } => {
+            Record::Skipped {
+                step,
+                at,
+                reason,
+                outputs,
+            } => {
                 let s = view.step(step);
                 s.state = StepState::Skipped;
                 s.skip = Some(reason.clone());
                 s.finished_at = Some(*at);
+                if !outputs.is_empty() {
+                    s.outputs = outputs.clone();
+                }
             }
             Record::Resumed(resumed) => {
                 view.resumes += 1;

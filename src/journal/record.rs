@@ -45,12 +45,16 @@ pub enum Record {
         step: String,
         values: BTreeMap<String, serde_json::Value>,
     },
-    /// A step not run: by the operator's `--skip`, or because a step it needs failed.
+    /// A step not run: by the operator's `--skip`, because a step it needs
+    /// failed, or because its `check` found it done (with the outputs the
+    /// check gave).
     Skipped {
         step: String,
         #[serde(serialize_with = "crate::timestamp::serialize")]
         at: DateTime<Utc>,
         reason: SkipReason,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        outputs: Outputs,
     },
     /// A resume began: who, and what it decided.
     Resumed(Resumed),
@@ -119,11 +123,11 @@ impl Record {
                 outputs.values_mut().for_each(text);
                 error.iter_mut().for_each(text);
             }
+            Record::Skipped { outputs, .. } => outputs.values_mut().for_each(text),
             Record::Paused { prompt, .. } => text(prompt),
             Record::Header(_)
             | Record::Frozen { .. }
             | Record::Started { .. }
-            | Record::Skipped { .. }
             | Record::Resumed(_)
             | Record::Interrupted { .. }
             | Record::Fenced { .. }

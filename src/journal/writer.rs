@@ -516,6 +516,7 @@ mod tests {
             step: step.into(),
             at: Utc::now(),
             reason: crate::journal::record::SkipReason::Check,
+            outputs: Default::default(),
         }
     }
 

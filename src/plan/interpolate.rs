@@ -102,6 +102,16 @@ pub fn reads_run_dir(text: &str) -> bool {
 
 /// The steps whose outputs a plan string reads (`{{ steps.db.outputs.host }}`).
 pub fn outputs_read(text: &str) -> BTreeSet<String> {
+    output_keys_read(text)
+        .into_iter()
+        .map(|(step, _)| step)
+        .collect()
+}
+
+/// The outputs a plan string reads, by step: `(db, Some(host))` for
+/// `{{ steps.db.outputs.host }}`, `(db, None)` where it reads the step's
+/// outputs as a whole (or the step itself).
+pub fn output_keys_read(text: &str) -> BTreeSet<(String, Option<String>)> {
     if !has_expressions(text) {
         return BTreeSet::new();
     }
@@ -111,9 +121,15 @@ pub fn outputs_read(text: &str) -> BTreeSet<String> {
         .flat_map(references)
         .filter_map(|name| {
             let mut parts = name.split('.');
-            (parts.next() == Some("steps"))
-                .then(|| parts.next().map(str::to_string))
-                .flatten()
+            if parts.next() != Some("steps") {
+                return None;
+            }
+            let step = parts.next()?.to_string();
+            let key = match parts.next() {
+                Some("outputs") => parts.next().map(str::to_string),
+                _ => None,
+            };
+            Some((step, key))
         })
         .collect()
 }
@@ -194,6 +210,22 @@ impl RenderError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_keys_read_name_the_step_and_the_key() {
+        let keys = output_keys_read(
+            "{{ steps.net.outputs.vpc }} {{ steps.db.outputs['host'] }} {{ steps.all.outputs | tojson }} {{ vars.x }}",
+        );
+        let keys: Vec<(&str, Option<&str>)> = keys
+            .iter()
+            .map(|(step, key)| (step.as_str(), key.as_deref()))
+            .collect();
+        assert_eq!(
+            keys,
+            [("all", None), ("db", None), ("net", Some("vpc"))],
+            "a key in brackets counts as the outputs as a whole"
+        );
+    }
 
     #[test]
     fn finds_expressions_and_leaves_shell_alone() {

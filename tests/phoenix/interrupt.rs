@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use crate::common::{shell_step, signal, state_of, timed, wait_for, Phoenix, Workspace, HEADER};
+use crate::common::{
+    shell_step, signal, state_of, step_of, timed, wait_for, Phoenix, Workspace, HEADER,
+};
 
 #[test]
 fn sigint_stops_children_flushes_and_exits_130() {
@@ -609,8 +611,8 @@ fn abandoning_a_killed_drill_stops_what_it_left_running() {
 
 #[test]
 fn a_step_in_doubt_whose_outputs_are_read_runs_again_though_its_check_passes() {
-    // A check that passes says the effect is there, but gives no outputs:
-    // a step that reads them would fail on their absence.
+    // A check that passes says the effect is there, but this one gives no
+    // outputs: a step that reads them would fail on their absence.
     let ws = Workspace::new();
     ws.write_plan(&[
         shell_step(
@@ -629,38 +631,109 @@ fn a_step_in_doubt_whose_outputs_are_read_runs_again_though_its_check_passes() {
     killed_while(&ws, &["run", "plan.toml"], &["net"]);
     let resumed = ws.expect(["resume"], 0);
     assert!(
-        resumed.stderr().contains("step `net` was in doubt; `host` reads its outputs, which only running it gives: running it again"),
+        resumed.stderr().contains("step `net` was in doubt; its check passed, but gave no `vpc`, which `host` reads (a check gives outputs in `$PHOENIX_OUTPUT`, as its step does): running it again"),
         "{}",
         resumed.stderr()
     );
     assert_eq!(ws.read("ledger"), "vpc-7\n");
 }
 
+/// The probe that finds what a step in doubt made gives what it would have
+/// said of it: the check's `PHOENIX_OUTPUT` lines are the step's outputs, for
+/// this resume and every later one. A step that must not run twice (the
+/// usual reason for a check) then needs no `--rerun` to go on.
 #[test]
-fn a_step_in_doubt_that_must_not_run_twice_is_only_checked_though_its_outputs_are_read() {
+fn a_check_that_passes_gives_the_steps_outputs() {
+    let ws = Workspace::new();
+    let probe =
+        "check = [\"sh\", \"-c\", \"test -e first && echo vpc=vpc-7 >> \\\"$PHOENIX_OUTPUT\\\"\"]";
+    ws.write_plan(&[
+        shell_step(
+            "net",
+            "provision",
+            "echo net >> ledger; if [ ! -e first ]; then touch first; echo $$ > net.pid; sleep 60; fi; echo vpc=vpc-7 >> \"$PHOENIX_OUTPUT\"",
+            &format!("{probe}\nidempotent = false"),
+        ),
+        shell_step(
+            "db",
+            "provision",
+            "echo db >> ledger; if [ ! -e first-db ]; then touch first-db; echo $$ > db.pid; sleep 60; fi; echo vpc=vpc-7 >> \"$PHOENIX_OUTPUT\"",
+            &probe.replace("first", "first-db"),
+        ),
+        shell_step(
+            "host",
+            "configure",
+            "echo host {{ steps.net.outputs.vpc }} {{ steps.db.outputs.vpc }} >> ledger",
+            "needs = [\"net\", \"db\"]",
+        ),
+        shell_step(
+            "later",
+            "configure",
+            "test -e open && echo later {{ steps.net.outputs.vpc }} >> ledger",
+            "needs = [\"host\"]",
+        ),
+    ]);
+    killed_while(&ws, &["run", "plan.toml"], &["net", "db"]);
+    let resumed = ws.expect(["resume"], 1);
+    for step in ["net", "db"] {
+        assert!(
+            resumed.stderr().contains(&format!(
+                "step `{step}` was in doubt; its check passed: counted as done"
+            )),
+            "{}",
+            resumed.stderr()
+        );
+    }
+    let ledger = ws.read("ledger");
+    let mut lines: Vec<&str> = ledger.lines().collect();
+    // The two started side by side: either may have written first.
+    lines[..2].sort_unstable();
+    assert_eq!(
+        lines,
+        ["db", "net", "host vpc-7 vpc-7"],
+        "neither ran again"
+    );
+    let status = ws.status();
+    assert_eq!(step_of(&status, "net")["outputs"]["vpc"], "vpc-7");
+    // A later resume takes the outputs up from the journal.
+    ws.write("open", "");
+    ws.expect(["resume"], 0);
+    assert!(ws
+        .read("ledger")
+        .ends_with("host vpc-7 vpc-7\nlater vpc-7\n"));
+    assert!(!ws.run_dir().join("tmp/net.check.out").exists());
+}
+
+#[test]
+fn a_step_in_doubt_that_must_not_run_twice_stops_the_resume_when_its_check_gives_no_output_read() {
     let ws = Workspace::new();
     ws.write_plan(&[
         shell_step(
             "switch",
             "provision",
-            "echo switched >> ledger; if [ ! -e first ]; then touch first; echo $$ > switch.pid; sleep 60; fi",
+            "echo switched >> ledger; if [ ! -e first ]; then touch first; echo $$ > switch.pid; sleep 60; fi; echo at=noon >> \"$PHOENIX_OUTPUT\"",
             "check = [\"true\"]\nidempotent = false",
         ),
         shell_step(
             "after",
             "provision",
-            "echo {{ steps.switch.outputs.at }}",
+            "echo after {{ steps.switch.outputs.at }} >> ledger",
             "needs = [\"switch\"]",
         ),
     ]);
     killed_while(&ws, &["run", "plan.toml"], &["switch"]);
     let resumed = ws.expect(["resume"], 1);
     assert!(
-        resumed
-            .stderr()
-            .contains("step `switch` was in doubt; its check passed: counted as done"),
+        resumed.stderr().contains(
+            "step `switch` was in doubt, and its check passed, but gave no `at`, which `after` reads; it must not run twice (`idempotent = false`), so phoenix will not run it again by itself. Make its check write `at=…` to `$PHOENIX_OUTPUT` (as the step does), or resume with `--rerun switch`"
+        ),
         "{}",
         resumed.stderr()
     );
     assert_eq!(ws.read("ledger"), "switched\n", "not run a second time");
+    let status = ws.status();
+    assert_eq!(status["state"], "failed");
+    assert_eq!(state_of(&status, "switch"), "in_doubt");
+    ws.expect(["resume", "--rerun", "switch"], 0);
+    assert_eq!(ws.read("ledger"), "switched\nswitched\nafter noon\n");
 }
