@@ -174,8 +174,18 @@ fn read_plan(
     diags: &mut Diagnostics,
 ) -> Option<Plan> {
     let source = root.source;
-    root.check_keys(TOP_KEYS, diags, |_| None);
+    root.check_keys(TOP_KEYS, diags, |key| {
+        PLAN_KEYS
+            .contains(&key)
+            .then(|| format!("; `{key}` belongs in `[plan]`"))
+    });
+    // `version = 1` written under `[plan]` is in that table, as TOML reads
+    // it: said there, once, where it is.
+    let version_in_plan = root.get("plan").is_some_and(
+        |(_, plan)| matches!(plan.get_ref(), DeValue::Table(t) if t.contains_key("version")),
+    );
     match root.get("version") {
+        None if version_in_plan => {}
         None => diags.error(
             source,
             Span::new(0, 0),
@@ -217,7 +227,11 @@ fn read_plan(
             what: "`[plan]`".into(),
             ..header
         };
-        header.check_keys(PLAN_KEYS, diags, |_| None);
+        header.check_keys(PLAN_KEYS, diags, |key| {
+            (key == "version").then(|| {
+                "; it goes at the top of the file, before `[plan]` (a key after a table's header belongs to that table)".into()
+            })
+        });
         name = header.required_string("name", diags);
         if let Some(n) = &name {
             if !valid_name(n, true) {
