@@ -214,6 +214,22 @@ impl<'a, 'i> Fields<'a, 'i> {
 
     /// A humantime duration such as `90s`, `10m` or `1h 30m`.
     pub fn duration(&self, key: &str, diags: &mut Diagnostics) -> Option<Spanned<Duration>> {
+        let (_, value) = self.get(key)?;
+        // `timeout = 30`: seconds, or minutes? Said, with the way to write it.
+        if let DeValue::Integer(_) | DeValue::Float(_) = value.get_ref() {
+            let number = self.source.slice(span_of(value));
+            diags.error(
+                self.source,
+                span_of(value),
+                "type",
+                format!(
+                    "`{key}` in {} must be a duration with its unit, found {}: write `{key} = \"{number}s\"` (or `\"{number}m\"`, `\"{number}h\"`)",
+                    self.what,
+                    type_name(value.get_ref())
+                ),
+            );
+            return None;
+        }
         let text = self.string(key, diags)?;
         match parse_duration(&text) {
             Ok(duration) => Some(Spanned::new(duration, text.span)),
@@ -297,10 +313,19 @@ impl<'a, 'i> Fields<'a, 'i> {
                     span_of(value),
                     "type",
                     format!(
-                        "`{key}.{}` in {} must be a string, found {}",
+                        "`{key}.{}` in {} must be a string, found {}{}",
                         name.get_ref(),
                         self.what,
-                        type_name(other)
+                        type_name(other),
+                        match other {
+                            DeValue::Integer(_) | DeValue::Float(_) | DeValue::Boolean(_) =>
+                                format!(
+                                    ": quote it, `{} = \"{}\"`",
+                                    name.get_ref(),
+                                    self.source.slice(span_of(value))
+                                ),
+                            _ => String::new(),
+                        }
                     ),
                 ),
             }

@@ -126,12 +126,8 @@ fn load_whole(source: Arc<SourceFile>, dir: PathBuf, overrides: Overrides) -> Lo
     if !syntax_errors.is_empty() {
         for err in syntax_errors {
             let span = err.span().map(Span::from).unwrap_or_default();
-            diags.error(
-                &source,
-                span,
-                "toml-syntax",
-                format!("invalid TOML: {}", err.message().trim()),
-            );
+            let (span, message) = syntax_message(&source, span, err.message().trim());
+            diags.error(&source, span, "toml-syntax", message);
         }
         return Loaded {
             plan: None,
@@ -148,6 +144,31 @@ fn load_whole(source: Arc<SourceFile>, dir: PathBuf, overrides: Overrides) -> Lo
     let loaded = finish(plan, diags, overrides);
     tracing::debug!(elapsed = ?t0.elapsed(), "plan: checked");
     loaded
+}
+
+/// What a TOML syntax error says, and where: the parser's words, with the
+/// key a "duplicate key" is about, and the usual cause of one said plainly
+/// (a step written `[step]`, which makes `step` one table that a later
+/// `[[step]]` cannot add to).
+fn syntax_message(source: &SourceFile, span: Span, message: &str) -> (Span, String) {
+    if message != "duplicate key" {
+        return (span, format!("invalid TOML: {message}"));
+    }
+    let key = source.slice(span).trim();
+    let table = format!("[{key}]");
+    let before = &source.text[..span.start.min(source.text.len())];
+    let mut offset = 0;
+    for line in before.split_inclusive('\n') {
+        if line.trim() == table && key == "step" {
+            let start = offset + (line.len() - line.trim_start().len());
+            return (
+                Span::new(start, start + table.len()),
+                "`[step]` makes `step` a single table, and a `[[step]]` after it cannot add to it: write every step as `[[step]]`".into(),
+            );
+        }
+        offset += line.len();
+    }
+    (span, format!("invalid TOML: duplicate key `{key}`"))
 }
 
 /// Var overrides and the checks across steps, once the steps are read.
