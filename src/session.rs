@@ -134,6 +134,8 @@ pub struct ResumeRequest {
     pub plan: Option<PathBuf>,
     pub approve: Vec<String>,
     pub skip: Vec<String>,
+    /// `--output STEP.KEY=VALUE`: what steps named by `--skip` give.
+    pub outputs: BTreeMap<String, Outputs>,
     pub rerun: Vec<String>,
     pub yes: bool,
     /// `--abandon`: only the drill's teardown runs.
@@ -599,18 +601,27 @@ pub fn resume(
         // A step done already stays as it is, outputs and all: skipping it
         // would record it as skipped and leave its dependents without them.
         if skip.contains(id) && previous.is_done() {
+            if request.outputs.contains_key(id) {
+                return Err(SessionError::Usage(format!(
+                    "`--output {id}.…`: step `{id}` is done already, and its outputs stay as they are"
+                )));
+            }
             events.emit(Event::Warning(format!(
                 "`--skip {id}`: step `{id}` is done already; nothing to skip"
             )));
         } else if skip.contains(id) {
+            let given = request.outputs.get(id).cloned().unwrap_or_default();
             records.push(Record::Skipped {
                 step: id.into(),
                 at: Utc::now(),
                 reason: SkipReason::Operator {
                     user: current_user(),
                 },
-                outputs: Outputs::new(),
+                outputs: given.clone(),
             });
+            if !given.is_empty() {
+                outputs.insert(id.to_string(), given);
+            }
             if previous.state == StepState::InDoubt {
                 in_doubt.push(InDoubt {
                     step: id.into(),
@@ -703,7 +714,7 @@ pub fn resume(
         |i| matches!(starts[i], Start::Pending { .. }),
         "resume",
     )?;
-    outputs_of_skipped(&plan, &starts, &view, &skip)?;
+    outputs_of_skipped(&plan, &starts, &view, &skip, &request.outputs)?;
     let still_running = left_running(&run_id, &state.run_dir(&run_id), &view);
     if !blocked.is_empty() {
         let steps: Vec<String> = blocked
@@ -1002,13 +1013,17 @@ fn outputs_of_skipped(
     starts: &[Start],
     view: &RunView,
     skip: &HashSet<&str>,
+    given: &BTreeMap<String, Outputs>,
 ) -> Result<(), SessionError> {
+    let empty = Outputs::new();
+    // What a step accepted as done without running gives: what `--output`
+    // said, now or in the resume that skipped it.
     let skipped = |id: &str| match view.steps.get(id) {
         // Named with `--skip` though done: left as it is, outputs and all.
-        Some(s) if s.is_done() => {
-            s.state == StepState::Skipped && matches!(s.skip, Some(SkipReason::Operator { .. }))
-        }
-        _ => skip.contains(id),
+        Some(s) if s.is_done() => (s.state == StepState::Skipped
+            && matches!(s.skip, Some(SkipReason::Operator { .. })))
+        .then_some(&s.outputs),
+        _ => skip.contains(id).then(|| given.get(id).unwrap_or(&empty)),
     };
     for (i, step) in plan.steps.iter().enumerate() {
         if !matches!(starts[i], Start::Pending { .. })
@@ -1016,9 +1031,18 @@ fn outputs_of_skipped(
         {
             continue;
         }
-        if let Some(producer) = outputs_needed(step).find(|id| skipped(id)) {
+        let missing = outputs_needed(step)
+            .find(|(producer, key)| skipped(producer).is_some_and(|outputs| lacks(outputs, key)));
+        if let Some((producer, key)) = missing {
+            let (what, example) = match &key {
+                Some(key) => (
+                    format!("its output `{key}`"),
+                    format!("{producer}.{key}=VALUE"),
+                ),
+                None => ("its outputs".to_string(), format!("{producer}.KEY=VALUE")),
+            };
             return Err(SessionError::Usage(format!(
-                "step `{}` reads the outputs of `{producer}`, which was accepted as done without running (`--skip`) and so has none: `{}` would fail as it starts. Give the expression a `default`, or write into the plan what `{producer}` would have given",
+                "step `{}` reads {what} of `{producer}`, which was accepted as done without running (`--skip`) and does not give it: `{}` would fail as it starts. Give it with `--skip {producer} --output {example}` (what `{producer}` would have given), or give the expression a `default`",
                 step.id.value, step.id.value
             )));
         }
@@ -1026,12 +1050,21 @@ fn outputs_of_skipped(
     Ok(())
 }
 
-/// The steps whose outputs `step` reads with no `default` to fall back on.
-fn outputs_needed(step: &crate::plan::Step) -> impl Iterator<Item = String> + '_ {
+/// The outputs `step` reads with no `default` to fall back on, by step
+/// (see [`crate::plan::interpolate::output_keys_read`]).
+fn outputs_needed(step: &crate::plan::Step) -> impl Iterator<Item = (String, Option<String>)> + '_ {
     step.texts
         .iter()
         .filter(|text| !text.contains("default"))
-        .flat_map(|text| crate::plan::interpolate::outputs_read(text))
+        .flat_map(|text| crate::plan::interpolate::output_keys_read(text))
+}
+
+/// Whether `outputs` lacks `key` (`None`: has no outputs at all).
+fn lacks(outputs: &Outputs, key: &Option<String>) -> bool {
+    match key {
+        Some(key) => !outputs.contains_key(key),
+        None => outputs.is_empty(),
+    }
 }
 
 /// Secrets from environment variables that the steps to run read, and that
@@ -1476,18 +1509,8 @@ fn unmet_reader<'p>(
         .enumerate()
         .filter(|(j, _)| matches!(starts[*j], Start::Pending { .. }))
         .find_map(|(_, reader)| {
-            reader
-                .texts
-                .iter()
-                .filter(|text| !text.contains("default"))
-                .flat_map(|text| crate::plan::interpolate::output_keys_read(text))
-                .find(|(of, key)| {
-                    of == step
-                        && match key {
-                            Some(key) => !outputs.contains_key(key),
-                            None => outputs.is_empty(),
-                        }
-                })
+            outputs_needed(reader)
+                .find(|(of, key)| of == step && lacks(outputs, key))
                 .map(|(_, key)| (reader.id.as_str(), key))
         })
 }

@@ -1,10 +1,12 @@
 //! `phoenix resume`: continue an interrupted, failed or paused run.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::Args;
 
 use super::{existing_state, exit_code_of, terminal, CliError, CliResult, GlobalArgs};
+use crate::journal::record::Outputs;
 use crate::session::{self, ResumeRequest};
 
 #[derive(Args, Debug)]
@@ -21,6 +23,11 @@ pub struct ResumeArgs {
     /// Accept this step as done without running it (repeatable; recorded).
     #[arg(long, value_name = "STEP")]
     pub skip: Vec<String>,
+    /// With `--skip STEP`: an output the skipped step gives the steps that
+    /// read it, as it would have (repeatable): `--output db_host.host=10.0.0.5`
+    /// for a database made by hand. Recorded with the skip.
+    #[arg(long = "output", value_name = "STEP.KEY=VALUE")]
+    pub outputs: Vec<String>,
     /// Run this step again even if it is in doubt and not idempotent (repeatable).
     #[arg(long, value_name = "STEP")]
     pub rerun: Vec<String>,
@@ -47,6 +54,27 @@ pub fn run(global: &GlobalArgs, args: ResumeArgs) -> CliResult {
             "`--skip {both}` and `--rerun {both}`: a step is either accepted as done or run again, not both"
         )));
     }
+    let mut outputs: BTreeMap<String, Outputs> = BTreeMap::new();
+    for given in &args.outputs {
+        let parsed = given
+            .split_once('=')
+            .and_then(|(name, value)| Some((name.split_once('.')?, value)))
+            .filter(|((step, key), _)| !step.is_empty() && !key.trim().is_empty());
+        let Some(((step, key), value)) = parsed else {
+            return Err(CliError::Usage(format!(
+                "`--output {given}`: write it `STEP.KEY=VALUE`, as in `--output db_host.host=10.0.0.5`"
+            )));
+        };
+        if !args.skip.iter().any(|s| s == step) {
+            return Err(CliError::Usage(format!(
+                "`--output {step}.{key}=…`: outputs are given to a step accepted as done without running; add `--skip {step}`"
+            )));
+        }
+        outputs
+            .entry(step.to_string())
+            .or_default()
+            .insert(key.trim().to_string(), value.to_string());
+    }
     let state = existing_state(global)?;
     let events = terminal(global);
     let request = ResumeRequest {
@@ -54,6 +82,7 @@ pub fn run(global: &GlobalArgs, args: ResumeArgs) -> CliResult {
         plan: args.plan,
         approve: args.approve,
         skip: args.skip,
+        outputs,
         rerun: args.rerun,
         yes: args.yes,
         abandon: args.abandon,

@@ -1114,37 +1114,60 @@ fn a_plan_saved_with_windows_line_endings_runs_its_scripts_as_written() {
 }
 
 #[test]
-fn skipping_a_step_whose_outputs_a_step_to_run_reads_is_refused() {
+fn skipping_a_step_whose_outputs_a_step_to_run_reads_needs_them_given() {
     let ws = Workspace::new();
-    let plan = |host: &str| {
-        vec![
-            shell_step("net", "provision", "exit 1", ""),
-            shell_step("host", "provision", host, "needs = [\"net\"]"),
-            shell_step(
-                "tagged",
-                "provision",
-                "echo {{ steps.net.outputs.tag | default('none') }} >> ledger",
-                "needs = [\"net\"]",
-            ),
-        ]
-    };
-    ws.write_plan(&plan("echo {{ steps.net.outputs.vpc }} >> ledger"));
+    ws.write_plan(&[
+        shell_step("net", "provision", "exit 1", ""),
+        shell_step(
+            "host",
+            "provision",
+            "echo {{ steps.net.outputs.vpc }} >> ledger",
+            "needs = [\"net\"]",
+        ),
+        shell_step(
+            "tagged",
+            "provision",
+            "echo {{ steps.net.outputs.tag | default('none') }} >> ledger",
+            "needs = [\"net\"]",
+        ),
+    ]);
     ws.expect(["run", "plan.toml"], 1);
     let refused = ws.expect(["resume", "--skip", "net"], 2);
     assert!(
-        refused.stderr().contains("step `host` reads the outputs of `net`, which was accepted as done without running (`--skip`) and so has none"),
+        refused.stderr().contains("step `host` reads its output `vpc` of `net`, which was accepted as done without running (`--skip`) and does not give it: `host` would fail as it starts. Give it with `--skip net --output net.vpc=VALUE` (what `net` would have given), or give the expression a `default`"),
         "{}",
         refused.stderr()
     );
+    // Outputs go with a skip, in the form KEY=VALUE, to a step of the plan.
+    for (args, said) in [
+        (
+            &["resume", "--output", "net.vpc=vpc-1"][..],
+            "`--output net.vpc=…`: outputs are given to a step accepted as done without running; add `--skip net`",
+        ),
+        (
+            &["resume", "--skip", "net", "--output", "vpc=vpc-1"],
+            "`--output vpc=vpc-1`: write it `STEP.KEY=VALUE`",
+        ),
+        (
+            &["resume", "--skip", "net", "--output", "net.tag=blue"],
+            "step `host` reads its output `vpc` of `net`",
+        ),
+    ] {
+        let run = ws.expect(args, 2);
+        assert!(run.stderr().contains(said), "{args:?}: {}", run.stderr());
+    }
     assert_eq!(
         ws.status()["steps"][0]["state"],
         "failed",
         "nothing recorded"
     );
-    // With what `net` would have given written into the plan, it goes on.
-    ws.write_plan(&plan("echo vpc-1 >> ledger"));
-    ws.expect(["resume", "--skip", "net"], 0);
+    // The host made by hand: what `net` would have said of it goes on.
+    ws.expect(["resume", "--skip", "net", "--output", "net.vpc=vpc-1"], 0);
     let mut ledger: Vec<String> = ws.read("ledger").lines().map(String::from).collect();
     ledger.sort();
     assert_eq!(ledger, ["none", "vpc-1"]);
+    let status = ws.status();
+    assert_eq!(status["steps"][0]["state"], "skipped");
+    assert_eq!(status["steps"][0]["outputs"]["vpc"], "vpc-1");
+    assert!(ws.journal().contains("\"outputs\":{\"vpc\":\"vpc-1\"}"));
 }
