@@ -90,6 +90,17 @@ pub fn run(global: &GlobalArgs, args: ResumeArgs) -> CliResult {
         keep_going: args.keep_going,
         interactive: super::interactive(),
     };
-    let end = session::resume(state.as_ref(), request, events)?;
+    let end = match session::resume(state.as_ref(), request, events) {
+        // Done is what a resume is for: a loop that resumes until the run
+        // succeeds (the chaos recipe in docs/drill-runbook.md) must stop
+        // when the run needed none, not try again for ever.
+        Err(session::SessionError::AlreadySucceeded(run_id)) => {
+            if !global.quiet {
+                crate::note!("run `{run_id}` already succeeded; there is nothing to resume");
+            }
+            return Ok(0);
+        }
+        other => other?,
+    };
     Ok(exit_code_of(&end, global))
 }
