@@ -654,6 +654,9 @@ pub fn resume(
                     blocked.push(i);
                     starts.push(Start::Pending { first_attempt });
                 } else {
+                    events.emit(Event::Info(format!(
+                        "step `{id}` was in doubt (running when the run stopped): running it again"
+                    )));
                     in_doubt.push(InDoubt {
                         step: id.into(),
                         decision: "rerun".into(),

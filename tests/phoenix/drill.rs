@@ -749,3 +749,92 @@ fn an_abandoned_drill_runs_only_its_teardown() {
         refused.stderr()
     );
 }
+
+/// The processes whose environment names `dir` as their run's directory
+/// (`PHOENIX_RUN_DIR`, which phoenix gives its steps), zombies aside.
+fn processes_under(dir: &std::path::Path) -> Vec<i32> {
+    let needle = format!("PHOENIX_RUN_DIR={}", dir.display());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'));
+            !zombie
+                && environ
+                    .split(|b| *b == 0)
+                    .any(|var| var == needle.as_bytes())
+        })
+        .collect()
+}
+
+/// Stops, when dropped (a test that failed too), every process of the run
+/// directory's steps: the demo's service stand-in runs until stopped.
+struct StopsLeftovers(std::path::PathBuf);
+
+impl Drop for StopsLeftovers {
+    fn drop(&mut self) {
+        for pid in processes_under(&self.0) {
+            crate::common::signal(pid as u32, "KILL");
+        }
+    }
+}
+
+/// The README's first plan must survive what it is there to show: a crash
+/// at any moment, after which a resume runs again whatever was running.
+/// Each step in turn is put in doubt, the others done, and the run resumed:
+/// the step runs a second time over what its first run left, and the run
+/// ends as the first did (the step placing the restored tree had moved it
+/// away, and failed the second time).
+#[test]
+fn every_step_of_the_demo_plan_is_safe_to_run_again() {
+    let ws = Workspace::new();
+    let plan = crate::common::repo_root().join("plans/demo.toml");
+    // A recovery (no teardown to clean the site away), its gate passed.
+    ws.expect(["run".as_ref(), plan.as_os_str(), "--yes".as_ref()], 0);
+    // What phoenix gives its steps as PHOENIX_RUN_DIR (`{{ run.dir }}`).
+    let run_dir = ws.run_dir().join("work");
+    let _stops = StopsLeftovers(run_dir.clone());
+    let steps: Vec<String> = ws.status()["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(steps.len() >= 10, "{steps:?}");
+    // Last first: a step meets what its first run left before any step
+    // it needs runs again and makes that anew.
+    for step in steps.iter().rev() {
+        let needle = format!("\"step\":\"{step}\"");
+        ws.cut_journal(|line| {
+            line.contains("\"type\":\"ended\"")
+                || (line.contains("\"type\":\"finished\"") && line.contains(&needle))
+        });
+        let resumed = ws.expect(["resume", "--yes"], 0);
+        assert!(
+            resumed.stderr().contains(&format!(
+                "step `{step}` was in doubt (running when the run stopped): running it again"
+            )),
+            "{}",
+            resumed.stderr()
+        );
+    }
+    let site = run_dir.join("site");
+    let status = std::fs::read_to_string(site.join("service.status")).unwrap();
+    assert!(status.starts_with("serving"), "{status}");
+    // The service stand-in is stopped as the drill's teardown would, and
+    // nothing else of the run is left.
+    assert!(!processes_under(&run_dir).is_empty(), "the service runs");
+    let pid = std::fs::read_to_string(site.join("service.pid")).unwrap();
+    crate::common::signal(pid.trim().parse().unwrap(), "TERM");
+    assert!(
+        crate::common::wait_for(std::time::Duration::from_secs(10), || {
+            processes_under(&run_dir).is_empty()
+        }),
+        "left running: {:?}",
+        processes_under(&run_dir)
+    );
+}
