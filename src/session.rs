@@ -1039,10 +1039,10 @@ fn outputs_of_skipped(
         if let Some((producer, key)) = missing {
             let (what, example) = match &key {
                 Some(key) => (
-                    format!("its output `{key}`"),
+                    format!("the output `{key}`"),
                     format!("{producer}.{key}=VALUE"),
                 ),
-                None => ("its outputs".to_string(), format!("{producer}.KEY=VALUE")),
+                None => ("the outputs".to_string(), format!("{producer}.KEY=VALUE")),
             };
             return Err(SessionError::Usage(format!(
                 "step `{}` reads {what} of `{producer}`, which was accepted as done without running (`--skip`) and does not give it: `{}` would fail as it starts. Give it with `--skip {producer} --output {example}` (what `{producer}` would have given), or give the expression a `default`",

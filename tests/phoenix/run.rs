@@ -1137,7 +1137,7 @@ fn skipping_a_step_whose_outputs_a_step_to_run_reads_needs_them_given() {
     ws.expect(["run", "plan.toml"], 1);
     let refused = ws.expect(["resume", "--skip", "net"], 2);
     assert!(
-        refused.stderr().contains("step `host` reads its output `vpc` of `net`, which was accepted as done without running (`--skip`) and does not give it: `host` would fail as it starts. Give it with `--skip net --output net.vpc=VALUE` (what `net` would have given), or give the expression a `default`"),
+        refused.stderr().contains("step `host` reads the output `vpc` of `net`, which was accepted as done without running (`--skip`) and does not give it: `host` would fail as it starts. Give it with `--skip net --output net.vpc=VALUE` (what `net` would have given), or give the expression a `default`"),
         "{}",
         refused.stderr()
     );
@@ -1153,7 +1153,7 @@ fn skipping_a_step_whose_outputs_a_step_to_run_reads_needs_them_given() {
         ),
         (
             &["resume", "--skip", "net", "--output", "net.tag=blue"],
-            "step `host` reads its output `vpc` of `net`",
+            "step `host` reads the output `vpc` of `net`",
         ),
     ] {
         let run = ws.expect(args, 2);
