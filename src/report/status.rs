@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::journal::reader::{RunView, StepState, StepView};
-use crate::journal::record::{Header, Outputs};
+use crate::journal::record::{Header, Outputs, SkipReason};
 use crate::plan::Plan;
 
 #[derive(Serialize)]
@@ -63,6 +63,10 @@ pub struct StepStatus {
     pub outputs: Outputs,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why a skipped step was: said in the text, where "skipped" alone
+    /// leaves open whether its work was done.
+    #[serde(skip)]
+    pub skip: Option<SkipReason>,
 }
 
 /// The status of a run. `plan` is the run's plan (for step order and phases);
@@ -93,6 +97,9 @@ pub fn build(header: &Header, view: &RunView, live: bool, plan: Option<&Plan>) -
             duration_seconds: step.duration_seconds,
             outputs: step.outputs.clone(),
             error: step.error.clone(),
+            skip: (state == StepState::Skipped)
+                .then(|| step.skip.clone())
+                .flatten(),
         }
     };
     let steps = match plan {
@@ -186,6 +193,18 @@ pub fn render_text(status: &Status) -> String {
             if step.state == StepState::Failed {
                 let _ = write!(out, " {error}");
             }
+        }
+        match &step.skip {
+            Some(SkipReason::Operator { user }) => {
+                let _ = write!(out, " accepted as done by {user} (--skip)");
+            }
+            Some(SkipReason::Check) => {
+                let _ = write!(out, " in doubt; its check found it done");
+            }
+            Some(SkipReason::Upstream { failed }) => {
+                let _ = write!(out, " `{failed}` did not succeed");
+            }
+            None => {}
         }
         out = out.trim_end().to_string();
         out.push('\n');

@@ -695,6 +695,8 @@ fn a_check_that_passes_gives_the_steps_outputs() {
     );
     let status = ws.status();
     assert_eq!(step_of(&status, "net")["outputs"]["vpc"], "vpc-7");
+    let text = ws.expect(["status"], 0).stdout();
+    assert!(text.contains("in doubt; its check found it done"), "{text}");
     // A later resume takes the outputs up from the journal.
     ws.write("open", "");
     ws.expect(["resume"], 0);

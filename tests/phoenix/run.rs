@@ -1173,4 +1173,9 @@ fn skipping_a_step_whose_outputs_a_step_to_run_reads_needs_them_given() {
     assert_eq!(status["steps"][0]["state"], "skipped");
     assert_eq!(status["steps"][0]["outputs"]["vpc"], "vpc-1");
     assert!(ws.journal().contains("\"outputs\":{\"vpc\":\"vpc-1\"}"));
+    let text = ws.expect(["status"], 0).stdout();
+    assert!(
+        text.contains("skipped") && text.contains("accepted as done by"),
+        "{text}"
+    );
 }
