@@ -88,10 +88,10 @@ pub fn render(report: &Report) -> String {
             .iter()
             .map(|(k, v)| format!("`{k}={}`", v.replace('|', "\\|")))
             .collect();
-        let state = serde_json::to_value(step.state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
+        let state = match step.skip_note() {
+            Some(note) => format!("{}: {}", step.state.as_str(), note.replace('|', "\\|")),
+            None => step.state.as_str().to_string(),
+        };
         let _ = writeln!(
             out,
             "| `{}` | {} | {state} | {} | {} | {} |",

@@ -63,10 +63,21 @@ pub struct StepStatus {
     pub outputs: Outputs,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Why a skipped step was: said in the text, where "skipped" alone
-    /// leaves open whether its work was done.
-    #[serde(skip)]
+    /// Why a skipped step was: "skipped" alone leaves open whether its
+    /// work was done, and who decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub skip: Option<SkipReason>,
+}
+
+impl StepStatus {
+    /// Why the step was skipped, in words.
+    pub fn skip_note(&self) -> Option<String> {
+        Some(match self.skip.as_ref()? {
+            SkipReason::Operator { user } => format!("accepted as done by {user} (--skip)"),
+            SkipReason::Check => "in doubt; its check found it done".into(),
+            SkipReason::Upstream { failed } => format!("`{failed}` did not succeed"),
+        })
+    }
 }
 
 /// The status of a run. `plan` is the run's plan (for step order and phases);
@@ -194,17 +205,8 @@ pub fn render_text(status: &Status) -> String {
                 let _ = write!(out, " {error}");
             }
         }
-        match &step.skip {
-            Some(SkipReason::Operator { user }) => {
-                let _ = write!(out, " accepted as done by {user} (--skip)");
-            }
-            Some(SkipReason::Check) => {
-                let _ = write!(out, " in doubt; its check found it done");
-            }
-            Some(SkipReason::Upstream { failed }) => {
-                let _ = write!(out, " `{failed}` did not succeed");
-            }
-            None => {}
+        if let Some(note) = step.skip_note() {
+            let _ = write!(out, " {note}");
         }
         out = out.trim_end().to_string();
         out.push('\n');
