@@ -322,6 +322,32 @@ fn frozen_object(
     ))
 }
 
+/// The backup a run chose when the step first ran, which a resume restores
+/// again, must still be there as it was. Said plainly here, before its
+/// digest is looked for: a retention rule that deleted it took its sidecar
+/// too, and "no digest" would send the operator the wrong way.
+async fn still_there(
+    store: &Store,
+    chosen: &ObjectInfo,
+    store_name: &str,
+) -> Result<(), ActionError> {
+    let why = match store.head(&chosen.key).await.map_err(ActionError::Store)? {
+        None => "is no longer there (deleted since: a retention rule?)",
+        Some(now)
+            if now.version.is_some()
+                && chosen.version.is_some()
+                && now.version != chosen.version =>
+        {
+            "has changed since (written over)"
+        }
+        Some(_) => return Ok(()),
+    };
+    Err(ActionError::Restore(format!(
+        "the backup this run chose when the step first ran, `{}` in store `{store_name}`, {why}; a resume restores only the backup its run chose, so that every step sees the same data. To restore another, start a new run, or change this step in the plan (a changed step chooses again)",
+        chosen.key
+    )))
+}
+
 /// Chooses the backup (or takes the one frozen on the first run), checks its
 /// age and digest, downloads it in parallel ranged parts beside `dest` while
 /// hashing, and moves it (or the tree unpacked from it) into place only once
@@ -338,7 +364,10 @@ pub async fn run(spec: &RestoreSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
     .await
     .map_err(ActionError::Render)?;
     let (object, age_seconds) = match ctx.frozen().as_ref().and_then(frozen_object) {
-        Some(frozen) => frozen,
+        Some(frozen) => {
+            still_there(&store, &frozen.0, &spec.store.value).await?;
+            frozen
+        }
         None => {
             let source = resolve_source(&spec.source, |t| ctx.render(t))?;
             let object = choose(&store, &source).await?;

@@ -230,6 +230,39 @@ fn resumed_restore_uses_the_backup_it_chose_first(secret: Option<&str>) {
     assert_eq!(ws.outputs("data")["key"], key);
 }
 
+/// The backup a run chose is gone by the time a resume restores it again
+/// (a retention rule deleted it, with its sidecar): said as that, not as a
+/// missing digest; written over, said as that too.
+#[test]
+fn a_resume_whose_chosen_backup_is_gone_or_changed_says_so() {
+    let ws = Workspace::new();
+    backup(&ws, "pg/db-1.dump", b"first", true, 60);
+    let plan = format!(
+        "{HEADER}{}\n[[step]]\nid = \"after\"\nphase = \"restore\"\naction = \"command\"\nshell = \"test -e go\"\ntimeout = \"1m\"\nneeds = [\"data\"]\n",
+        restore_step("data", "prefix = \"pg/\"\ndest = \"out/db.dump\""),
+    );
+    ws.write("plan.toml", &plan);
+    ws.expect(["run", "plan.toml"], 1);
+    ws.make_in_doubt("data");
+    ws.write("go", "");
+    backup(&ws, "pg/db-1.dump", b"overwritten", true, 30);
+    let changed = ws.expect(["resume"], 1);
+    assert!(
+        changed.stderr().contains("the backup this run chose when the step first ran, `pg/db-1.dump` in store `local`, has changed since (written over)"),
+        "{}",
+        changed.stderr()
+    );
+    std::fs::remove_dir_all(ws.path().join("backups/pg")).unwrap();
+    backup(&ws, "pg/db-2.dump", b"second", true, 1);
+    let gone = ws.expect(["resume"], 1);
+    assert!(
+        gone.stderr().contains("`pg/db-1.dump` in store `local`, is no longer there (deleted since: a retention rule?); a resume restores only the backup its run chose"),
+        "{}",
+        gone.stderr()
+    );
+    assert!(!gone.stderr().contains("no digest"), "{}", gone.stderr());
+}
+
 #[test]
 fn archives_are_unpacked_into_dest_and_replace_it_whole() {
     let ws = Workspace::new();
