@@ -1,0 +1,254 @@
+//! Steps in doubt: those that were running when the run stopped. What their
+//! last attempt left running is found and stopped, and their `check`s are
+//! asked, with the outputs a check gives, before anything runs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::Utc;
+
+use super::{journal_write, lacks, outputs_needed, scratch_dir, SessionError};
+use crate::exec::leftovers::Leftover;
+use crate::exec::scheduler::Start;
+use crate::exec::{leftovers, Event, Shared};
+use crate::journal::reader::{RunView, StepState};
+use crate::journal::record::{Outputs, Record, RunResult, SkipReason};
+use crate::plan::Plan;
+
+/// Stops what the steps in doubt left running, before their checks and
+/// before they run again, or when their drill is abandoned: as a timed-out
+/// step is stopped, and said. The processes of a step accepted as done
+/// (`--skip`) are left to finish what they do, and said too.
+pub(super) async fn stop_leftovers(shared: &Shared, still_running: &[Leftover], starts: &[Start]) {
+    let mut by_step: BTreeMap<&str, Vec<Leftover>> = BTreeMap::new();
+    for leftover in still_running {
+        by_step
+            .entry(&leftover.step)
+            .or_default()
+            .push(leftover.clone());
+    }
+    let mut stopping = Vec::new();
+    for (step, found) in by_step {
+        let start = shared
+            .plan
+            .steps
+            .iter()
+            .position(|s| s.id.as_str() == step)
+            .map(|i| starts[i]);
+        let processes = leftovers::describe(&found);
+        let why = match start {
+            Some(Start::Pending { .. }) => "stopping it before the step is checked or run again",
+            // Nothing of a drill given up goes on beside its teardown.
+            Some(Start::Left) => "stopping it, as the drill is abandoned",
+            _ => {
+                shared.events.emit(Event::Info(format!(
+                    "step `{step}`: its last attempt is still running ({processes}); left as it is, as the step does not run again"
+                )));
+                continue;
+            }
+        };
+        shared.events.emit(Event::Warning(format!(
+            "step `{step}`: its last attempt is still running ({processes}); {why}"
+        )));
+        stopping.extend(found);
+    }
+    if !stopping.is_empty() {
+        leftovers::stop(&stopping, crate::exec::process::grace()).await;
+    }
+}
+
+/// In-doubt steps with a `check`: a check that exits 0 means the step's effect
+/// is there, and it counts as done, with the outputs the check gave (a check
+/// writes them to `PHOENIX_OUTPUT` as its step does: the probe that finds
+/// the VPC gives its id). A check that passes without an output a step still
+/// to run reads (with no `default`) is not enough: the step runs again, or,
+/// if it must not run twice, the resume stops and says what is missing.
+pub(super) async fn run_checks(
+    shared: &Arc<Shared>,
+    checks: &[usize],
+    starts: &mut [Start],
+) -> Result<(), SessionError> {
+    for &i in checks {
+        let step = &shared.plan.steps[i];
+        let Some(argv) = &step.check else { continue };
+        let context = crate::exec::context::build(shared, step).ok();
+        let rendered: Option<Vec<String>> = context.and_then(|ctx| {
+            argv.iter()
+                .map(|a| crate::plan::interpolate::render(a, &ctx).ok())
+                .collect()
+        });
+        let check = match rendered {
+            Some(args) if !args.is_empty() => {
+                let log = shared.run.logs.join(format!("{}.check.log", step.id.value));
+                let run = run_check(shared, &step.id.value, &args, log);
+                // The step's timeout bounds its check: a probe that hangs
+                // (a host that takes the connection and never answers) must
+                // not hold the resume forever.
+                let bounded = async {
+                    match step.timeout {
+                        Some(limit) => tokio::time::timeout(limit, run).await.ok(),
+                        None => Some(run.await),
+                    }
+                };
+                tokio::select! {
+                    passed = bounded => passed,
+                    // Dropped, the check is killed; nothing is decided.
+                    _ = shared.interrupt.cancelled() => return Ok(()),
+                }
+            }
+            _ => Some(None),
+        };
+        let decision = match check {
+            None => "its check did not finish within the step's timeout: running it again".into(),
+            Some(None) => "its check failed: running it again".into(),
+            Some(Some(outputs)) => {
+                let outputs = crate::exec::attempt::masked_outputs(shared, &step.id.value, outputs);
+                match unmet_reader(&shared.plan, starts, &step.id.value, &outputs) {
+                    Some((reader, key)) if step.idempotent => format!(
+                        "its check passed, but gave no {}, which `{reader}` reads (a check gives outputs in `$PHOENIX_OUTPUT`, as its step does): running it again",
+                        key.map_or("outputs".into(), |key| format!("`{key}`"))
+                    ),
+                    Some((reader, key)) => {
+                        shared
+                            .journal
+                            .append_durable(Record::Ended {
+                                at: Utc::now(),
+                                result: RunResult::Failed,
+                            })
+                            .await
+                            .map_err(journal_write(shared))?;
+                        return Err(SessionError::CheckWithoutOutputs {
+                            step: step.id.value.clone(),
+                            reader: reader.to_string(),
+                            key,
+                        });
+                    }
+                    None => {
+                        starts[i] = Start::Done;
+                        shared
+                            .journal
+                            .append_durable(Record::Skipped {
+                                step: step.id.value.clone(),
+                                at: Utc::now(),
+                                reason: SkipReason::Check,
+                                outputs: outputs.clone(),
+                            })
+                            .await
+                            .map_err(journal_write(shared))?;
+                        shared
+                            .outputs
+                            .write()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(step.id.value.clone(), outputs);
+                        "its check passed: counted as done".into()
+                    }
+                }
+            }
+        };
+        shared.events.emit(Event::Info(format!(
+            "step `{}` was in doubt; {decision}",
+            step.id.value
+        )));
+    }
+    Ok(())
+}
+
+/// A step still to run that reads an output of `step` which `outputs` lacks
+/// (with no `default`): the reader, and the output (`None`: the outputs as
+/// a whole).
+fn unmet_reader<'p>(
+    plan: &'p Plan,
+    starts: &[Start],
+    step: &str,
+    outputs: &Outputs,
+) -> Option<(&'p str, Option<String>)> {
+    plan.steps
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| matches!(starts[*j], Start::Pending { .. }))
+        .find_map(|(_, reader)| {
+            outputs_needed(reader)
+                .find(|(of, key)| of == step && lacks(outputs, key))
+                .map(|(_, key)| (reader.id.as_str(), key))
+        })
+}
+
+/// Runs a step's `check`: the outputs it gave if it exited 0, `None` if
+/// not. It is started as a step's command is ([`crate::exec::spawn`]: no
+/// terminal, so that a probe such as `ssh` cannot ask at the terminal; the
+/// run's variables and a `PHOENIX_OUTPUT` file of its own), in the plan's
+/// directory. Its output goes to `log` through the secret masker, as a
+/// step's does: a check that prints what it probes (a connection string, a
+/// token from its environment) must not put a secret in the state. Dropped
+/// before it ends (the step's timeout, Ctrl-C), its process group is killed.
+async fn run_check(shared: &Shared, step: &str, args: &[String], log: PathBuf) -> Option<Outputs> {
+    use std::ffi::OsStr;
+    use std::os::fd::AsFd;
+    let spawner = shared.spawner().ok()?;
+    let (reader, writer) = std::io::pipe().ok()?;
+    let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()).ok()?;
+    let output_file = shared.run.tmp.join(format!("{step}.check.out"));
+    // Left by a check that was killed: what it wrote is not this one's.
+    let _ = std::fs::remove_file(&output_file);
+    let mut env = shared.run.variables(step).to_vec();
+    env.push(("PHOENIX_OUTPUT", output_file.as_os_str()));
+    let mut child = spawner
+        .spawn(&crate::exec::spawn::SpawnRequest {
+            program: OsStr::new(&args[0]),
+            args: &args[1..],
+            env: &env,
+            cwd: &shared.plan.dir,
+            output: writer.as_fd(),
+        })
+        .ok()?;
+    // The child holds the pipe's write end: closed here, the copy sees the end.
+    drop(writer);
+    let group = crate::exec::process::KillOnDrop::new(child.id());
+    // Copied while the check runs, so that a full pipe never stops it.
+    let mut copier = Box::pin(crate::actions::command::copy_masked(
+        reader,
+        log,
+        Arc::clone(&shared.masker),
+    ));
+    let mut copied = false;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            _ = &mut copier, if !copied => copied = true,
+        }
+    };
+    group.disarm();
+    // A check's log that cannot be written changes nothing of its answer.
+    if !copied {
+        crate::actions::command::finish_copy(copier).await;
+    }
+    // Read, and removed, either way: it may hold a secret.
+    let (outputs, problems) = crate::actions::command::read_outputs(&output_file);
+    if !status.is_ok_and(|s| s.success()) {
+        return None;
+    }
+    for problem in problems {
+        shared.events.emit(Event::Warning(format!(
+            "step `{step}`: its check's `PHOENIX_OUTPUT` {problem}"
+        )));
+    }
+    Some(outputs)
+}
+
+/// What the steps in doubt left running, if the phoenix that ran them was
+/// killed on this machine: a step run again must not run beside it. `/proc`
+/// is looked through only when a step is in doubt.
+pub(super) fn left_running(run_id: &str, run_dir: &Path, view: &RunView) -> Vec<Leftover> {
+    let in_doubt = |step: &str| {
+        view.steps
+            .get(step)
+            .is_some_and(|s| matches!(s.state, StepState::InDoubt | StepState::Running))
+    };
+    if !view.steps.keys().any(|step| in_doubt(step)) {
+        return Vec::new();
+    }
+    let mut found = leftovers::find(run_id, &scratch_dir(run_dir));
+    found.retain(|l| in_doubt(&l.step));
+    found
+}
