@@ -1178,4 +1178,11 @@ fn skipping_a_step_whose_outputs_a_step_to_run_reads_needs_them_given() {
         text.contains("skipped") && text.contains("accepted as done by"),
         "{text}"
     );
+    for format in ["md", "junit", "html"] {
+        let report = ws.expect(["report", "--format", format], 0).stdout();
+        assert!(
+            report.contains("skipped: accepted as done by"),
+            "{format}: {report}"
+        );
+    }
 }
