@@ -28,6 +28,8 @@ use crate::plan::load::{load_source, overrides_from_values};
 use crate::plan::source::SourceFile;
 use crate::plan::Plan;
 
+/// `phoenix resume`: takes the run's lock, reads its journal, and runs what
+/// is left of it by the resume rules (see the module's comment).
 pub fn resume(
     state: &dyn StateStore,
     request: ResumeRequest,
@@ -102,70 +104,9 @@ pub fn resume(
         }
     }
 
-    // Steps whose definition changed, and everything after them, run again.
     let graph = plan.graph();
-    let mut changed = Vec::new();
-    let mut changed_roots = Vec::new();
-    for (i, step) in plan.steps.iter().enumerate() {
-        match view.fingerprints.get(step.id.as_str()) {
-            Some(old) if *old == step.fingerprint => {}
-            Some(_) => {
-                changed_roots.push(i);
-                changed.push(ChangedStep {
-                    step: step.id.value.clone(),
-                    reason: "its definition changed".into(),
-                });
-            }
-            None => {
-                changed_roots.push(i);
-                changed.push(ChangedStep {
-                    step: step.id.value.clone(),
-                    reason: "it is new in the plan".into(),
-                });
-            }
-        }
-    }
-    let downstream = graph.descendants_of(changed_roots.iter().copied());
-    for i in downstream.ones() {
-        if !changed_roots.contains(&i) {
-            let step = &plan.steps[i];
-            let cause = graph
-                .ancestors(i)
-                .ones()
-                .find(|a| changed_roots.contains(a))
-                .map(|a| plan.steps[a].id.value.clone())
-                .unwrap_or_default();
-            changed.push(ChangedStep {
-                step: step.id.value.clone(),
-                reason: format!("it comes after `{cause}`, which changed"),
-            });
-        }
-    }
-    // A run directory that is not there any more (a resume from another
-    // machine with a remote state, or a cache that was lost) no longer holds
-    // what earlier sessions put in it: the steps whose destination is in it
-    // make it again. Only those: they replace their destination as a whole and
-    // touch nothing else, so running them again is always safe.
-    if !scratch_dir(&state.run_dir(&run_id)).is_dir() {
-        for step in &plan.steps {
-            let done = view
-                .steps
-                .get(step.id.as_str())
-                .is_some_and(|s| s.is_done());
-            let in_run_dir = step
-                .action
-                .value
-                .dest()
-                .is_some_and(|dest| crate::plan::interpolate::reads_run_dir(dest));
-            if done && in_run_dir && !changed.iter().any(|c| c.step == step.id.value) {
-                changed.push(ChangedStep {
-                    step: step.id.value.clone(),
-                    reason: "its result was in `{{ run.dir }}`, which this machine does not have"
-                        .into(),
-                });
-            }
-        }
-    }
+    let run_dir_gone = !scratch_dir(&state.run_dir(&run_id)).is_dir();
+    let changed = changed_steps(&plan, &view, run_dir_gone);
     let rerun_changed: BTreeSet<String> = changed.iter().map(|c| c.step.clone()).collect();
     for c in &changed {
         if view
@@ -434,6 +375,77 @@ pub fn resume(
     Ok(result)
 }
 
+/// The steps a resume runs again whatever their state, and why: those whose
+/// definition changed since the run started (or that are new), everything
+/// after them, and, when the run directory is gone (a resume on another
+/// machine with a remote state, a cache that was lost), the done steps whose
+/// result was in it.
+fn changed_steps(plan: &Plan, view: &RunView, run_dir_gone: bool) -> Vec<ChangedStep> {
+    let graph = plan.graph();
+    let mut changed = Vec::new();
+    let mut changed_roots = Vec::new();
+    for (i, step) in plan.steps.iter().enumerate() {
+        match view.fingerprints.get(step.id.as_str()) {
+            Some(old) if *old == step.fingerprint => {}
+            Some(_) => {
+                changed_roots.push(i);
+                changed.push(ChangedStep {
+                    step: step.id.value.clone(),
+                    reason: "its definition changed".into(),
+                });
+            }
+            None => {
+                changed_roots.push(i);
+                changed.push(ChangedStep {
+                    step: step.id.value.clone(),
+                    reason: "it is new in the plan".into(),
+                });
+            }
+        }
+    }
+    let downstream = graph.descendants_of(changed_roots.iter().copied());
+    for i in downstream.ones() {
+        if !changed_roots.contains(&i) {
+            let step = &plan.steps[i];
+            let cause = graph
+                .ancestors(i)
+                .ones()
+                .find(|a| changed_roots.contains(a))
+                .map(|a| plan.steps[a].id.value.clone())
+                .unwrap_or_default();
+            changed.push(ChangedStep {
+                step: step.id.value.clone(),
+                reason: format!("it comes after `{cause}`, which changed"),
+            });
+        }
+    }
+    // What earlier sessions put in the run directory is not there any more:
+    // the steps whose destination is in it make it again. Only those: they
+    // replace their destination as a whole and touch nothing else, so running
+    // them again is always safe.
+    if run_dir_gone {
+        for step in &plan.steps {
+            let done = view
+                .steps
+                .get(step.id.as_str())
+                .is_some_and(|s| s.is_done());
+            let in_run_dir = step
+                .action
+                .value
+                .dest()
+                .is_some_and(|dest| crate::plan::interpolate::reads_run_dir(dest));
+            if done && in_run_dir && !changed.iter().any(|c| c.step == step.id.value) {
+                changed.push(ChangedStep {
+                    step: step.id.value.clone(),
+                    reason: "its result was in `{{ run.dir }}`, which this machine does not have"
+                        .into(),
+                });
+            }
+        }
+    }
+    changed
+}
+
 /// The plan a resume runs: `--plan`, else the file the run started from, else
 /// the copy kept in the state; with the run's own var overrides.
 fn load_for_resume(
@@ -527,8 +539,9 @@ fn plan_name(path: &Path) -> Option<String> {
 }
 
 /// A step accepted as done without running (`--skip`, now or in an earlier
-/// resume) has no outputs: a step to run that reads them would fail as it
-/// starts, perhaps hours on. Said before anything starts. (A teardown step
+/// resume) gives only the outputs given with it (`--output`): a step to run
+/// that reads another would fail as it starts, perhaps hours on. Said before
+/// anything starts. (A teardown step
 /// is skipped with a word instead, as after a failure; an expression that
 /// gives a `default` reads none.)
 fn outputs_of_skipped(
