@@ -129,6 +129,7 @@ pub fn resume(
     let mut in_doubt = Vec::new();
     let mut blocked = Vec::new();
     let mut needs_check = Vec::new();
+    let mut rerun_in_doubt = Vec::new();
     let mut records = Vec::new();
     for (i, step) in plan.steps.iter().enumerate() {
         let id = step.id.as_str();
@@ -197,9 +198,7 @@ pub fn resume(
                     blocked.push(i);
                     starts.push(Start::Pending { first_attempt });
                 } else {
-                    events.emit(Event::Info(format!(
-                        "step `{id}` was in doubt (running when the run stopped): running it again"
-                    )));
+                    rerun_in_doubt.push(i);
                     in_doubt.push(InDoubt {
                         step: id.into(),
                         decision: "rerun".into(),
@@ -254,6 +253,14 @@ pub fn resume(
         events.emit(Event::Info(format!(
             "abandoning drill `{run_id}`: only its teardown runs; the run will not succeed"
         )));
+    }
+    for &i in &rerun_in_doubt {
+        if matches!(starts[i], Start::Pending { .. }) {
+            events.emit(Event::Info(format!(
+                "step `{}` was in doubt (running when the run stopped): running it again",
+                plan.steps[i].id.value
+            )));
+        }
     }
     unset_secrets(
         &plan,

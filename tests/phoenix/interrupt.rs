@@ -605,6 +605,11 @@ fn abandoning_a_killed_drill_stops_what_it_left_running() {
         "{}",
         abandoned.stderr()
     );
+    assert!(
+        !abandoned.stderr().contains("running it again"),
+        "{}",
+        abandoned.stderr()
+    );
     assert!(!group_alive(load));
     assert_eq!(ws.read("ledger"), "removed\n");
 }
