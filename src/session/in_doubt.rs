@@ -92,17 +92,23 @@ pub(super) async fn run_checks(
                     }
                 };
                 tokio::select! {
-                    passed = bounded => passed,
+                    checked = bounded => match checked {
+                        None => Checked::TimedOut,
+                        Some(None) => Checked::Failed,
+                        Some(Some(outputs)) => Checked::Passed(outputs),
+                    },
                     // Dropped, the check is killed; nothing is decided.
                     _ = shared.interrupt.cancelled() => return Ok(()),
                 }
             }
-            _ => Some(None),
+            _ => Checked::Failed,
         };
         let decision = match check {
-            None => "its check did not finish within the step's timeout: running it again".into(),
-            Some(None) => "its check failed: running it again".into(),
-            Some(Some(outputs)) => {
+            Checked::TimedOut => {
+                "its check did not finish within the step's timeout: running it again".into()
+            }
+            Checked::Failed => "its check failed: running it again".into(),
+            Checked::Passed(outputs) => {
                 let outputs = crate::exec::attempt::masked_outputs(shared, &step.id.value, outputs);
                 match unmet_reader(&shared.plan, starts, &step.id.value, &outputs) {
                     Some((reader, key)) if step.idempotent => format!(
@@ -152,6 +158,16 @@ pub(super) async fn run_checks(
         )));
     }
     Ok(())
+}
+
+/// What a step's check said.
+enum Checked {
+    /// Not within the step's timeout.
+    TimedOut,
+    /// It exited with another status than 0, or could not be started.
+    Failed,
+    /// It exited 0, having written these outputs.
+    Passed(Outputs),
 }
 
 /// A step still to run that reads an output of `step` which `outputs` lacks
