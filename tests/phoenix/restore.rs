@@ -180,6 +180,16 @@ fn a_backup_older_than_max_age_or_rpo_fails() {
     assert_eq!(state_of(&status, "by_max_age"), "succeeded");
 }
 
+/// Step `data` restores the newest backup under `pg/` to `out/db.dump`;
+/// step `after` fails until the file `go` is there, so that the run stops
+/// with the restore done.
+fn restore_then_gate() -> String {
+    format!(
+        "{}\n[[step]]\nid = \"after\"\nphase = \"restore\"\naction = \"command\"\nshell = \"test -e go\"\ntimeout = \"1m\"\nneeds = [\"data\"]\n",
+        restore_step("data", "prefix = \"pg/\"\ndest = \"out/db.dump\""),
+    )
+}
+
 #[test]
 fn a_resumed_restore_uses_the_backup_it_chose_first() {
     resumed_restore_uses_the_backup_it_chose_first(None);
@@ -200,10 +210,7 @@ fn resumed_restore_uses_the_backup_it_chose_first(secret: Option<&str>) {
         Some(_) => "\n[secrets]\npin = { env = \"PIN\" }\n",
         None => "",
     };
-    let plan = format!(
-        "{HEADER}{secrets}{}\n[[step]]\nid = \"after\"\nphase = \"restore\"\naction = \"command\"\nshell = \"test -e go\"\ntimeout = \"1m\"\nneeds = [\"data\"]\n",
-        restore_step("data", "prefix = \"pg/\"\ndest = \"out/db.dump\""),
-    );
+    let plan = format!("{HEADER}{secrets}{}", restore_then_gate());
     ws.write("plan.toml", &plan);
     let phoenix = |args: &[&str], code: i32| {
         ws.phoenix()
@@ -237,10 +244,7 @@ fn resumed_restore_uses_the_backup_it_chose_first(secret: Option<&str>) {
 fn a_resume_whose_chosen_backup_is_gone_or_changed_says_so() {
     let ws = Workspace::new();
     backup(&ws, "pg/db-1.dump", b"first", true, 60);
-    let plan = format!(
-        "{HEADER}{}\n[[step]]\nid = \"after\"\nphase = \"restore\"\naction = \"command\"\nshell = \"test -e go\"\ntimeout = \"1m\"\nneeds = [\"data\"]\n",
-        restore_step("data", "prefix = \"pg/\"\ndest = \"out/db.dump\""),
-    );
+    let plan = format!("{HEADER}{}", restore_then_gate());
     ws.write("plan.toml", &plan);
     ws.expect(["run", "plan.toml"], 1);
     ws.make_in_doubt("data");
