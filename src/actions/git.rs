@@ -262,18 +262,20 @@ pub async fn resolve(
     };
     // An annotated tag that the listing does not peel (bundles list tags
     // unpeeled): fetch it into a scratch repository and ask for its commit.
-    let scratch = std::env::temp_dir().join(format!(
-        "phoenix-resolve-{}-{}",
+    remove_stale_scratch(&std::env::temp_dir());
+    let guard = Scratch(std::env::temp_dir().join(format!(
+        "{SCRATCH_PREFIX}{}-{}",
         std::process::id(),
         &id[..12.min(id.len())]
-    ));
-    let _ = std::fs::remove_dir_all(&scratch);
-    let result = async {
+    )));
+    let scratch = &guard.0;
+    let _ = std::fs::remove_dir_all(scratch);
+    async {
         let mut init = git().await;
-        init.args(["init", "--quiet", "--bare"]).arg(&scratch);
+        init.args(["init", "--quiet", "--bare"]).arg(scratch);
         run_git(init, cancel).await?;
         let mut fetch = git().await;
-        fetch.arg("-C").arg(&scratch).args([
+        fetch.arg("-C").arg(scratch).args([
             "fetch",
             "--quiet",
             "--no-tags",
@@ -283,16 +285,53 @@ pub async fn resolve(
         ]);
         run_git(fetch, cancel).await?;
         let mut parse = git().await;
-        parse.arg("-C").arg(&scratch).args([
-            "rev-parse",
-            "--verify",
-            "refs/phoenix/probe^{commit}",
-        ]);
+        parse
+            .arg("-C")
+            .arg(scratch)
+            .args(["rev-parse", "--verify", "refs/phoenix/probe^{commit}"]);
         Ok(run_git(parse, cancel).await?.trim().to_string())
     }
-    .await;
-    let _ = std::fs::remove_dir_all(&scratch);
-    result
+    .await
+}
+
+/// Where a scratch repository for resolving a tag is made, in the system's
+/// temporary directory: the prefix, then the process id.
+const SCRATCH_PREFIX: &str = "phoenix-resolve-";
+
+/// A scratch directory, removed when dropped: also when the resolve it
+/// serves is dropped half-way (a timeout, Ctrl-C).
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Removes the scratch repositories that processes which are gone left in
+/// `dir` (a crash, `kill -9`, `--chaos kill` in the middle of a resolve):
+/// each held what it fetched of a repository, and nothing else removes
+/// them. A process id still alive, or no `/proc` to tell, keeps its own.
+fn remove_stale_scratch(dir: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(SCRATCH_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
 }
 
 /// Whether `dest` is a checkout of `commit` with no changes (submodules included).

@@ -425,3 +425,51 @@ fn git_over_ssh_never_asks_at_the_terminal() {
     let args = ws.read("my-ssh.args");
     assert!(!args.contains("BatchMode"), "{args}\n{}", run.stderr());
 }
+
+/// An annotated tag in a bundle is resolved in a scratch repository in the
+/// temporary directory. A process killed in the middle (a crash, `--chaos
+/// kill`) left it there, with what it had fetched: one per crash, never
+/// removed. The next resolve removes those of processes that are gone, and
+/// leaves its own and those of live processes alone.
+#[test]
+fn scratch_repositories_left_by_a_killed_process_are_removed() {
+    let ws = Workspace::new();
+    let tmp = ws.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    // A process id that is certainly gone: a child waited for.
+    let gone = Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    let _ = { gone }.wait();
+    let stale = tmp.join(format!("phoenix-resolve-{gone_pid}-0123456789ab"));
+    let live = tmp.join(format!(
+        "phoenix-resolve-{}-0123456789ab",
+        std::process::id()
+    ));
+    let other = tmp.join("phoenix-resolved-notes");
+    for dir in [&stale, &live, &other] {
+        std::fs::create_dir_all(dir.join("objects")).unwrap();
+    }
+    let plan = crate::common::repo_root().join("plans/demo.toml");
+    let run = crate::common::Phoenix::new(ws.path())
+        .env("TMPDIR", &tmp)
+        .args(["plan".as_ref(), plan.as_os_str()])
+        .run()
+        .expect_code(0);
+    assert!(
+        run.stdout().contains("`v1.2.0` resolves to"),
+        "{}",
+        run.stdout()
+    );
+    let mut left: Vec<String> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            "phoenix-resolve-".to_string() + &format!("{}-0123456789ab", std::process::id()),
+            "phoenix-resolved-notes".to_string()
+        ]
+    );
+}
