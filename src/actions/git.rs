@@ -262,7 +262,12 @@ pub async fn resolve(
     };
     // An annotated tag that the listing does not peel (bundles list tags
     // unpeeled): fetch it into a scratch repository and ask for its commit.
-    remove_stale_scratch(&std::env::temp_dir());
+    // Those of processes that are gone (a crash, `kill -9`, `--chaos kill`
+    // in the middle of a resolve) held what they fetched, and nothing else
+    // removes them.
+    super::remove_leftovers(&std::env::temp_dir(), SCRATCH_PREFIX, |rest| {
+        rest.starts_with('-')
+    });
     let guard = Scratch(std::env::temp_dir().join(format!(
         "{SCRATCH_PREFIX}{}-{}",
         std::process::id(),
@@ -295,7 +300,7 @@ pub async fn resolve(
 }
 
 /// Where a scratch repository for resolving a tag is made, in the system's
-/// temporary directory: the prefix, then the process id.
+/// temporary directory: the prefix, the process id, `-` and the tag's id.
 const SCRATCH_PREFIX: &str = "phoenix-resolve-";
 
 /// A scratch directory, removed when dropped: also when the resolve it
@@ -305,32 +310,6 @@ struct Scratch(std::path::PathBuf);
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Removes the scratch repositories that processes which are gone left in
-/// `dir` (a crash, `kill -9`, `--chaos kill` in the middle of a resolve):
-/// each held what it fetched of a repository, and nothing else removes
-/// them. A process id still alive, or no `/proc` to tell, keeps its own.
-fn remove_stale_scratch(dir: &Path) {
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let pid = name
-            .to_str()
-            .and_then(|name| name.strip_prefix(SCRATCH_PREFIX))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok());
-        if let Some(pid) = pid {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
     }
 }
 

@@ -224,7 +224,8 @@ pub(crate) fn beside(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    remove_leftovers(&parent, &format!(".{name}.phoenix-"), &format!(".{suffix}"));
+    let ending = format!(".{suffix}");
+    remove_leftovers(&parent, &format!(".{name}.phoenix-"), |rest| rest == ending);
     Ok(parent.join(format!(".{name}.phoenix-{}.{suffix}", std::process::id())))
 }
 
@@ -232,8 +233,13 @@ pub(crate) fn beside(
 /// lost machine's disk brought back, `--chaos kill`) left under the same
 /// name with its own process id: its resume starts afresh under a new one,
 /// and a partial download can be gigabytes. One whose process still lives
-/// is left alone.
-fn remove_leftovers(parent: &std::path::Path, prefix: &str, ending: &str) {
+/// is left alone. The names are `PREFIX` `PID` and then what
+/// `after_pid` accepts.
+pub(crate) fn remove_leftovers(
+    parent: &std::path::Path,
+    prefix: &str,
+    after_pid: impl Fn(&str) -> bool,
+) {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
     };
@@ -242,8 +248,12 @@ fn remove_leftovers(parent: &std::path::Path, prefix: &str, ending: &str) {
         let Some(pid) = name
             .to_str()
             .and_then(|n| n.strip_prefix(prefix))
-            .and_then(|rest| rest.strip_suffix(ending))
-            .and_then(|pid| pid.parse::<i32>().ok())
+            .and_then(|rest| {
+                let digits = rest
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(rest.len());
+                after_pid(&rest[digits..]).then(|| rest[..digits].parse::<i32>().ok())?
+            })
             .filter(|pid| *pid > 0)
         else {
             continue;

@@ -167,19 +167,23 @@ impl Secrets {
         Ok(value)
     }
 
-    /// Reads the secrets not read yet that can be read now: a file a step
-    /// has just written (a password it generated). Whether any was.
+    /// Reads the file secrets not read yet that can be read now: a file a
+    /// step has just written (a password it generated). Whether any was. (An
+    /// environment variable is phoenix's own: it does not appear mid-run.)
     pub fn read_new(&self, masker: &Masker) -> bool {
+        let unread: Vec<&String> = {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            self.sources
+                .iter()
+                .filter(|(name, secret)| {
+                    matches!(secret.source, SecretSource::File(_)) && !cache.contains_key(*name)
+                })
+                .map(|(name, _)| name)
+                .collect()
+        };
         let mut any = false;
-        for name in self.sources.keys() {
-            let known = self
-                .cache
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains_key(name);
-            if !known && self.get(name, masker).is_ok() {
-                any = true;
-            }
+        for name in unread {
+            any |= self.get(name, masker).is_ok();
         }
         any
     }

@@ -750,34 +750,23 @@ fn an_abandoned_drill_runs_only_its_teardown() {
     );
 }
 
-/// The processes whose environment names `dir` as their run's directory
-/// (`PHOENIX_RUN_DIR`, which phoenix gives its steps), zombies aside.
-fn processes_under(dir: &std::path::Path) -> Vec<i32> {
-    let needle = format!("PHOENIX_RUN_DIR={}", dir.display());
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat
-                .rsplit_once(") ")
-                .is_some_and(|(_, rest)| rest.starts_with('Z'));
-            !zombie
-                && environ
-                    .split(|b| *b == 0)
-                    .any(|var| var == needle.as_bytes())
-        })
+/// The processes of run `run_id`'s steps still running, found as a resume
+/// finds them ([`phoenix::exec::leftovers::find`]); `work` is its
+/// `{{ run.dir }}`.
+fn processes_of(run_id: &str, work: &std::path::Path) -> Vec<i32> {
+    phoenix::exec::leftovers::find(run_id, work)
+        .iter()
+        .map(|l| l.pid)
         .collect()
 }
 
 /// Stops, when dropped (a test that failed too), every process of the run
 /// directory's steps: the demo's service stand-in runs until stopped.
-struct StopsLeftovers(std::path::PathBuf);
+struct StopsLeftovers(String, std::path::PathBuf);
 
 impl Drop for StopsLeftovers {
     fn drop(&mut self) {
-        for pid in processes_under(&self.0) {
+        for pid in processes_of(&self.0, &self.1) {
             crate::common::signal(pid as u32, "KILL");
         }
     }
@@ -795,10 +784,12 @@ fn every_step_of_the_demo_plan_is_safe_to_run_again() {
     let plan = crate::common::repo_root().join("plans/demo.toml");
     // A recovery (no teardown to clean the site away), its gate passed.
     ws.expect(["run".as_ref(), plan.as_os_str(), "--yes".as_ref()], 0);
+    let status = ws.status();
+    let run_id = status["run_id"].as_str().unwrap().to_string();
     // What phoenix gives its steps as PHOENIX_RUN_DIR (`{{ run.dir }}`).
     let run_dir = ws.run_dir().join("work");
-    let _stops = StopsLeftovers(run_dir.clone());
-    let steps: Vec<String> = ws.status()["steps"]
+    let _stops = StopsLeftovers(run_id.clone(), run_dir.clone());
+    let steps: Vec<String> = status["steps"]
         .as_array()
         .unwrap()
         .iter()
@@ -824,14 +815,17 @@ fn every_step_of_the_demo_plan_is_safe_to_run_again() {
     assert!(status.starts_with("serving"), "{status}");
     // The service stand-in is stopped as the drill's teardown would, and
     // nothing else of the run is left.
-    assert!(!processes_under(&run_dir).is_empty(), "the service runs");
+    assert!(
+        !processes_of(&run_id, &run_dir).is_empty(),
+        "the service runs"
+    );
     let pid = std::fs::read_to_string(site.join("service.pid")).unwrap();
     crate::common::signal(pid.trim().parse().unwrap(), "TERM");
     assert!(
         crate::common::wait_for(std::time::Duration::from_secs(10), || {
-            processes_under(&run_dir).is_empty()
+            processes_of(&run_id, &run_dir).is_empty()
         }),
         "left running: {:?}",
-        processes_under(&run_dir)
+        processes_of(&run_id, &run_dir)
     );
 }
