@@ -348,16 +348,19 @@ async fn checkout(
         .args(["clone", "--quiet", "--no-checkout", "--", repo])
         .arg(temp);
     run_git(clone, cancel).await?;
-    let mut checkout = git().await;
-    checkout.arg("-C").arg(temp).args([
-        "-c",
-        "advice.detachedHead=false",
-        "checkout",
-        "--quiet",
-        "--detach",
-        commit,
-    ]);
-    if run_git(checkout, cancel).await.is_err() {
+    let checkout = || async {
+        let mut checkout = git().await;
+        checkout.arg("-C").arg(temp).args([
+            "-c",
+            "advice.detachedHead=false",
+            "checkout",
+            "--quiet",
+            "--detach",
+            commit,
+        ]);
+        run_git(checkout, cancel).await
+    };
+    if checkout().await.is_err() {
         // The commit is no longer on any branch or tag (the tag moved away from
         // it): ask for it by id, then check out again.
         let mut fetch = git().await;
@@ -371,16 +374,7 @@ async fn checkout(
                 strip_credentials(repo)
             ))
         })?;
-        let mut checkout = git().await;
-        checkout.arg("-C").arg(temp).args([
-            "-c",
-            "advice.detachedHead=false",
-            "checkout",
-            "--quiet",
-            "--detach",
-            commit,
-        ]);
-        run_git(checkout, cancel).await?;
+        checkout().await?;
     }
     if submodules && temp.join(".gitmodules").exists() {
         let mut update = git().await;

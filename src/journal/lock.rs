@@ -94,6 +94,18 @@ fn read_info(file: &mut File) -> Option<LockInfo> {
     serde_json::from_str(&text).ok()
 }
 
+/// Locks `file` without waiting; one held by another process is said with
+/// its holder, as far as the file says who that is.
+fn try_lock(file: &mut File, path: &Path) -> Result<(), LockError> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(read_info(file)
+            .map(LockError::Held)
+            .unwrap_or(LockError::HeldUnknown)),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_error(path)(e)),
+    }
+}
+
 impl FileLock {
     pub fn acquire(path: &Path, info: &LockInfo) -> Result<FileLock, LockError> {
         loop {
@@ -105,15 +117,7 @@ impl FileLock {
                 .mode(0o600)
                 .open(path)
                 .map_err(io_error(path))?;
-            match file.try_lock() {
-                Ok(()) => {}
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    return Err(read_info(&mut file)
-                        .map(LockError::Held)
-                        .unwrap_or(LockError::HeldUnknown));
-                }
-                Err(std::fs::TryLockError::Error(e)) => return Err(io_error(path)(e)),
-            }
+            try_lock(&mut file, path)?;
             // A releasing run unlinks the file before it unlocks; if this file is
             // no longer the one at `path`, lock the new one instead.
             let same = match (file.metadata(), std::fs::metadata(path)) {
@@ -155,15 +159,7 @@ impl FileLock {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_error(path)(e)),
         };
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(read_info(&mut file)
-                    .map(LockError::Held)
-                    .unwrap_or(LockError::HeldUnknown));
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io_error(path)(e)),
-        }
+        try_lock(&mut file, path)?;
         let info = read_info(&mut file);
         std::fs::remove_file(path).map_err(io_error(path))?;
         Ok(info)

@@ -116,7 +116,8 @@ impl RunView {
             result: None,
             resumes: 0,
             abandoned: false,
-            steps: HashMap::default(),
+            // A step each, grown once instead of rehashed as the run goes.
+            steps: HashMap::with_capacity_and_hasher(header.fingerprints.len(), Default::default()),
             paused_at: None,
             approvals: Vec::new(),
             chaos: Vec::new(),
