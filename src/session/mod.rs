@@ -655,6 +655,14 @@ impl Session<'_> {
             }));
         }
         {
+            // What `resume --output` gave is masked as a step's own outputs
+            // are: the journal keeps it masked, so a dependent that got the
+            // secret now would get `***` after the next resume. Outputs read
+            // back from the journal were masked when written.
+            let outputs = outputs.into_iter().map(|(step, given)| {
+                let masked = crate::exec::attempt::masked_outputs(&shared, &step, given);
+                (step, masked)
+            });
             let mut map = shared.outputs.write().unwrap_or_else(|e| e.into_inner());
             map.extend(outputs);
         }

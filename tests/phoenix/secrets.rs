@@ -467,3 +467,44 @@ fn a_secret_from_an_unset_variable_stops_the_run_before_it_starts() {
     // `other` is read by no step: it need not be set.
     assert_eq!(ws.read("ledger"), "first\n");
 }
+
+/// `resume --output` with a secret's value: the dependent gets `***`, as it
+/// would from a step's own output, in this resume and in any later one (the
+/// journal keeps it masked either way).
+#[test]
+fn an_output_given_on_the_command_line_is_masked_as_a_steps_own() {
+    let ws = Workspace::new();
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}\n[secrets]\ntoken = {{ env = \"CANARY_TOKEN\" }}\n{}{}",
+            shell_step("made", "provision", "exit 1", ""),
+            shell_step(
+                "reader",
+                "provision",
+                "echo {{ steps.made.outputs.key | quote }} >> ledger",
+                "needs = [\"made\"]"
+            ),
+        ),
+    );
+    let phoenix = |args: &[&str], code: i32| {
+        ws.phoenix()
+            .env("CANARY_TOKEN", CANARY)
+            .args(args)
+            .run()
+            .expect_code(code)
+    };
+    phoenix(&["run", "plan.toml"], 1);
+    let given = format!("made.key={CANARY}");
+    let resumed = phoenix(&["resume", "--skip", "made", "--output", &given], 0);
+    assert!(
+        resumed
+            .stderr()
+            .contains("step `made`: output `key` holds a secret's value"),
+        "{}",
+        resumed.stderr()
+    );
+    assert_eq!(ws.read("ledger"), "***\n");
+    assert!(!resumed.stderr().contains(CANARY), "{}", resumed.stderr());
+    assert_no_canary_in_state(&ws);
+}
