@@ -78,6 +78,13 @@ pub async fn run(spec: &TemplateSpec, ctx: &StepContext<'_>) -> Result<Outputs, 
             .unwrap_or(path)
             .display()
             .to_string();
+        crate::exec::context::refuse_withheld_in(ctx.shared, &text).map_err(|e| {
+            ActionError::Template {
+                file: name.clone(),
+                line: None,
+                message: e.to_string(),
+            }
+        })?;
         let output = render(&name, &text, &context)?;
         rendered.push((relative.clone(), output));
     }

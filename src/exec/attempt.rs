@@ -12,7 +12,7 @@ use chrono::Utc;
 use rand::Rng;
 use tokio::sync::mpsc;
 
-use super::{context, ActionError, Event, Shared, StepContext};
+use super::{context, ActionError, Event, Shared, StepContext, StepOutputs};
 use crate::journal::record::{Outcome, Outputs, Record};
 use crate::journal::writer::Durability;
 use crate::plan::model::MAX_BACKOFF;
@@ -21,7 +21,7 @@ use crate::plan::model::MAX_BACKOFF;
 #[derive(Debug)]
 pub enum StepOutcome {
     Succeeded {
-        outputs: Outputs,
+        outputs: StepOutputs,
     },
     Failed {
         error: String,
@@ -64,23 +64,22 @@ pub async fn run_step(
     let _ = tx.send(Message::Done(index, outcome));
 }
 
-/// A step's outputs as they are journaled: a secret in one is masked, and
-/// its dependents read `***` on the first run and after a resume alike;
-/// said, for who wonders why.
-pub(crate) fn masked_outputs(shared: &Shared, id: &str, outputs: Outputs) -> Outputs {
-    outputs
-        .into_iter()
-        .map(|(key, value)| {
-            if !shared.masker.reveals(&value) {
-                return (key, value);
-            }
+/// What a step's outputs give the steps after it: masked, as the journal
+/// keeps them, with those that held a secret's value withheld (see
+/// [`StepOutputs`]); said, as it happens, for the author to fix the plan.
+pub(crate) fn withhold_secrets(shared: &Shared, id: &str, outputs: &Outputs) -> StepOutputs {
+    let mut passed = StepOutputs::default();
+    for (key, value) in outputs {
+        let masked = shared.masker.mask(value);
+        if let std::borrow::Cow::Owned(_) = masked {
             shared.events.emit(Event::Warning(format!(
-                "step `{id}`: output `{key}` holds a secret's value, which the steps that read it get as `***`; give a step a secret with `{{{{ secrets.NAME }}}}`"
+                "step `{id}`: output `{key}` holds a secret's value; it is kept masked, and a step that reads it fails: give a step a secret with `{{{{ secrets.NAME }}}}`"
             )));
-            let masked = shared.masker.mask(&value).into_owned();
-            (key, masked)
-        })
-        .collect()
+            passed.withheld.insert(key.clone());
+        }
+        passed.values.insert(key.clone(), masked.into_owned());
+    }
+    passed
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
@@ -138,15 +137,9 @@ async fn attempts(
         learn_made_secrets(shared, &id, &log_path);
         let error = match result {
             Ok(outputs) => {
-                let outputs = masked_outputs(shared, &id, outputs);
-                let record = finished(
-                    &id,
-                    attempt,
-                    Outcome::Succeeded,
-                    outputs.clone(),
-                    None,
-                    duration,
-                );
+                let passed = withhold_secrets(shared, &id, &outputs);
+                // Masked as it is written, which names what it withholds.
+                let record = finished(&id, attempt, Outcome::Succeeded, outputs, None, duration);
                 // The walker syncs the journal when it needs this step done.
                 // A step that must not run twice is made durable at once: the
                 // window in which a lost machine would leave it in doubt stays
@@ -176,7 +169,7 @@ async fn attempts(
                     log: None,
                 });
                 maybe_crash(shared, &id).await;
-                return StepOutcome::Succeeded { outputs };
+                return StepOutcome::Succeeded { outputs: passed };
             }
             Err(ActionError::Interrupted) => {
                 release();
@@ -276,6 +269,7 @@ fn finished(
         at: Utc::now(),
         outcome,
         outputs,
+        withheld: Default::default(),
         error,
         duration_seconds: duration.as_secs_f64(),
     }

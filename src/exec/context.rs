@@ -3,12 +3,12 @@
 //! Built per step from only what its strings reference, so a 10,000-step plan
 //! does not copy every output into every step.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use serde_json::{json, Map, Value};
 
-use super::{ActionError, Shared};
-use crate::plan::interpolate::{expressions, has_expressions, references};
+use super::{ActionError, Shared, StepOutputs};
+use crate::plan::interpolate::{expressions, has_expressions, output_keys_read, references};
 use crate::plan::Step;
 
 /// `(step ids, secret names)` that a step's strings read.
@@ -54,13 +54,53 @@ pub fn build(shared: &Shared, step: &Step) -> Result<minijinja::Value, ActionErr
     {
         let outputs = shared.outputs.read().unwrap_or_else(|e| e.into_inner());
         for id in step_refs {
-            let values = outputs.get(&id).cloned().unwrap_or_default();
-            steps.insert(id, json!({ "outputs": values }));
+            let given = outputs.get(&id).cloned().unwrap_or_default();
+            if !given.withheld.is_empty() {
+                let reads = step.texts.iter().flat_map(|text| output_keys_read(text));
+                refuse_withheld(reads, &outputs)?;
+            }
+            steps.insert(id, json!({ "outputs": given.values }));
         }
     }
     Ok(minijinja::Value::from(minijinja::value::Serde(
         context_json(shared, secrets, steps),
     )))
+}
+
+/// Fails where `reads` (a step's, by [`output_keys_read`]) take an output
+/// that held a secret's value, or all of a step's outputs at once (`|
+/// tojson`), which hold it.
+fn refuse_withheld(
+    reads: impl IntoIterator<Item = (String, Option<String>)>,
+    outputs: &HashMap<String, StepOutputs>,
+) -> Result<(), ActionError> {
+    for (step, key) in reads {
+        let Some(given) = outputs.get(&step) else {
+            continue;
+        };
+        let withheld = match key {
+            Some(key) => given.withheld.get(&key),
+            None => given.withheld.first(),
+        };
+        if let Some(key) = withheld {
+            return Err(ActionError::Withheld {
+                step,
+                key: key.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// For a template's file: fails where its `{{ }}` read an output that held a
+/// secret's value, as a step's own strings do (`build_full` leaves such an
+/// output out, so a read inside a `{% %}` block fails as undefined).
+pub fn refuse_withheld_in(shared: &Shared, text: &str) -> Result<(), ActionError> {
+    let outputs = shared.outputs.read().unwrap_or_else(|e| e.into_inner());
+    if outputs.values().all(|given| given.withheld.is_empty()) {
+        return Ok(());
+    }
+    refuse_withheld(output_keys_read(text), &outputs)
 }
 
 /// The context of a template: every var and secret, the outputs of every step
@@ -85,8 +125,11 @@ pub fn build_full(shared: &Shared, step: &Step) -> Result<minijinja::Value, Acti
         let outputs = shared.outputs.read().unwrap_or_else(|e| e.into_inner());
         for ancestor in shared.plan.graph().ancestors(index).ones() {
             let id = &plan.steps[ancestor].id.value;
-            let values = outputs.get(id).cloned().unwrap_or_default();
-            steps.insert(id.clone(), json!({ "outputs": values }));
+            // What a template's files read is known only as they render: a
+            // withheld output is left out, and reading it fails as undefined.
+            let mut given = outputs.get(id).cloned().unwrap_or_default();
+            given.values.retain(|key, _| !given.withheld.contains(key));
+            steps.insert(id.clone(), json!({ "outputs": given.values }));
         }
     }
     Ok(minijinja::Value::from(minijinja::value::Serde(

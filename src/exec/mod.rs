@@ -12,7 +12,7 @@
 //! Actions never see the scheduler: they get a [`StepContext`] and return outputs
 //! or an [`ActionError`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -76,6 +76,19 @@ pub struct Approvals {
     pub interactive: bool,
 }
 
+/// What a done step gives the steps after it.
+#[derive(Clone, Debug, Default)]
+pub struct StepOutputs {
+    /// Masked: an output that held a secret's value holds `***` in its place.
+    pub values: Outputs,
+    /// The outputs that held a secret's value. A step that reads one fails
+    /// instead of being given the masked value: `***` in place of a password
+    /// in a config, or in a shell script (where it is a glob), is never what
+    /// the plan meant. The journal names them too (`withheld`), since a
+    /// resume reads back only the masked values.
+    pub withheld: BTreeSet<String>,
+}
+
 /// Everything the steps of one run share.
 pub struct Shared {
     pub plan: Arc<Plan>,
@@ -85,7 +98,7 @@ pub struct Shared {
     pub masker: Arc<secrets::Masker>,
     pub secrets: secrets::Secrets,
     /// Outputs of the steps that have succeeded, by step id.
-    pub outputs: RwLock<HashMap<String, Outputs>>,
+    pub outputs: RwLock<HashMap<String, StepOutputs>>,
     /// What steps resolved on their first run, by step id.
     pub frozen: Mutex<HashMap<String, BTreeMap<String, serde_json::Value>>>,
     pub processes: process::ProcessGroups,
@@ -344,4 +357,6 @@ pub enum ActionError {
     },
     #[error("the journal failed: {0}")]
     Journal(String),
+    #[error("reads the output `{key}` of `{step}`, which held a secret's value and is not passed on (it would arrive as `***`): read the secret itself with `{{{{ secrets.NAME }}}}`")]
+    Withheld { step: String, key: String },
 }

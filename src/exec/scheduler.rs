@@ -442,6 +442,7 @@ impl Walker {
                 failed: cause.to_string(),
             },
             outputs: Default::default(),
+            withheld: Default::default(),
         });
         self.shared.events.emit(Event::StepSkipped {
             step: step.id.value.clone(),

@@ -1,7 +1,7 @@
 //! Reading a journal back: parsing with line numbers, the torn-tail rule, and
 //! folding records into where each step stands.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -145,6 +145,7 @@ impl RunView {
                 at,
                 outcome,
                 outputs,
+                withheld,
                 error,
                 duration_seconds,
             } => {
@@ -155,6 +156,7 @@ impl RunView {
                     Outcome::Failed => StepState::Failed,
                 };
                 s.outputs = outputs.clone();
+                s.withheld = withheld.clone();
                 s.error = error.clone();
                 s.finished_at = Some(*at);
                 s.duration_seconds = Some(*duration_seconds);
@@ -170,6 +172,7 @@ impl RunView {
                 at,
                 reason,
                 outputs,
+                withheld,
             } => {
                 let s = view.step(step);
                 s.state = StepState::Skipped;
@@ -177,6 +180,7 @@ impl RunView {
                 s.finished_at = Some(*at);
                 if !outputs.is_empty() {
                     s.outputs = outputs.clone();
+                    s.withheld = withheld.clone();
                 }
             }
             Record::Resumed(resumed) => {
@@ -258,6 +262,8 @@ pub struct StepView {
     pub finished_at: Option<DateTime<Utc>>,
     pub duration_seconds: Option<f64>,
     pub outputs: Outputs,
+    /// The outputs that held a secret's value: see `Record::mask`.
+    pub withheld: BTreeSet<String>,
     pub error: Option<String>,
     pub frozen: BTreeMap<String, serde_json::Value>,
     pub skip: Option<SkipReason>,

@@ -4,7 +4,7 @@
 //! not write is optional, and readers ignore fields they do not know, so that the
 //! format can grow without breaking old journals.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -35,6 +35,10 @@ pub enum Record {
         outcome: Outcome,
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         outputs: Outputs,
+        /// The outputs that held a secret's value: kept masked, never passed
+        /// on (see [`Record::mask`]).
+        #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+        withheld: BTreeSet<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
         duration_seconds: f64,
@@ -55,6 +59,8 @@ pub enum Record {
         reason: SkipReason,
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         outputs: Outputs,
+        #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+        withheld: BTreeSet<String>,
     },
     /// A resume began: who, and what it decided.
     Resumed(Resumed),
@@ -112,19 +118,46 @@ impl Record {
     /// a step froze (the commit or the backup it chose: ids, object keys,
     /// digests, times) and the header's `--var` values, which are not secrets
     /// (a run warns when one holds a secret's value).
+    ///
+    /// An output that held a secret is named in `withheld` too: a resume
+    /// reads back only its masked value, which no step may be given in its
+    /// place (a password of `***` in a config, a path ending in a glob).
     pub fn mask(&mut self, masker: &crate::exec::secrets::Masker) {
-        let text = |text: &mut String| {
-            if let std::borrow::Cow::Owned(masked) = masker.mask(text) {
+        // Whether there was a secret to mask.
+        let text = |text: &mut String| match masker.mask(text) {
+            std::borrow::Cow::Owned(masked) => {
                 *text = masked;
+                true
+            }
+            std::borrow::Cow::Borrowed(_) => false,
+        };
+        let outputs = |outputs: &mut Outputs, withheld: &mut BTreeSet<String>| {
+            for (key, value) in outputs.iter_mut() {
+                if text(value) {
+                    withheld.insert(key.clone());
+                }
             }
         };
         match self {
-            Record::Finished { outputs, error, .. } => {
-                outputs.values_mut().for_each(text);
-                error.iter_mut().for_each(text);
+            Record::Finished {
+                outputs: values,
+                withheld,
+                error,
+                ..
+            } => {
+                outputs(values, withheld);
+                error.iter_mut().for_each(|error| {
+                    text(error);
+                });
             }
-            Record::Skipped { outputs, .. } => outputs.values_mut().for_each(text),
-            Record::Paused { prompt, .. } => text(prompt),
+            Record::Skipped {
+                outputs: values,
+                withheld,
+                ..
+            } => outputs(values, withheld),
+            Record::Paused { prompt, .. } => {
+                text(prompt);
+            }
             Record::Header(_)
             | Record::Frozen { .. }
             | Record::Started { .. }
@@ -265,7 +298,12 @@ mod tests {
             attempt: 1,
             at: Utc::now(),
             outcome: Outcome::Succeeded,
-            outputs: [("key".to_string(), format!("{key}\n"))].into(),
+            outputs: [
+                ("key".to_string(), format!("{key}\n")),
+                ("plain".to_string(), "value".to_string()),
+            ]
+            .into(),
+            withheld: Default::default(),
             error: Some(format!("printed {key} and finished")),
             duration_seconds: 1.0,
         };
@@ -275,7 +313,10 @@ mod tests {
             line.starts_with(r#"{"type":"finished","step":"finished","#),
             "{line}"
         );
-        assert!(line.contains(r#""outputs":{"key":"***\n"}"#), "{line}");
+        assert!(
+            line.contains(r#""outputs":{"key":"***\n","plain":"value"},"withheld":["key"]"#),
+            "{line}"
+        );
         assert!(line.contains(r#""error":"printed *** and ***""#), "{line}");
 
         let header: Header = serde_json::from_str(

@@ -517,6 +517,7 @@ mod tests {
             at: Utc::now(),
             reason: crate::journal::record::SkipReason::Check,
             outputs: Default::default(),
+            withheld: Default::default(),
         }
     }
 

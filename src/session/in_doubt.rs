@@ -109,8 +109,9 @@ pub(super) async fn run_checks(
             }
             Checked::Failed => "its check failed: running it again".into(),
             Checked::Passed(outputs) => {
-                let outputs = crate::exec::attempt::masked_outputs(shared, &step.id.value, outputs);
-                match unmet_reader(&shared.plan, starts, &step.id.value, &outputs) {
+                let passed =
+                    crate::exec::attempt::withhold_secrets(shared, &step.id.value, &outputs);
+                match unmet_reader(&shared.plan, starts, &step.id.value, &passed.values) {
                     Some((reader, key)) if step.idempotent => format!(
                         "its check passed, but gave no {}, which `{reader}` reads (a check gives outputs in `$PHOENIX_OUTPUT`, as its step does): running it again",
                         key.map_or("outputs".into(), |key| format!("`{key}`"))
@@ -138,7 +139,8 @@ pub(super) async fn run_checks(
                                 step: step.id.value.clone(),
                                 at: Utc::now(),
                                 reason: SkipReason::Check,
-                                outputs: outputs.clone(),
+                                outputs,
+                                withheld: Default::default(),
                             })
                             .await
                             .map_err(journal_write(shared))?;
@@ -146,7 +148,7 @@ pub(super) async fn run_checks(
                             .outputs
                             .write()
                             .unwrap_or_else(|e| e.into_inner())
-                            .insert(step.id.value.clone(), outputs);
+                            .insert(step.id.value.clone(), passed);
                         "its check passed: counted as done".into()
                     }
                 }

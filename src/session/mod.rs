@@ -21,12 +21,13 @@ use chrono::Utc;
 use sha2::{Digest, Sha256};
 
 use crate::actions::approval::host_name;
+use crate::exec::attempt::withhold_secrets;
 use crate::exec::chaos::{Chaos, ChaosSpec};
 use crate::exec::leftovers::{self, Leftover};
 use crate::exec::scheduler::{self, Start};
 use crate::exec::secrets::Masker;
 use crate::exec::spawn::ShortSlice;
-use crate::exec::{Approvals, Event, EventSink, RunInfo, Shared};
+use crate::exec::{Approvals, Event, EventSink, RunInfo, Shared, StepOutputs};
 use crate::journal::reader::RunView;
 use crate::journal::record::{Header, Outputs, Record, RunResult, FORMAT_VERSION};
 use crate::journal::writer::IdleWrites;
@@ -595,7 +596,7 @@ impl Session<'_> {
         self,
         first_records: Vec<Record>,
         mut starts: Vec<Start>,
-        outputs: BTreeMap<String, crate::journal::record::Outputs>,
+        outputs: BTreeMap<String, StepOutputs>,
         frozen: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
         chaos: Option<Chaos>,
         approvals: Approvals,
@@ -655,13 +656,13 @@ impl Session<'_> {
             }));
         }
         {
-            // What `resume --output` gave is masked as a step's own outputs
-            // are: the journal keeps it masked, so a dependent that got the
-            // secret now would get `***` after the next resume. Outputs read
-            // back from the journal were masked when written.
+            // What `resume --output` gave is withheld where it holds a secret,
+            // as a step's own outputs are (the journal keeps it masked).
+            // Outputs read back from the journal were masked when written.
             let outputs = outputs.into_iter().map(|(step, given)| {
-                let masked = crate::exec::attempt::masked_outputs(&shared, &step, given);
-                (step, masked)
+                let mut passed = withhold_secrets(&shared, &step, &given.values);
+                passed.withheld.extend(given.withheld);
+                (step, passed)
             });
             let mut map = shared.outputs.write().unwrap_or_else(|e| e.into_inner());
             map.extend(outputs);

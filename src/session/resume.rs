@@ -17,7 +17,7 @@ use super::{
 use crate::actions::approval::{current_user, host_name};
 use crate::exec::chaos::{Chaos, ChaosSpec};
 use crate::exec::scheduler::Start;
-use crate::exec::{Approvals, Event, EventSink};
+use crate::exec::{Approvals, Event, EventSink, StepOutputs};
 use crate::journal::reader::{RunView, StepState};
 use crate::journal::record::{
     ChangedStep, Header, InDoubt, Outputs, Record, Resumed, RunResult, SkipReason,
@@ -162,8 +162,15 @@ pub fn resume(
                     user: current_user(),
                 },
                 outputs: given.clone(),
+                withheld: Default::default(),
             });
             if !given.is_empty() {
+                // Masked, and withheld where they hold a secret, once the
+                // run's secrets are read (`Session::execute`).
+                let given = StepOutputs {
+                    values: given,
+                    withheld: Default::default(),
+                };
                 outputs.insert(id.to_string(), given);
             }
             if previous.state == StepState::InDoubt {
@@ -187,7 +194,11 @@ pub fn resume(
         }
         match previous.state {
             _ if previous.is_done() => {
-                outputs.insert(id.to_string(), previous.outputs.clone());
+                let restored = StepOutputs {
+                    values: previous.outputs.clone(),
+                    withheld: previous.withheld.clone(),
+                };
+                outputs.insert(id.to_string(), restored);
                 starts.push(Start::Done);
             }
             StepState::InDoubt | StepState::Running => {

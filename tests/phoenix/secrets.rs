@@ -1,7 +1,7 @@
 //! The secret canary: a secret printed every way a step can print it must not
 //! appear in any file of the state or in anything phoenix prints.
 
-use crate::common::{shell_step, Workspace, HEADER};
+use crate::common::{shell_step, state_of, Workspace, HEADER};
 
 const CANARY: &str = "canary-Zx81-SECRET";
 const FILE_CANARY: &str = "file-canary-Qq77";
@@ -468,23 +468,38 @@ fn a_secret_from_an_unset_variable_stops_the_run_before_it_starts() {
     assert_eq!(ws.read("ledger"), "first\n");
 }
 
-/// `resume --output` with a secret's value: the dependent gets `***`, as it
-/// would from a step's own output, in this resume and in any later one (the
-/// journal keeps it masked either way).
+/// An output that holds a secret's value is journaled masked, and a step
+/// that reads it fails, saying why, instead of being given `***` (which in a
+/// shell script is a glob): on the first run, after a resume, and for what
+/// `resume --output` gives alike. A step that does not read it runs.
 #[test]
-fn an_output_given_on_the_command_line_is_masked_as_a_steps_own() {
+fn a_step_reading_an_output_that_held_a_secret_fails_instead_of_getting_it_masked() {
     let ws = Workspace::new();
+    ws.write("app.conf.tpl", "dsn = {{ steps.made.outputs.url }}\n");
+    let template = "\n[[step]]\nid = \"conf\"\nphase = \"configure\"\naction = \"template\"\nsource = \"app.conf.tpl\"\ndest = \"app.conf\"\nneeds = [\"made\"]\ntimeout = \"10s\"\n";
     ws.write(
         "plan.toml",
         &format!(
-            "{HEADER}\n[secrets]\ntoken = {{ env = \"CANARY_TOKEN\" }}\n{}{}",
-            shell_step("made", "provision", "exit 1", ""),
+            "{HEADER}\n[secrets]\ntoken = {{ env = \"CANARY_TOKEN\" }}\n{}{}{}{}{template}",
+            shell_step(
+                "made",
+                "provision",
+                "echo url=https://app:{{ secrets.token }}@db >> \"$PHOENIX_OUTPUT\"; echo host=db >> \"$PHOENIX_OUTPUT\"",
+                ""
+            ),
             shell_step(
                 "reader",
                 "provision",
-                "echo {{ steps.made.outputs.key | quote }} >> ledger",
+                "echo {{ steps.made.outputs.url }} >> ledger",
                 "needs = [\"made\"]"
             ),
+            shell_step(
+                "host_only",
+                "provision",
+                "echo {{ steps.made.outputs.host }} >> ledger",
+                "needs = [\"made\"]"
+            ),
+            shell_step("given", "provision", "exit 1", ""),
         ),
     );
     let phoenix = |args: &[&str], code: i32| {
@@ -494,17 +509,52 @@ fn an_output_given_on_the_command_line_is_masked_as_a_steps_own() {
             .run()
             .expect_code(code)
     };
-    phoenix(&["run", "plan.toml"], 1);
-    let given = format!("made.key={CANARY}");
-    let resumed = phoenix(&["resume", "--skip", "made", "--output", &given], 0);
+    let refused = "reads the output `url` of `made`, which held a secret's value and is not passed on (it would arrive as `***`): read the secret itself with `{{ secrets.NAME }}`";
+    let run = phoenix(&["run", "plan.toml", "--keep-going"], 1);
     assert!(
-        resumed
-            .stderr()
-            .contains("step `made`: output `key` holds a secret's value"),
+        run.stderr()
+            .contains("step `made`: output `url` holds a secret's value; it is kept masked, and a step that reads it fails"),
         "{}",
-        resumed.stderr()
+        run.stderr()
     );
-    assert_eq!(ws.read("ledger"), "***\n");
+    assert!(run.stderr().contains(refused), "{}", run.stderr());
+    assert!(
+        run.stderr()
+            .contains(&format!("template `app.conf.tpl`: {refused}")),
+        "{}",
+        run.stderr()
+    );
+    assert!(!ws.path().join("app.conf").exists());
+    assert_eq!(ws.read("ledger"), "db\n", "the step reading `host` ran");
+    assert!(ws.journal().contains("\"withheld\":[\"url\"]"));
+    assert_eq!(state_of(&ws.status(), "reader"), "failed");
+    // A resume reads back only `https://app:***@db`: still refused.
+    let resumed = phoenix(&["resume", "--skip", "given"], 1);
+    assert!(resumed.stderr().contains(refused), "{}", resumed.stderr());
+    assert_eq!(ws.read("ledger"), "db\n");
+    assert_no_canary_in_state(&ws);
+
+    // What `--output` gives is held to the same rule.
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}\n[secrets]\ntoken = {{ env = \"CANARY_TOKEN\" }}\n{}{}",
+            shell_step("made", "provision", "exit 1", ""),
+            shell_step(
+                "reader",
+                "provision",
+                "echo {{ steps.made.outputs.url }} >> ledger",
+                "needs = [\"made\"]"
+            ),
+        ),
+    );
+    phoenix(&["run", "plan.toml"], 1);
+    let given = format!("made.url=https://app:{CANARY}@db");
+    let resumed = phoenix(&["resume", "--skip", "made", "--output", &given], 1);
+    for said in ["step `made`: output `url` holds a secret's value", refused] {
+        assert!(resumed.stderr().contains(said), "{}", resumed.stderr());
+    }
     assert!(!resumed.stderr().contains(CANARY), "{}", resumed.stderr());
+    assert_eq!(ws.read("ledger"), "db\n");
     assert_no_canary_in_state(&ws);
 }
