@@ -226,22 +226,23 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
         source,
     })?;
     let outputs = if output_files.take(OsStr::new(&output_name)) {
-        let (outputs, problems) = read_outputs(&output_file);
-        for problem in problems {
-            ctx.shared.events.emit(crate::exec::Event::Warning(format!(
-                "step `{}`: `PHOENIX_OUTPUT` {problem}",
-                ctx.step.id.value
-            )));
-        }
-        outputs
+        read_outputs(&output_file).map(|(outputs, problems)| {
+            for problem in problems {
+                ctx.shared.events.emit(crate::exec::Event::Warning(format!(
+                    "step `{}`: `PHOENIX_OUTPUT` {problem}",
+                    ctx.step.id.value
+                )));
+            }
+            outputs
+        })
     } else {
-        Outputs::new()
+        Ok(Outputs::new())
     };
     if ctx.cancel.is_cancelled() {
         return Err(ActionError::Interrupted);
     }
     match (status.code(), status.signal()) {
-        (Some(0), _) => Ok(outputs),
+        (Some(0), _) => outputs.map_err(|too_large| ActionError::Outputs(too_large.to_string())),
         (Some(code), _) => Err(ActionError::Exit(code)),
         (None, Some(signal)) => Err(ActionError::Signal(
             nix::sys::signal::Signal::try_from(signal)
@@ -294,18 +295,48 @@ async fn terminate(pgid: i32, child: &mut Child) {
     signal_group(pgid, Signal::SIGKILL);
 }
 
+/// The most a `PHOENIX_OUTPUT` file may hold. Outputs are values later steps
+/// read (ids, hosts, paths), and each is kept in the journal, the run's
+/// memory and its report: a script that sent a command's whole output there
+/// (`>> "$PHOENIX_OUTPUT"` on the wrong line) would put a dump in each.
+pub(crate) const OUTPUTS_LIMIT: u64 = 1024 * 1024;
+
+/// A `PHOENIX_OUTPUT` file over [`OUTPUTS_LIMIT`]: its size, as found.
+#[derive(Debug)]
+pub(crate) struct TooLarge(u64);
+
+impl std::fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`PHOENIX_OUTPUT` holds {}, more than the 1 MiB outputs may take (they are values later steps read: ids, hosts, paths); write large data to a file and give its path as the output",
+            crate::report::terminal::bytes(self.0 as f64),
+        )
+    }
+}
+
 /// `key=value` lines of the `PHOENIX_OUTPUT` file (blank lines and `#`
 /// comments aside), and what was wrong with the rest: a line that is not
 /// `key=value` is left out and named by its number (not its text, which may
 /// hold a secret), bytes that are not UTF-8 are replaced. Either used to be
 /// dropped without a word, and a dependent then failed on a missing output.
-/// The file is removed once read, as it may hold secrets.
-pub(crate) fn read_outputs(path: &Path) -> (Outputs, Vec<String>) {
+/// A file over [`OUTPUTS_LIMIT`] is not read at all. The file is removed
+/// once read, as it may hold secrets.
+pub(crate) fn read_outputs(path: &Path) -> Result<(Outputs, Vec<String>), TooLarge> {
+    use std::io::Read;
     let mut problems = Vec::new();
-    let Ok(bytes) = std::fs::read(path) else {
-        return (Outputs::new(), problems);
+    let Ok(file) = std::fs::File::open(path) else {
+        return Ok((Outputs::new(), problems));
     };
     let _ = std::fs::remove_file(path);
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    // Read to one byte past the limit at most: the file may still grow (a
+    // process the step left behind writes on).
+    let mut bytes = Vec::new();
+    let _ = file.take(OUTPUTS_LIMIT + 1).read_to_end(&mut bytes);
+    if size.max(bytes.len() as u64) > OUTPUTS_LIMIT {
+        return Err(TooLarge(size.max(bytes.len() as u64)));
+    }
     let text = String::from_utf8_lossy(&bytes);
     if let std::borrow::Cow::Owned(_) = text {
         problems.push("holds bytes that are not UTF-8: each was replaced by U+FFFD".into());
@@ -322,7 +353,7 @@ pub(crate) fn read_outputs(path: &Path) -> (Outputs, Vec<String>) {
             _ => problems.push(format!("line {} is not `key=value`: left out", n + 1)),
         }
     }
-    (outputs, problems)
+    Ok((outputs, problems))
 }
 
 /// Lets the copy of an exited process's output finish: a daemon it started

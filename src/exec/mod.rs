@@ -357,6 +357,9 @@ pub enum ActionError {
     },
     #[error("the journal failed: {0}")]
     Journal(String),
+    /// What the step gave as outputs cannot be taken.
+    #[error("{0}")]
+    Outputs(String),
     #[error("reads the output `{key}` of `{step}`, which held a secret's value and is not passed on (it would arrive as `***`): read the secret itself with `{{{{ secrets.NAME }}}}`")]
     Withheld { step: String, key: String },
 }

@@ -242,16 +242,29 @@ async fn run_check(shared: &Shared, step: &str, args: &[String], log: PathBuf) -
         crate::actions::command::finish_copy(copier).await;
     }
     // Read, and removed, either way: it may hold a secret.
-    let (outputs, problems) = crate::actions::command::read_outputs(&output_file);
+    let read = crate::actions::command::read_outputs(&output_file);
     if !status.is_ok_and(|s| s.success()) {
         return None;
     }
-    for problem in problems {
-        shared.events.emit(Event::Warning(format!(
-            "step `{step}`: its check's `PHOENIX_OUTPUT` {problem}"
-        )));
+    match read {
+        Ok((outputs, problems)) => {
+            for problem in problems {
+                shared.events.emit(Event::Warning(format!(
+                    "step `{step}`: its check's `PHOENIX_OUTPUT` {problem}"
+                )));
+            }
+            Some(outputs)
+        }
+        // Passed, but with no outputs taken: a step that reads one runs
+        // again, or stops the resume if it must not (never a failed check,
+        // which would run a step that must not run twice).
+        Err(too_large) => {
+            shared.events.emit(Event::Warning(format!(
+                "step `{step}`: its check passed, but {too_large}: none of its outputs are taken"
+            )));
+            Some(Outputs::new())
+        }
     }
-    Some(outputs)
 }
 
 /// What the steps in doubt left running, if the phoenix that ran them was

@@ -643,6 +643,39 @@ fn a_step_in_doubt_whose_outputs_are_read_runs_again_though_its_check_passes() {
     assert_eq!(ws.read("ledger"), "vpc-7\n");
 }
 
+/// A check that sends too much to `PHOENIX_OUTPUT` passes with none of its
+/// outputs taken, saying why: a step that reads one runs its producer again
+/// (a failed check would run even a step that must not run twice).
+#[test]
+fn a_checks_outputs_over_a_mebibyte_are_not_taken() {
+    let ws = Workspace::new();
+    ws.write_plan(&[
+        shell_step(
+            "net",
+            "provision",
+            "echo net >> ledger; echo vpc=vpc-7 >> \"$PHOENIX_OUTPUT\"",
+            "check = [\"sh\", \"-c\", \"echo vpc=vpc-7 >> $PHOENIX_OUTPUT; head -c 3000000 /dev/zero >> $PHOENIX_OUTPUT\"]",
+        ),
+        shell_step(
+            "host",
+            "provision",
+            "echo {{ steps.net.outputs.vpc }} >> ledger",
+            "needs = [\"net\"]",
+        ),
+    ]);
+    ws.expect(["run", "plan.toml"], 0);
+    // Both in doubt, as after a crash.
+    ws.cut_journal(|l| l.contains("\"type\":\"finished\"") || l.contains("\"type\":\"ended\""));
+    let resumed = ws.expect(["resume"], 0);
+    for said in [
+        "step `net`: its check passed, but `PHOENIX_OUTPUT` holds 2.9 MiB, more than the 1 MiB outputs may take",
+        "step `net` was in doubt; its check passed, but gave no `vpc`, which `host` reads",
+    ] {
+        assert!(resumed.stderr().contains(said), "{}", resumed.stderr());
+    }
+    assert_eq!(ws.read("ledger"), "net\nvpc-7\nnet\nvpc-7\n");
+}
+
 /// The probe that finds what a step in doubt made gives what it would have
 /// said of it: the check's `PHOENIX_OUTPUT` lines are the step's outputs, for
 /// this resume and every later one. A step that must not run twice (the

@@ -42,6 +42,34 @@ fn outputs_flow_to_dependents_and_status_reports_them() {
     assert!(status["finished_at"].is_string());
 }
 
+/// A script that sent a command's whole output to `PHOENIX_OUTPUT` fails
+/// saying so, instead of putting megabytes into the journal, the run's
+/// memory and every report; nothing of it is kept, the file included.
+#[test]
+fn outputs_over_a_mebibyte_fail_the_step() {
+    let ws = Workspace::new();
+    ws.write_plan(&[
+        shell_step(
+            "dump",
+            "provision",
+            "echo host=db >> \"$PHOENIX_OUTPUT\"; head -c 3000000 /dev/zero | tr '\\0' x >> \"$PHOENIX_OUTPUT\"",
+            "",
+        ),
+        shell_step("small", "provision", "echo host=db >> \"$PHOENIX_OUTPUT\"", ""),
+    ]);
+    let run = ws.expect(["run", "plan.toml", "--keep-going"], 1);
+    assert!(
+        run.stderr().contains("`PHOENIX_OUTPUT` holds 2.9 MiB, more than the 1 MiB outputs may take (they are values later steps read: ids, hosts, paths); write large data to a file and give its path as the output"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(state_of(&ws.status(), "dump"), "failed");
+    assert_eq!(ws.outputs("small")["host"], "db");
+    assert!(ws.journal().len() < 100_000, "nothing of it journaled");
+    let tmp = ws.run_dir().join("tmp");
+    assert_eq!(std::fs::read_dir(tmp).unwrap().count(), 0);
+}
+
 #[test]
 fn outputs_arrive_however_the_file_was_made() {
     // Phoenix opens a step's PHOENIX_OUTPUT file only when an inotify watch
