@@ -202,8 +202,25 @@ pub async fn run(spec: &HttpSpec, ctx: &StepContext<'_>) -> Result<Outputs, Acti
         let error = match attempt {
             Ok(response) => {
                 let status = response.status().as_u16();
-                let text = response.text().await.unwrap_or_default();
+                // Only what outputs or an error's excerpt need: a probe of an
+                // endpoint that answers with a file reads its start once a try.
+                let limit = if spec.outputs.is_empty() {
+                    EXCERPT_LIMIT
+                } else {
+                    BODY_LIMIT
+                };
+                let body = tokio::select! {
+                    body = read_body(response, limit) => body,
+                    _ = ctx.cancel.cancelled() => return Err(ActionError::Interrupted),
+                };
+                let (text, whole) = body.unwrap_or_default();
                 if spec.expect_status.contains(&status) {
+                    if !whole && !spec.outputs.is_empty() {
+                        return Err(ActionError::Outputs(format!(
+                            "{url} answered with a body of more than {}: outputs are read from bodies of at most that",
+                            crate::report::terminal::bytes(BODY_LIMIT as f64)
+                        )));
+                    }
                     return outputs(spec, &text);
                 }
                 ActionError::Status {
@@ -250,14 +267,42 @@ pub async fn run(spec: &HttpSpec, ctx: &StepContext<'_>) -> Result<Outputs, Acti
     }
 }
 
+/// The most of a response's body read for its outputs: an API's list (a
+/// cluster's pods, a cloud's instances) from which a pointer takes one value
+/// may run to megabytes.
+const BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// The most read of a body no output is taken from: its start is quoted when
+/// the status is not the one expected.
+const EXCERPT_LIMIT: usize = 64 * 1024;
+
+/// A response's body, up to `limit` bytes (lossy UTF-8), and whether that
+/// was all of it.
+async fn read_body(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<(String, bool), reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            body.extend_from_slice(&chunk[..limit - body.len()]);
+            return Ok((String::from_utf8_lossy(&body).into_owned(), false));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((String::from_utf8_lossy(&body).into_owned(), true))
+}
+
 fn outputs(spec: &HttpSpec, body: &str) -> Result<Outputs, ActionError> {
     if spec.outputs.is_empty() {
         return Ok(Outputs::new());
     }
     let mut out = Outputs::new();
+    let json: Option<serde_json::Value> = serde_json::from_str(body).ok();
     for (name, pointer) in &spec.outputs {
-        let json: serde_json::Value =
-            serde_json::from_str(body).map_err(|_| ActionError::NotJson { name: name.clone() })?;
+        let json = json
+            .as_ref()
+            .ok_or_else(|| ActionError::NotJson { name: name.clone() })?;
         let value = json.pointer(pointer).ok_or_else(|| ActionError::Pointer {
             name: name.clone(),
             pointer: pointer.value.clone(),
@@ -267,6 +312,13 @@ fn outputs(spec: &HttpSpec, body: &str) -> Result<Outputs, ActionError> {
             other => other.to_string(),
         };
         out.insert(name.clone(), text);
+    }
+    let size: usize = out.values().map(String::len).sum();
+    if size as u64 > crate::actions::command::OUTPUTS_LIMIT {
+        return Err(ActionError::Outputs(format!(
+            "the outputs hold {}, more than the 1 MiB outputs may take (they are values later steps read: ids, hosts, paths); point at the values, not at what holds them",
+            crate::report::terminal::bytes(size as f64)
+        )));
     }
     Ok(out)
 }

@@ -9,7 +9,8 @@ use crate::common::{state_of, Workspace, HEADER};
 
 /// A small HTTP/1.1 server on 127.0.0.1, stopped when dropped:
 /// `/ok` answers 200 with JSON, `/flaky` answers 503 twice then 200, `/echo`
-/// answers 201 with the request's method, a header and body as JSON.
+/// answers 201 with the request's method, a header and body as JSON; `/list`
+/// answers 200 with 20 MB of JSON, `/blob` with 2 MB of it in one value.
 struct Server {
     port: u16,
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -60,6 +61,8 @@ impl Server {
                     "/ok" => (200, r#"{"version":"1.2","nested":{"n":3}}"#.to_string()),
                     "/flaky" if flaky.fetch_add(1, Ordering::SeqCst) < 2 => (503, "not yet".to_string()),
                     "/flaky" => (200, "{}".to_string()),
+                    "/list" => (200, format!(r#"{{"items":["{}"],"id":"i"}}"#, "x".repeat(20_000_000))),
+                    "/blob" => (200, format!(r#"{{"blob":"{}","id":"b"}}"#, "x".repeat(2_000_000))),
                     "/echo" => (
                         201,
                         serde_json::json!({"method": method, "token": token, "body": String::from_utf8_lossy(&body)}).to_string(),
@@ -90,6 +93,48 @@ impl Drop for Server {
 
 fn http_step(id: &str, fields: &str) -> String {
     format!("\n[[step]]\nid = \"{id}\"\nphase = \"provision\"\naction = \"http\"\ntimeout = \"30s\"\n{fields}\n")
+}
+
+/// A body is read only as far as what is taken from it needs: a probe of a
+/// large answer passes without reading it, outputs come from bodies of up to
+/// 16 MiB, and outputs of more than 1 MiB (a pointer at what holds the
+/// value) fail the step.
+#[test]
+fn http_reads_bodies_only_as_far_as_needed() {
+    let server = Server::start();
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let ws = Workspace::new();
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}{}{}{}{}",
+            http_step("probe", &format!("url = \"{base}/list\"")),
+            http_step(
+                "listed",
+                &format!("url = \"{base}/list\"\noutputs = {{ id = \"/id\" }}")
+            ),
+            http_step(
+                "blob",
+                &format!("url = \"{base}/blob\"\noutputs = {{ blob = \"/blob\" }}")
+            ),
+            http_step(
+                "id",
+                &format!("url = \"{base}/blob\"\noutputs = {{ id = \"/id\" }}")
+            ),
+        ),
+    );
+    let run = ws.expect(["run", "plan.toml", "--keep-going"], 1);
+    for said in [
+        &format!("{base}/list answered with a body of more than 16.0 MiB: outputs are read from bodies of at most that")[..],
+        "the outputs hold 1.9 MiB, more than the 1 MiB outputs may take",
+    ] {
+        assert!(run.stderr().contains(said), "{said}\n{}", run.stderr());
+    }
+    let status = ws.status();
+    assert_eq!(state_of(&status, "probe"), "succeeded");
+    assert_eq!(state_of(&status, "listed"), "failed");
+    assert_eq!(state_of(&status, "blob"), "failed");
+    assert_eq!(ws.outputs("id")["id"], "b");
 }
 
 #[test]
