@@ -12,6 +12,7 @@ use super::diagnostic::{did_you_mean, Diagnostics};
 use super::interpolate::{expressions, has_expressions, references};
 use super::model::{Phase, Plan};
 use super::source::{Span, Spanned};
+use crate::actions::command::Program;
 use crate::actions::Action;
 use crate::graph::StepGraph;
 
@@ -149,6 +150,7 @@ pub fn check(plan: &mut Plan, diags: &mut Diagnostics) {
 
     check_expressions(plan, &graph, diags);
     check_destinations(plan, &graph, diags);
+    check_secret_arguments(plan, diags);
     // Kept for the run, `phoenix plan` and resume: built once a plan.
     let _ = plan.graph.set(graph);
 }
@@ -340,6 +342,49 @@ fn check_expressions(plan: &mut Plan, graph: &StepGraph, diags: &mut Diagnostics
                 );
             } else {
                 check_name(plan, &name, &parts, span, diags);
+            }
+        }
+    }
+}
+
+/// [secret-in-argv]: a secret in a command line. Every user of the machine
+/// can read a process's arguments (`ps`, `/proc/PID/cmdline`) while it runs,
+/// and a `shell` script is `sh`'s argument; its environment only its owner
+/// can read. So a secret goes in through `env` and is read from there.
+fn check_secret_arguments(plan: &Plan, diags: &mut Diagnostics) {
+    let source = plan.source.clone();
+    // Broken expressions were said by `check_expressions` already.
+    let mut said = Diagnostics::default();
+    for step in &plan.steps {
+        let mut lines: Vec<(&Spanned<String>, &str)> = Vec::new();
+        if let Action::Command(spec) = &step.action.value {
+            match &spec.program {
+                Program::Argv(argv) => lines.extend(argv.iter().map(|a| (a, "`run`"))),
+                Program::Shell(script) => lines.push((script, "the `shell` script")),
+            }
+        }
+        if let Some(check) = &step.check {
+            lines.extend(check.iter().map(|a| (a, "`check`")));
+        }
+        for (text, what) in lines {
+            for (span, name) in expression_names(&source, text, &mut said) {
+                // An unknown one is an error of its own already.
+                let Some(secret) = name
+                    .strip_prefix("secrets.")
+                    .filter(|secret| plan.secrets.contains_key(*secret))
+                else {
+                    continue;
+                };
+                let variable = secret.to_ascii_uppercase();
+                diags.warning(
+                    &source,
+                    span,
+                    "secret-in-argv",
+                    format!(
+                        "`secrets.{secret}` in {what} of step `{}`: a process's arguments can be read by every user of the machine while it runs (`ps`); give it in `env` (`env = {{ {variable} = \"{{{{ secrets.{secret} }}}}\" }}`) and read `${variable}` there",
+                        step.id.value
+                    ),
+                );
             }
         }
     }

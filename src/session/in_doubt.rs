@@ -9,12 +9,14 @@ use std::sync::Arc;
 use chrono::Utc;
 
 use super::{journal_write, lacks, outputs_needed, scratch_dir, SessionError};
+use crate::actions::Action;
 use crate::exec::leftovers::Leftover;
 use crate::exec::scheduler::Start;
 use crate::exec::{leftovers, Event, Shared};
 use crate::journal::reader::{RunView, StepState};
 use crate::journal::record::{Outputs, Record, RunResult, SkipReason};
-use crate::plan::Plan;
+use crate::plan::source::Spanned;
+use crate::plan::{Plan, Step};
 
 /// Stops what the steps in doubt left running, before their checks and
 /// before they run again, or when their drill is abandoned: as a timed-out
@@ -63,7 +65,9 @@ pub(super) async fn stop_leftovers(shared: &Shared, still_running: &[Leftover], 
 /// writes them to `PHOENIX_OUTPUT` as its step does: the probe that finds
 /// the VPC gives its id). A check that passes without an output a step still
 /// to run reads (with no `default`) is not enough: the step runs again, or,
-/// if it must not run twice, the resume stops and says what is missing.
+/// if it must not run twice, the resume stops and says what is missing. A
+/// check that gives no answer (it cannot be started, or does not finish in
+/// the step's timeout) says nothing of the effect either way: the same.
 pub(super) async fn run_checks(
     shared: &Arc<Shared>,
     checks: &[usize],
@@ -72,16 +76,11 @@ pub(super) async fn run_checks(
     for &i in checks {
         let step = &shared.plan.steps[i];
         let Some(argv) = &step.check else { continue };
-        let context = crate::exec::context::build(shared, step).ok();
-        let rendered: Option<Vec<String>> = context.and_then(|ctx| {
-            argv.iter()
-                .map(|a| crate::plan::interpolate::render(a, &ctx).ok())
-                .collect()
-        });
-        let check = match rendered {
-            Some(args) if !args.is_empty() => {
+        let check = match render_check(shared, step, argv) {
+            Err(why) => Checked::NotRun(why),
+            Ok(command) => {
                 let log = shared.run.logs.join(format!("{}.check.log", step.id.value));
-                let run = run_check(shared, &step.id.value, &args, log);
+                let run = run_check(shared, &step.id.value, &command, log);
                 // The step's timeout bounds its check: a probe that hangs
                 // (a host that takes the connection and never answers) must
                 // not hold the resume forever.
@@ -94,19 +93,39 @@ pub(super) async fn run_checks(
                 tokio::select! {
                     checked = bounded => match checked {
                         None => Checked::TimedOut,
-                        Some(None) => Checked::Failed,
-                        Some(Some(outputs)) => Checked::Passed(outputs),
+                        Some(Err(why)) => Checked::NotRun(why),
+                        Some(Ok(None)) => Checked::Failed,
+                        Some(Ok(Some(outputs))) => Checked::Passed(outputs),
                     },
                     // Dropped, the check is killed; nothing is decided.
                     _ = shared.interrupt.cancelled() => return Ok(()),
                 }
             }
-            _ => Checked::Failed,
         };
+        let unanswered = match &check {
+            Checked::TimedOut => Some("did not finish within the step's timeout".to_string()),
+            Checked::NotRun(why) => Some(format!("could not be run ({why})")),
+            _ => None,
+        };
+        if let (Some(unanswered), false) = (&unanswered, step.idempotent) {
+            shared
+                .journal
+                .append_durable(Record::Ended {
+                    at: Utc::now(),
+                    result: RunResult::Failed,
+                })
+                .await
+                .map_err(journal_write(shared))?;
+            return Err(SessionError::CheckUnanswered {
+                step: step.id.value.clone(),
+                why: unanswered.clone(),
+            });
+        }
         let decision = match check {
-            Checked::TimedOut => {
-                "its check did not finish within the step's timeout: running it again".into()
-            }
+            Checked::TimedOut | Checked::NotRun(_) => format!(
+                "its check {}: running it again",
+                unanswered.unwrap_or_default()
+            ),
             Checked::Failed => "its check failed: running it again".into(),
             Checked::Passed(outputs) => {
                 let passed =
@@ -166,7 +185,10 @@ pub(super) async fn run_checks(
 enum Checked {
     /// Not within the step's timeout.
     TimedOut,
-    /// It exited with another status than 0, or could not be started.
+    /// It could not be put together (an output it reads is missing or
+    /// withheld, a secret unreadable) or started (no such program).
+    NotRun(String),
+    /// It exited with another status than 0.
     Failed,
     /// It exited 0, having written these outputs.
     Passed(Outputs),
@@ -200,26 +222,43 @@ fn unmet_reader<'p>(
 /// step's does: a check that prints what it probes (a connection string, a
 /// token from its environment) must not put a secret in the state. Dropped
 /// before it ends (the step's timeout, Ctrl-C), its process group is killed.
-async fn run_check(shared: &Shared, step: &str, args: &[String], log: PathBuf) -> Option<Outputs> {
+///
+/// `Err` says why it could not be started; `Ok(None)` is a check that
+/// failed.
+async fn run_check(
+    shared: &Shared,
+    step: &str,
+    command: &CheckCommand,
+    log: PathBuf,
+) -> Result<Option<Outputs>, String> {
     use std::ffi::OsStr;
     use std::os::fd::AsFd;
-    let spawner = shared.spawner().ok()?;
-    let (reader, writer) = std::io::pipe().ok()?;
-    let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()).ok()?;
+    let (program, args) = (&command.args[0], &command.args[1..]);
+    let not_started = |e: std::io::Error| format!("`{program}`: {}", crate::error_text(&e));
+    let spawner = shared.spawner().map_err(not_started)?;
+    let (reader, writer) = std::io::pipe().map_err(not_started)?;
+    let reader =
+        tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()).map_err(not_started)?;
     let output_file = shared.run.tmp.join(format!("{step}.check.out"));
     // Left by a check that was killed: what it wrote is not this one's.
     let _ = std::fs::remove_file(&output_file);
-    let mut env = shared.run.variables(step).to_vec();
+    // As its step's command gets them: the step's own `env` first.
+    let mut env: Vec<(&str, &OsStr)> = command
+        .env
+        .iter()
+        .map(|(key, value)| (key.as_str(), OsStr::new(value)))
+        .collect();
     env.push(("PHOENIX_OUTPUT", output_file.as_os_str()));
+    env.extend(shared.run.variables(step));
     let mut child = spawner
         .spawn(&crate::exec::spawn::SpawnRequest {
-            program: OsStr::new(&args[0]),
-            args: &args[1..],
+            program: OsStr::new(program),
+            args,
             env: &env,
             cwd: &shared.plan.dir,
             output: writer.as_fd(),
         })
-        .ok()?;
+        .map_err(not_started)?;
     // The child holds the pipe's write end: closed here, the copy sees the end.
     drop(writer);
     let group = crate::exec::process::KillOnDrop::new(child.id());
@@ -244,9 +283,9 @@ async fn run_check(shared: &Shared, step: &str, args: &[String], log: PathBuf) -
     // Read, and removed, either way: it may hold a secret.
     let read = crate::actions::command::read_outputs(&output_file);
     if !status.is_ok_and(|s| s.success()) {
-        return None;
+        return Ok(None);
     }
-    match read {
+    Ok(match read {
         Ok((outputs, problems)) => {
             for problem in problems {
                 shared.events.emit(Event::Warning(format!(
@@ -264,7 +303,42 @@ async fn run_check(shared: &Shared, step: &str, args: &[String], log: PathBuf) -
             )));
             Some(Outputs::new())
         }
+    })
+}
+
+/// A step's `check`, rendered.
+struct CheckCommand {
+    args: Vec<String>,
+    /// The `env` its step's command gets: a check probes what the step
+    /// made, with the same credentials.
+    env: Vec<(String, String)>,
+}
+
+/// A step's check, or why it cannot be rendered (masked: it becomes an
+/// error message).
+fn render_check(
+    shared: &Shared,
+    step: &Step,
+    argv: &[Spanned<String>],
+) -> Result<CheckCommand, String> {
+    let why = |text: String| shared.masker.mask(&text).into_owned();
+    let context = crate::exec::context::build(shared, step).map_err(|e| why(e.to_string()))?;
+    let render = |text: &Spanned<String>| {
+        crate::plan::interpolate::render(text, &context).map_err(|e| why(e.to_string()))
+    };
+    let args = argv.iter().map(render).collect::<Result<Vec<_>, _>>()?;
+    if args.is_empty() {
+        return Err("it names no program".into());
     }
+    let env = match &step.action.value {
+        Action::Command(spec) => spec
+            .env
+            .iter()
+            .map(|(key, value)| Ok((key.clone(), render(value)?)))
+            .collect::<Result<_, String>>()?,
+        _ => Vec::new(),
+    };
+    Ok(CheckCommand { args, env })
 }
 
 /// What the steps in doubt left running, if the phoenix that ran them was

@@ -76,6 +76,10 @@ pub enum SessionError {
         reader: String,
         key: Option<String>,
     },
+    #[error(
+        "step `{step}` was in doubt, and its check {why}, which says nothing of whether it is done; it must not run twice (`idempotent = false`), so phoenix will not run it again by itself. Make the check work and resume, or resume with `--rerun {step}` or `--skip {step}`"
+    )]
+    CheckUnanswered { step: String, why: String },
     #[error("no run in `{0}` to resume")]
     NothingToResume(String),
     #[error("run `{0}` already succeeded; there is nothing to resume")]

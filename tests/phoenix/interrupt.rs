@@ -643,6 +643,92 @@ fn a_step_in_doubt_whose_outputs_are_read_runs_again_though_its_check_passes() {
     assert_eq!(ws.read("ledger"), "vpc-7\n");
 }
 
+/// A check that cannot be run (no such program, or an output it reads is
+/// missing) or does not finish says nothing of the step's effect: a step
+/// that must not run twice is then not run again by itself, as if it had no
+/// check; one that may is run again, saying why.
+#[test]
+fn a_check_that_gives_no_answer_does_not_rerun_a_step_that_must_not_run_twice() {
+    let ws = Workspace::new();
+    ws.write_plan(&[
+        shell_step(
+            "switch",
+            "provision",
+            "echo switch >> ledger",
+            "check = [\"no-such-probe\", \"--dns\"]\nidempotent = false",
+        ),
+        shell_step(
+            "warm",
+            "provision",
+            "echo warm >> ledger",
+            "check = [\"no-such-probe\"]",
+        ),
+    ]);
+    ws.expect(["run", "plan.toml"], 0);
+    let in_doubt = |ws: &Workspace| {
+        ws.cut_journal(|l| l.contains("\"type\":\"finished\"") || l.contains("\"type\":\"ended\""));
+    };
+    in_doubt(&ws);
+    let stopped = ws.expect(["resume"], 1);
+    assert!(
+        stopped.stderr().contains(
+            "step `switch` was in doubt, and its check could not be run (`no-such-probe`: "
+        ),
+        "{}",
+        stopped.stderr()
+    );
+    assert!(
+        stopped.stderr().contains("which says nothing of whether it is done; it must not run twice (`idempotent = false`), so phoenix will not run it again by itself. Make the check work and resume, or resume with `--rerun switch` or `--skip switch`"),
+        "{}",
+        stopped.stderr()
+    );
+    // The two run side by side: the ledger's order is theirs.
+    let ledger = |ws: &Workspace| {
+        let mut lines: Vec<String> = ws.read("ledger").lines().map(String::from).collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(ledger(&ws), ["switch", "warm"], "nothing ran again");
+    let resumed = ws.expect(["resume", "--skip", "switch"], 0);
+    assert!(
+        resumed
+            .stderr()
+            .contains("step `warm` was in doubt; its check could not be run (`no-such-probe`: "),
+        "{}",
+        resumed.stderr()
+    );
+    assert!(
+        resumed.stderr().contains("): running it again"),
+        "{}",
+        resumed.stderr()
+    );
+    assert_eq!(ledger(&ws), ["switch", "warm", "warm"]);
+}
+
+/// A check probes what its step made with what the step's command is given:
+/// the step's `env` (a password, a kubeconfig), not only phoenix's own.
+#[test]
+fn a_check_gets_its_steps_env() {
+    let ws = Workspace::new();
+    ws.write_plan(&[shell_step(
+        "made",
+        "provision",
+        "echo made >> ledger",
+        "env = { PROBE_TOKEN = \"t-{{ run.drill }}\" }\ncheck = [\"sh\", \"-c\", \"test \\\"$PROBE_TOKEN\\\" = t-false\"]\nidempotent = false",
+    )]);
+    ws.expect(["run", "plan.toml"], 0);
+    ws.cut_journal(|l| l.contains("\"type\":\"finished\"") || l.contains("\"type\":\"ended\""));
+    let resumed = ws.expect(["resume"], 0);
+    assert!(
+        resumed
+            .stderr()
+            .contains("step `made` was in doubt; its check passed: counted as done"),
+        "{}",
+        resumed.stderr()
+    );
+    assert_eq!(ws.read("ledger"), "made\n");
+}
+
 /// A check that sends too much to `PHOENIX_OUTPUT` passes with none of its
 /// outputs taken, saying why: a step that reads one runs its producer again
 /// (a failed check would run even a step that must not run twice).
