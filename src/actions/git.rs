@@ -58,7 +58,7 @@ pub fn is_full_commit(text: &str) -> bool {
 /// pin, freezes the commit, and puts a checkout of it (with submodules) at
 /// `dest` through a temporary directory beside it and an atomic exchange.
 pub async fn run(spec: &GitSpec, ctx: &StepContext<'_>) -> Result<Outputs, ActionError> {
-    let repo = resolve_repo(&ctx.render(&spec.repo)?, &ctx.shared.plan.dir);
+    let remote = Remote::new(&ctx.render(&spec.repo)?, &ctx.shared.plan.dir);
     let reference = ctx.render(&spec.reference)?;
     let dest = ctx.path(&spec.dest)?;
     let frozen = ctx.frozen().and_then(|values| {
@@ -69,7 +69,7 @@ pub async fn run(spec: &GitSpec, ctx: &StepContext<'_>) -> Result<Outputs, Actio
     let commit = match frozen {
         Some(commit) => commit,
         None => {
-            let commit = resolve(&repo, &reference, &ctx.cancel).await?;
+            let commit = resolve(&remote, &reference, &ctx.cancel).await?;
             if let Some(pin) = &spec.commit {
                 if !pin.value.eq_ignore_ascii_case(&commit) {
                     return Err(ActionError::Git(format!(
@@ -97,7 +97,7 @@ pub async fn run(spec: &GitSpec, ctx: &StepContext<'_>) -> Result<Outputs, Actio
     let temp = super::beside(&dest, "checkout")?;
     let _ = std::fs::remove_dir_all(&temp);
     let result = checkout(
-        &repo,
+        &remote,
         &reference,
         &commit,
         &temp,
@@ -113,12 +113,85 @@ pub async fn run(spec: &GitSpec, ctx: &StepContext<'_>) -> Result<Outputs, Actio
     Ok(Outputs::from([("commit".to_string(), commit)]))
 }
 
-/// A local path relative to the plan's directory, or the URL as written.
-pub fn resolve_repo(repo: &str, plan_dir: &Path) -> String {
-    if repo.contains("://") || repo.contains('@') && repo.contains(':') {
-        return repo.to_string();
+/// A repository as git is told of it. Credentials written into an http(s)
+/// URL (`https://oauth2:TOKEN@host/repo`, often with a secret interpolated)
+/// are taken out of it and given to git as an `Authorization` header for
+/// that URL, in its environment (`GIT_CONFIG_COUNT`): a process's arguments
+/// can be read by every user of the machine (`ps`), and a clone keeps its
+/// URL in the checkout's `.git/config`, in the rebuilt configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Remote {
+    /// A local path made absolute, or the URL without credentials.
+    pub url: String,
+    /// `(scheme://host/, Authorization: Basic …)`, from the credentials the
+    /// URL had: for the whole host, as submodules given by a relative URL
+    /// live beside the repository.
+    header: Option<(String, String)>,
+}
+
+impl Remote {
+    /// A local path relative to the plan's directory, or a URL.
+    pub fn new(repo: &str, plan_dir: &Path) -> Remote {
+        if !(repo.contains("://") || repo.contains('@') && repo.contains(':')) {
+            return Remote {
+                url: plan_dir.join(repo).display().to_string(),
+                header: None,
+            };
+        }
+        let plain = Remote {
+            url: repo.to_string(),
+            header: None,
+        };
+        let Some((scheme, rest)) = repo.split_once("://") else {
+            return plain;
+        };
+        let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+        let (true, Some((userinfo, host))) = (
+            matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https"),
+            authority.rsplit_once('@'),
+        ) else {
+            return plain;
+        };
+        let decode = |part: &str| {
+            percent_encoding::percent_decode_str(part)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        // A user alone (a token as the user name) is sent with an empty
+        // password, as git sends it when nothing gives one.
+        let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+        let credentials = format!("{}:{}", decode(user), decode(password));
+        use base64::Engine as _;
+        Remote {
+            url: format!("{scheme}://{host}{}", &rest[authority.len()..]),
+            header: Some((
+                format!("{scheme}://{host}/"),
+                format!(
+                    "Authorization: Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(credentials)
+                ),
+            )),
+        }
     }
-    plan_dir.join(repo).display().to_string()
+
+    /// Gives `command` (a git that talks to this remote) its credentials,
+    /// after any configuration the environment already passes the same way.
+    fn authorize(&self, command: &mut tokio::process::Command) {
+        let Some((host, header)) = &self.header else {
+            return;
+        };
+        let count: usize = std::env::var("GIT_CONFIG_COUNT")
+            .ok()
+            .and_then(|count| count.parse().ok())
+            .unwrap_or(0);
+        command
+            .env(
+                format!("GIT_CONFIG_KEY_{count}"),
+                format!("http.{host}.extraHeader"),
+            )
+            .env(format!("GIT_CONFIG_VALUE_{count}"), header)
+            .env("GIT_CONFIG_COUNT", (count + 1).to_string());
+    }
 }
 
 /// `git` with prompts off: a rebuild must fail, not hang, on missing credentials.
@@ -221,10 +294,10 @@ pub fn strip_credentials(text: &str) -> String {
     out
 }
 
-/// The commit `reference` names in `repo`: a full commit id as is; else a tag
-/// (peeled), a branch, or a full ref name, as the repository lists them.
+/// The commit `reference` names in `remote`: a full commit id as is; else a
+/// tag (peeled), a branch, or a full ref name, as the repository lists them.
 pub async fn resolve(
-    repo: &str,
+    remote: &Remote,
     reference: &str,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<String, ActionError> {
@@ -232,7 +305,8 @@ pub async fn resolve(
         return Ok(reference.to_ascii_lowercase());
     }
     let mut command = git().await;
-    command.args(["ls-remote", "--", repo]);
+    command.args(["ls-remote", "--", &remote.url]);
+    remote.authorize(&mut command);
     let listing = run_git(command, cancel).await?;
     let refs: Vec<(&str, &str)> = listing
         .lines()
@@ -255,7 +329,7 @@ pub async fn resolve(
             return find(&branch).or_else(|| find(reference)).ok_or_else(|| {
                 ActionError::Git(format!(
                     "`{reference}` is neither a tag nor a branch of {}",
-                    strip_credentials(repo)
+                    strip_credentials(&remote.url)
                 ))
             });
         }
@@ -285,9 +359,10 @@ pub async fn resolve(
             "--quiet",
             "--no-tags",
             "--",
-            repo,
+            &remote.url,
             &format!("+{name}:refs/phoenix/probe"),
         ]);
+        remote.authorize(&mut fetch);
         run_git(fetch, cancel).await?;
         let mut parse = git().await;
         parse
@@ -336,7 +411,7 @@ async fn is_clean_checkout(dest: &Path, commit: &str) -> bool {
 }
 
 async fn checkout(
-    repo: &str,
+    remote: &Remote,
     reference: &str,
     commit: &str,
     temp: &Path,
@@ -345,8 +420,9 @@ async fn checkout(
 ) -> Result<(), ActionError> {
     let mut clone = git().await;
     clone
-        .args(["clone", "--quiet", "--no-checkout", "--", repo])
+        .args(["clone", "--quiet", "--no-checkout", "--", &remote.url])
         .arg(temp);
+    remote.authorize(&mut clone);
     run_git(clone, cancel).await?;
     let checkout = || async {
         let mut checkout = git().await;
@@ -368,10 +444,11 @@ async fn checkout(
             .arg("-C")
             .arg(temp)
             .args(["fetch", "--quiet", "origin", commit]);
+        remote.authorize(&mut fetch);
         run_git(fetch, cancel).await.map_err(|e| {
             ActionError::Git(format!(
                 "commit {commit} (from `{reference}`) is no longer in {}: {e}",
-                strip_credentials(repo)
+                strip_credentials(&remote.url)
             ))
         })?;
         checkout().await?;
@@ -388,7 +465,53 @@ async fn checkout(
             "--init",
             "--recursive",
         ]);
+        remote.authorize(&mut update);
         run_git(update, cancel).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The URL git is given, and the header's scope and value.
+    fn split(repo: &str) -> (String, Option<(String, String)>) {
+        let remote = Remote::new(repo, Path::new("/plans"));
+        (remote.url, remote.header)
+    }
+
+    #[test]
+    fn credentials_leave_an_http_url_for_a_header_on_its_host() {
+        assert_eq!(
+            split("https://oauth2:t%40k@git.example.com:8443/ops/config.git"),
+            (
+                "https://git.example.com:8443/ops/config.git".into(),
+                Some((
+                    "https://git.example.com:8443/".into(),
+                    // base64 of `oauth2:t@k`
+                    "Authorization: Basic b2F1dGgyOnRAaw==".into()
+                ))
+            )
+        );
+        // A token as the user name goes with an empty password.
+        let (url, header) = split("https://TOKEN@github.com/o/r");
+        assert_eq!(url, "https://github.com/o/r");
+        assert_eq!(header.unwrap().1, "Authorization: Basic VE9LRU46");
+    }
+
+    #[test]
+    fn other_repositories_are_left_as_written() {
+        for repo in [
+            "ssh://git@host/ops/config.git",
+            "git@host:ops/config.git",
+            "https://host/ops/a@b.git",
+        ] {
+            assert_eq!(split(repo), (repo.to_string(), None));
+        }
+        assert_eq!(
+            split("demo/config.bundle"),
+            ("/plans/demo/config.bundle".into(), None)
+        );
+    }
 }

@@ -101,8 +101,8 @@ fn git_now(plan: &Plan, drill: bool) -> Vec<GitNow> {
             let pinned = spec.commit.as_ref().map(|c| c.value.to_ascii_lowercase());
             let (commit, error) = match (&repo, &reference) {
                 (Ok(repo), Ok(reference)) => {
-                    let repo = crate::actions::git::resolve_repo(repo, &plan.dir);
-                    let lookup = crate::actions::git::resolve(&repo, reference, &never);
+                    let remote = crate::actions::git::Remote::new(repo, &plan.dir);
+                    let lookup = crate::actions::git::resolve(&remote, reference, &never);
                     match runtime.block_on(async {
                         tokio::time::timeout(Duration::from_secs(15), lookup).await
                     }) {

@@ -473,3 +473,181 @@ fn scratch_repositories_left_by_a_killed_process_are_removed() {
         ]
     );
 }
+
+/// Serves `root` over git's dumb HTTP protocol (plain files) on 127.0.0.1,
+/// answering 401 to a request without `authorization`; records each
+/// request's path and authorization. Stopped when dropped.
+struct DumbHttp {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+impl DumbHttp {
+    fn start(root: std::path::PathBuf, authorization: &str) -> DumbHttp {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (thread_stop, thread_seen) = (stop.clone(), seen.clone());
+        let expected = authorization.to_string();
+        std::thread::spawn(move || {
+            while !thread_stop.load(Ordering::SeqCst) {
+                let Ok((stream, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    continue;
+                };
+                stream.set_nonblocking(false).unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request = String::new();
+                let _ = reader.read_line(&mut request);
+                let mut authorization = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(value) = line
+                        .strip_prefix("Authorization:")
+                        .or(line.strip_prefix("authorization:"))
+                    {
+                        authorization = value.trim().to_string();
+                    }
+                }
+                let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
+                thread_seen
+                    .lock()
+                    .unwrap()
+                    .push((path.clone(), authorization.clone()));
+                let file = root.join(path.split('?').next().unwrap().trim_start_matches('/'));
+                let mut stream = stream;
+                let _ = if authorization != expected {
+                    write!(stream, "HTTP/1.1 401 No\r\nwww-authenticate: Basic realm=\"t\"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                } else if let Ok(body) = std::fs::read(&file).map_err(|_| ()).and_then(|b| {
+                    if file.is_file() {
+                        Ok(b)
+                    } else {
+                        Err(())
+                    }
+                }) {
+                    write!(
+                        stream,
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .and_then(|_| stream.write_all(&body))
+                } else {
+                    write!(
+                        stream,
+                        "HTTP/1.1 404 No\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    )
+                };
+            }
+        });
+        DumbHttp { port, stop, seen }
+    }
+}
+
+impl Drop for DumbHttp {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Credentials written into a repository's URL (a token from the plan's
+/// secrets) reach the server, but not git's command line (which `ps` shows
+/// every user of the machine) nor the checkout's `.git/config`.
+#[test]
+fn credentials_in_a_repository_url_stay_out_of_git_arguments_and_the_checkout() {
+    use std::os::unix::fs::PermissionsExt;
+    let ws = Workspace::new();
+    let (one, _) = make_repo(&ws.path().join("repo"));
+    git(
+        ws.path(),
+        &["clone", "-q", "--bare", "repo", "served/config.git"],
+    );
+    git(
+        &ws.path().join("served/config.git"),
+        &["update-server-info"],
+    );
+    // `oauth2:s3cr3t/tok` as the user and password: Basic b2F1dGgyOnMzY3IzdC90b2s=.
+    let server = DumbHttp::start(ws.path().join("served"), "Basic b2F1dGgyOnMzY3IzdC90b2s=");
+    // A git that writes down how it was called, then runs the real one.
+    let bin = ws.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let real = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v git"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    std::fs::write(
+        bin.join("git"),
+        format!(
+            "#!/bin/sh\necho \"$@\" >> '{}'\nexec {} \"$@\"\n",
+            ws.path().join("git.args").display(),
+            real.trim()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(bin.join("git"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let url = format!(
+        "http://oauth2:{{{{ secrets.token }}}}@127.0.0.1:{}/config.git",
+        server.port
+    );
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}\n[secrets]\ntoken = {{ env = \"GIT_TOKEN\" }}\n{}",
+            git_step("cfg", &url, "v1", "out", "")
+        ),
+    );
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = ws
+        .phoenix()
+        .env("PATH", &path)
+        .env("GIT_TOKEN", "s3cr3t%2Ftok")
+        .env("HOME", ws.path())
+        .args(["run", "plan.toml"])
+        .run();
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    assert_eq!(ws.outputs("cfg")["commit"], one);
+    assert_eq!(ws.read("out/file"), "v1\n");
+    let args = ws.read("git.args");
+    assert!(
+        args.contains(&format!("http://127.0.0.1:{}/config.git", server.port)),
+        "{args}"
+    );
+    let config = ws.read("out/.git/config");
+    assert!(
+        config.contains(&format!(
+            "url = http://127.0.0.1:{}/config.git",
+            server.port
+        )),
+        "{config}"
+    );
+    for (what, text) in [
+        ("git's arguments", &args),
+        ("the checkout's config", &config),
+    ] {
+        assert!(
+            !text.contains("s3cr3t") && !text.contains("b2F1dGgy"),
+            "the token in {what}: {text}"
+        );
+    }
+    let seen = server.seen.lock().unwrap();
+    assert!(
+        seen.iter()
+            .any(|(path, auth)| path.contains("info/refs") && auth.starts_with("Basic ")),
+        "{seen:?}"
+    );
+}
