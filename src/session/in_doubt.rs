@@ -108,18 +108,11 @@ pub(super) async fn run_checks(
             _ => None,
         };
         if let (Some(unanswered), false) = (&unanswered, step.idempotent) {
-            shared
-                .journal
-                .append_durable(Record::Ended {
-                    at: Utc::now(),
-                    result: RunResult::Failed,
-                })
-                .await
-                .map_err(journal_write(shared))?;
-            return Err(SessionError::CheckUnanswered {
+            let error = SessionError::CheckUnanswered {
                 step: step.id.value.clone(),
                 why: unanswered.clone(),
-            });
+            };
+            return stop(shared, error).await;
         }
         let decision = match check {
             Checked::TimedOut | Checked::NotRun(_) => format!(
@@ -136,19 +129,12 @@ pub(super) async fn run_checks(
                         key.map_or("outputs".into(), |key| format!("`{key}`"))
                     ),
                     Some((reader, key)) => {
-                        shared
-                            .journal
-                            .append_durable(Record::Ended {
-                                at: Utc::now(),
-                                result: RunResult::Failed,
-                            })
-                            .await
-                            .map_err(journal_write(shared))?;
-                        return Err(SessionError::CheckWithoutOutputs {
+                        let error = SessionError::CheckWithoutOutputs {
                             step: step.id.value.clone(),
                             reader: reader.to_string(),
                             key,
-                        });
+                        };
+                        return stop(shared, error).await;
                     }
                     None => {
                         starts[i] = Start::Done;
@@ -182,6 +168,20 @@ pub(super) async fn run_checks(
 }
 
 /// What a step's check said.
+/// Ends the run as failed, for a person to decide what the check could
+/// not: `error` says what.
+async fn stop(shared: &Shared, error: SessionError) -> Result<(), SessionError> {
+    shared
+        .journal
+        .append_durable(Record::Ended {
+            at: Utc::now(),
+            result: RunResult::Failed,
+        })
+        .await
+        .map_err(journal_write(shared))?;
+    Err(error)
+}
+
 enum Checked {
     /// Not within the step's timeout.
     TimedOut,

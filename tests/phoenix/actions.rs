@@ -1,94 +1,42 @@
 //! The `wait` and `http` actions against real sockets on 127.0.0.1.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
-use crate::common::{state_of, Workspace, HEADER};
+use crate::common::{state_of, HttpServer, Workspace, HEADER};
 
-/// A small HTTP/1.1 server on 127.0.0.1, stopped when dropped:
-/// `/ok` answers 200 with JSON, `/flaky` answers 503 twice then 200, `/echo`
-/// answers 201 with the request's method, a header and body as JSON; `/list`
-/// answers 200 with 20 MB of JSON, `/blob` with 2 MB of it in one value.
-struct Server {
-    port: u16,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    requests: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    fn start() -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let flaky = Arc::new(AtomicUsize::new(0));
-        let (thread_stop, thread_requests) = (Arc::clone(&stop), Arc::clone(&requests));
-        std::thread::spawn(move || {
-            while !thread_stop.load(Ordering::SeqCst) {
-                let Ok((stream, _)) = listener.accept() else {
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                    continue;
-                };
-                stream.set_nonblocking(false).unwrap();
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut request_line = String::new();
-                reader.read_line(&mut request_line).unwrap();
-                let mut length = 0;
-                let mut token = String::new();
-                loop {
-                    let mut line = String::new();
-                    reader.read_line(&mut line).unwrap();
-                    if line.trim().is_empty() {
-                        break;
-                    }
-                    let lower = line.to_ascii_lowercase();
-                    if let Some(v) = lower.strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap();
-                    }
-                    if lower.starts_with("x-token:") {
-                        token = line[8..].trim().to_string();
-                    }
-                }
-                let mut body = vec![0; length];
-                reader.read_exact(&mut body).unwrap();
-                thread_requests.lock().unwrap().push(request_line.clone());
-                let mut parts = request_line.split_whitespace();
-                let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-                let (status, text) = match path {
-                    "/ok" => (200, r#"{"version":"1.2","nested":{"n":3}}"#.to_string()),
-                    "/flaky" if flaky.fetch_add(1, Ordering::SeqCst) < 2 => (503, "not yet".to_string()),
-                    "/flaky" => (200, "{}".to_string()),
-                    "/list" => (200, format!(r#"{{"items":["{}"],"id":"i"}}"#, "x".repeat(20_000_000))),
-                    "/blob" => (200, format!(r#"{{"blob":"{}","id":"b"}}"#, "x".repeat(2_000_000))),
-                    "/echo" => (
-                        201,
-                        serde_json::json!({"method": method, "token": token, "body": String::from_utf8_lossy(&body)}).to_string(),
-                    ),
-                    _ => (404, "no".to_string()),
-                };
-                let mut stream = stream;
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
-                    text.len()
-                );
-            }
-        });
-        Server {
-            port,
-            stop,
-            requests,
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
+/// The test server: `/ok` answers 200 with JSON, `/flaky` answers 503 twice
+/// then 200, `/echo` answers 201 with the request's method, a header and
+/// body as JSON; `/list` answers 200 with 20 MB of JSON, `/blob` with 2 MB of
+/// it in one value.
+fn server() -> HttpServer {
+    let flaky = AtomicUsize::new(0);
+    HttpServer::start(move |request| {
+        let (status, text) = match request.path.as_str() {
+            "/ok" => (200, r#"{"version":"1.2","nested":{"n":3}}"#.to_string()),
+            "/flaky" if flaky.fetch_add(1, Ordering::SeqCst) < 2 => (503, "not yet".to_string()),
+            "/flaky" => (200, "{}".to_string()),
+            "/list" => (
+                200,
+                format!(r#"{{"items":["{}"],"id":"i"}}"#, "x".repeat(20_000_000)),
+            ),
+            "/blob" => (
+                200,
+                format!(r#"{{"blob":"{}","id":"b"}}"#, "x".repeat(2_000_000)),
+            ),
+            "/echo" => (
+                201,
+                serde_json::json!({
+                    "method": request.method,
+                    "token": request.header("x-token").unwrap_or(""),
+                    "body": String::from_utf8_lossy(&request.body),
+                })
+                .to_string(),
+            ),
+            _ => (404, "no".to_string()),
+        };
+        (status, String::new(), text.into_bytes())
+    })
 }
 
 fn http_step(id: &str, fields: &str) -> String {
@@ -101,7 +49,7 @@ fn http_step(id: &str, fields: &str) -> String {
 /// value) fail the step.
 #[test]
 fn http_reads_bodies_only_as_far_as_needed() {
-    let server = Server::start();
+    let server = server();
     let base = format!("http://127.0.0.1:{}", server.port);
     let ws = Workspace::new();
     ws.write(
@@ -139,7 +87,7 @@ fn http_reads_bodies_only_as_far_as_needed() {
 
 #[test]
 fn http_requests_expectations_polling_and_outputs() {
-    let server = Server::start();
+    let server = server();
     let base = format!("http://127.0.0.1:{}", server.port);
     // Takes connections (the kernel does, up to its backlog) and never answers.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -184,7 +132,7 @@ fn http_requests_expectations_polling_and_outputs() {
     assert_eq!(post["outputs"]["echoed"], r#"{"name":"shop"}"#);
     assert_eq!(post["outputs"]["token"], "t-shop");
     let flaky = server
-        .requests
+        .paths
         .lock()
         .unwrap()
         .iter()

@@ -216,6 +216,14 @@ impl Workspace {
         self.cut_journal(|line| line.contains("\"type\":\"finished\"") && line.contains(&needle));
     }
 
+    /// Makes every step that finished in doubt, and the run unfinished: as
+    /// a crash before any finish was durable would leave it.
+    pub fn crash_before_finishes(&self) {
+        self.cut_journal(|l| {
+            l.contains("\"type\":\"finished\"") || l.contains("\"type\":\"ended\"")
+        });
+    }
+
     pub fn journal(&self) -> String {
         std::fs::read_to_string(self.run_dir().join("journal.jsonl")).unwrap()
     }
@@ -269,4 +277,103 @@ pub fn signal(pid: u32, signal: &str) {
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// A request as [`HttpServer`] hands it to its handler.
+pub struct Request {
+    pub method: String,
+    /// With its query, as sent.
+    pub path: String,
+    /// Names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What a handler answers: status, extra header lines (each ending in
+/// `\r\n`), body.
+pub type Response = (u16, String, Vec<u8>);
+
+/// A small HTTP/1.1 server on 127.0.0.1, one connection at a time, each
+/// closed after its answer; records every request's path; stopped when
+/// dropped.
+pub struct HttpServer {
+    pub port: u16,
+    pub paths: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HttpServer {
+    pub fn start(handler: impl Fn(&Request) -> Response + Send + 'static) -> HttpServer {
+        use std::io::{BufRead, BufReader, Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let paths = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (thread_stop, thread_paths) = (stop.clone(), paths.clone());
+        std::thread::spawn(move || {
+            while !thread_stop.load(Ordering::SeqCst) {
+                let Ok((stream, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    continue;
+                };
+                stream.set_nonblocking(false).unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                let _ = reader.read_line(&mut line);
+                let mut parts = line.split_whitespace();
+                let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+                let mut request = Request {
+                    method: method.to_string(),
+                    path: path.to_string(),
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                };
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':') {
+                        request
+                            .headers
+                            .push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+                    }
+                }
+                let length = request
+                    .header("content-length")
+                    .and_then(|l| l.parse().ok())
+                    .unwrap_or(0);
+                request.body = vec![0; length];
+                let _ = reader.read_exact(&mut request.body);
+                thread_paths.lock().unwrap().push(request.path.clone());
+                let (status, headers, body) = handler(&request);
+                let mut stream = stream;
+                // The client may stop reading early: that is its answer.
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                )
+                .and_then(|_| stream.write_all(&body));
+            }
+        });
+        HttpServer { port, paths, stop }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::common::{state_of, Workspace, HEADER};
+use crate::common::{state_of, HttpServer, Workspace, HEADER};
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let output = Command::new("git")
@@ -474,87 +474,40 @@ fn scratch_repositories_left_by_a_killed_process_are_removed() {
     );
 }
 
-/// Serves `root` over git's dumb HTTP protocol (plain files) on 127.0.0.1,
-/// answering 401 to a request without `authorization`; records each
-/// request's path and authorization. Stopped when dropped.
-struct DumbHttp {
-    port: u16,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
-}
-
-impl DumbHttp {
-    fn start(root: std::path::PathBuf, authorization: &str) -> DumbHttp {
-        use std::io::{BufRead, BufReader, Write};
-        use std::sync::atomic::Ordering;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (thread_stop, thread_seen) = (stop.clone(), seen.clone());
-        let expected = authorization.to_string();
-        std::thread::spawn(move || {
-            while !thread_stop.load(Ordering::SeqCst) {
-                let Ok((stream, _)) = listener.accept() else {
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                    continue;
-                };
-                stream.set_nonblocking(false).unwrap();
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut request = String::new();
-                let _ = reader.read_line(&mut request);
-                let mut authorization = String::new();
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
-                        break;
-                    }
-                    if let Some(value) = line
-                        .strip_prefix("Authorization:")
-                        .or(line.strip_prefix("authorization:"))
-                    {
-                        authorization = value.trim().to_string();
-                    }
-                }
-                let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
-                thread_seen
-                    .lock()
-                    .unwrap()
-                    .push((path.clone(), authorization.clone()));
-                let file = root.join(path.split('?').next().unwrap().trim_start_matches('/'));
-                let mut stream = stream;
-                let _ = if authorization != expected {
-                    write!(stream, "HTTP/1.1 401 No\r\nwww-authenticate: Basic realm=\"t\"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                } else if let Ok(body) = std::fs::read(&file).map_err(|_| ()).and_then(|b| {
-                    if file.is_file() {
-                        Ok(b)
-                    } else {
-                        Err(())
-                    }
-                }) {
-                    write!(
-                        stream,
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                        body.len()
-                    )
-                    .and_then(|_| stream.write_all(&body))
-                } else {
-                    write!(
-                        stream,
-                        "HTTP/1.1 404 No\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                    )
-                };
-            }
-        });
-        DumbHttp { port, stop, seen }
-    }
-}
-
-impl Drop for DumbHttp {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
+/// Serves `root` over git's dumb HTTP protocol (plain files), answering 401
+/// to a request without `authorization`; records what each request was
+/// authorized with.
+fn dumb_http(
+    root: std::path::PathBuf,
+    authorization: &str,
+) -> (HttpServer, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let expected = authorization.to_string();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let server = HttpServer::start(move |request| {
+        let authorization = request.header("authorization").unwrap_or("");
+        record.lock().unwrap().push(authorization.to_string());
+        if authorization != expected {
+            return (
+                401,
+                "www-authenticate: Basic realm=\"t\"\r\n".into(),
+                Vec::new(),
+            );
+        }
+        let file = root.join(
+            request
+                .path
+                .split('?')
+                .next()
+                .unwrap()
+                .trim_start_matches('/'),
+        );
+        match std::fs::read(&file) {
+            Ok(body) if file.is_file() => (200, String::new(), body),
+            _ => (404, String::new(), Vec::new()),
+        }
+    });
+    (server, seen)
 }
 
 /// Credentials written into a repository's URL (a token from the plan's
@@ -574,7 +527,7 @@ fn credentials_in_a_repository_url_stay_out_of_git_arguments_and_the_checkout() 
         &["update-server-info"],
     );
     // `oauth2:s3cr3t/tok` as the user and password: Basic b2F1dGgyOnMzY3IzdC90b2s=.
-    let server = DumbHttp::start(ws.path().join("served"), "Basic b2F1dGgyOnMzY3IzdC90b2s=");
+    let (server, seen) = dumb_http(ws.path().join("served"), "Basic b2F1dGgyOnMzY3IzdC90b2s=");
     // A git that writes down how it was called, then runs the real one.
     let bin = ws.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
@@ -644,10 +597,15 @@ fn credentials_in_a_repository_url_stay_out_of_git_arguments_and_the_checkout() 
             "the token in {what}: {text}"
         );
     }
-    let seen = server.seen.lock().unwrap();
+    let seen = seen.lock().unwrap();
     assert!(
-        seen.iter()
-            .any(|(path, auth)| path.contains("info/refs") && auth.starts_with("Basic ")),
+        seen.iter().all(|auth| auth.starts_with("Basic ")),
         "{seen:?}"
     );
+    assert!(server
+        .paths
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|p| p.contains("info/refs")));
 }
