@@ -167,6 +167,18 @@ impl Secrets {
         Ok(value)
     }
 
+    /// The secrets read so far whose values are shorter than `chars`, with
+    /// their length: masked wherever those characters stand, in any word or
+    /// number.
+    pub fn short(&self, chars: usize) -> Vec<(String, usize)> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .iter()
+            .map(|(name, value)| (name.clone(), value.chars().count()))
+            .filter(|(_, length)| *length > 0 && *length < chars)
+            .collect()
+    }
+
     /// Reads the file secrets not read yet that can be read now: a file a
     /// step has just written (a password it generated). Whether any was. (An
     /// environment variable is phoenix's own: it does not appear mid-run.)

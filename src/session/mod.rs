@@ -645,6 +645,14 @@ impl Session<'_> {
             self.concurrency,
         ));
         shared.secrets.preload(&shared.masker);
+        // A placeholder (`test`, a PIN) is masked in every timestamp, id and
+        // word it stands in, and withholds every output it appears in: said
+        // once, before the puzzling logs and failures it makes.
+        for (name, length) in shared.secrets.short(6) {
+            self.events.emit(Event::Warning(format!(
+                "secret `{name}` is only {length} characters long: wherever those characters stand (in a word, a number, a time) they are masked as `***`, and a step's output they appear in is withheld from the steps that read it"
+            )));
+        }
         if let Some(Record::Header(header)) = first_records.first() {
             warn_of_secret_vars(&header.vars, &shared.masker, self.events.as_ref());
         }

@@ -249,6 +249,18 @@ fn a_secret_that_is_also_a_word_of_the_journal_leaves_it_readable() {
         "{}",
         run.stderr()
     );
+    // The PIN is said to be short, before the logs it makes puzzling; the
+    // word (8 characters) is not.
+    assert!(
+        run.stderr().contains("secret `pin` is only 4 characters long: wherever those characters stand (in a word, a number, a time) they are masked as `***`"),
+        "{}",
+        run.stderr()
+    );
+    assert!(
+        !run.stderr().contains("secret `word` is only"),
+        "{}",
+        run.stderr()
+    );
     let status = ws.expect(["status", "--format", "json"], 0).stdout();
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["run_id"], "run-4711");
