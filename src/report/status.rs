@@ -61,6 +61,10 @@ pub struct StepStatus {
     pub finished_at: Option<DateTime<Utc>>,
     pub duration_seconds: Option<f64>,
     pub outputs: Outputs,
+    /// The outputs that held a secret's value (masked in `outputs`): a
+    /// step that reads one fails.
+    #[serde(skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub withheld: std::collections::BTreeSet<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Why a skipped step was: "skipped" alone leaves open whether its
@@ -107,6 +111,7 @@ pub fn build(header: &Header, view: &RunView, live: bool, plan: Option<&Plan>) -
             finished_at: step.finished_at,
             duration_seconds: step.duration_seconds,
             outputs: step.outputs.clone(),
+            withheld: step.withheld.clone(),
             error: step.error.clone(),
             skip: (state == StepState::Skipped)
                 .then(|| step.skip.clone())

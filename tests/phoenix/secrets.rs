@@ -539,7 +539,11 @@ fn a_step_reading_an_output_that_held_a_secret_fails_instead_of_getting_it_maske
     assert!(!ws.path().join("app.conf").exists());
     assert_eq!(ws.read("ledger"), "db\n", "the step reading `host` ran");
     assert!(ws.journal().contains("\"withheld\":[\"url\"]"));
-    assert_eq!(state_of(&ws.status(), "reader"), "failed");
+    let status = ws.status();
+    assert_eq!(state_of(&status, "reader"), "failed");
+    let made = crate::common::step_of(&status, "made");
+    assert_eq!(made["withheld"], serde_json::json!(["url"]));
+    assert_eq!(made["outputs"]["url"], "https://app:***@db");
     // A resume reads back only `https://app:***@db`: still refused.
     let resumed = phoenix(&["resume", "--skip", "given"], 1);
     assert!(resumed.stderr().contains(refused), "{}", resumed.stderr());
