@@ -50,8 +50,16 @@ pub fn resume(
             };
             match of_plan {
                 Some(id) => id,
-                None => newest_unfinished(state)?
-                    .ok_or_else(|| SessionError::NothingToResume(state.describe()))?,
+                None => match newest_unfinished(state)? {
+                    Some(id) => id,
+                    // Every run succeeded: as for a succeeded run named.
+                    None => {
+                        return Err(match super::newest(state)? {
+                            Some(id) => SessionError::AlreadySucceeded(id),
+                            None => SessionError::NothingToResume(state.describe()),
+                        })
+                    }
+                },
             }
         }
     };

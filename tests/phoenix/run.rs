@@ -174,13 +174,20 @@ fn a_failed_run_resumes_where_it_stopped() {
     // resumes until the run succeeds stops.
     let run_id = status["run_id"].as_str().unwrap().to_string();
     let journal = ws.journal();
-    let again = ws.expect(["resume", &run_id], 0);
-    assert_eq!(ws.journal(), journal, "nothing recorded");
-    assert!(
-        again.stderr().contains("already succeeded"),
-        "{}",
-        again.stderr()
-    );
+    for args in [vec!["resume", &run_id], vec!["resume"]] {
+        let again = ws.expect(&args, 0);
+        assert_eq!(ws.journal(), journal, "nothing recorded");
+        assert!(
+            again.stderr().contains(&format!(
+                "run `{run_id}` already succeeded; there is nothing to resume"
+            )),
+            "{args:?}: {}",
+            again.stderr()
+        );
+    }
+    // A state with no run at all is another matter: a wrong `--state`.
+    let empty = ws.phoenix().args(["--state", "elsewhere", "resume"]).run();
+    assert_eq!(empty.code(), 2, "{}", empty.stderr());
 }
 
 /// `run` after a run of the same plan that did not succeed starts over; in a
