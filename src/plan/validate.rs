@@ -9,10 +9,10 @@ use std::collections::{BTreeSet, HashMap};
 use sha2::{Digest, Sha256};
 
 use super::diagnostic::{did_you_mean, Diagnostics};
-use super::interpolate::{expressions, has_expressions, references};
+use super::interpolate::{expressions, has_expressions, references, Expression};
 use super::model::{Phase, Plan};
 use super::source::{Span, Spanned};
-use crate::actions::command::Program;
+use crate::actions::command::{CommandSpec, Program};
 use crate::actions::Action;
 use crate::graph::StepGraph;
 
@@ -366,6 +366,13 @@ fn check_secret_arguments(plan: &Plan, diags: &mut Diagnostics) {
         if let Some(check) = &step.check {
             lines.extend(check.iter().map(|a| (a, "`check`")));
         }
+        if let Action::Command(CommandSpec {
+            program: Program::Shell(script),
+            ..
+        }) = &step.action.value
+        {
+            check_shell_outputs(&source, step.id.as_str(), script, &mut said, diags);
+        }
         for (text, what) in lines {
             for (span, name) in expression_names(&source, text, &mut said) {
                 // An unknown one is an error of its own already.
@@ -390,12 +397,61 @@ fn check_secret_arguments(plan: &Plan, diags: &mut Diagnostics) {
     }
 }
 
+/// [unquoted-output]: a step's output written into a `shell` script becomes
+/// part of the script's text, so a value with a space is split, one with a
+/// `*` expanded, and one with `'`, `"` or `$(…)` can end a quote or run a
+/// command: quotes written around the expression do not hold it. The
+/// `quote` filter makes any value one shell word. (Vars are the plan's
+/// own, and `run` and `plan` Phoenix's: what other programs print is what
+/// an author does not see coming.)
+fn check_shell_outputs(
+    source: &std::sync::Arc<super::source::SourceFile>,
+    step: &str,
+    script: &Spanned<String>,
+    said: &mut Diagnostics,
+    diags: &mut Diagnostics,
+) {
+    for (span, expr) in located_expressions(source, script, said) {
+        let quoted = expr
+            .source
+            .rsplit_once('|')
+            .is_some_and(|(_, last)| last.trim() == "quote");
+        let reads_output = references(&expr)
+            .iter()
+            .any(|name| name.starts_with("steps."));
+        if reads_output && !quoted {
+            diags.warning(
+                source,
+                span,
+                "unquoted-output",
+                format!(
+                    "`{{{{ {} }}}}` in the `shell` script of step `{step}`: the output becomes part of the script, where a space, a `*`, a quote or `$(…)` in it is split, expanded or run; write `{{{{ {} | quote }}}}`, with no quotes around it, or give it in `env` and use \"$NAME\"",
+                    expr.source, expr.source
+                ),
+            );
+        }
+    }
+}
+
 /// The names read by the expressions in `text`, each with the span of its `{{`.
 fn expression_names(
     source: &std::sync::Arc<super::source::SourceFile>,
     text: &Spanned<String>,
     diags: &mut Diagnostics,
 ) -> Vec<(Span, String)> {
+    located_expressions(source, text, diags)
+        .into_iter()
+        .flat_map(|(span, expr)| references(&expr).into_iter().map(move |name| (span, name)))
+        .collect()
+}
+
+/// The expressions in `text`, each with the span of its `{{` in the file;
+/// one that does not parse is said in `diags`.
+fn located_expressions(
+    source: &std::sync::Arc<super::source::SourceFile>,
+    text: &Spanned<String>,
+    diags: &mut Diagnostics,
+) -> Vec<(Span, Expression)> {
     if !has_expressions(text) {
         return Vec::new();
     }
@@ -415,11 +471,8 @@ fn expression_names(
             Vec::new()
         }
         Ok(exprs) => exprs
-            .iter()
-            .flat_map(|expr| {
-                let span = locate(expr.offset);
-                references(expr).into_iter().map(move |name| (span, name))
-            })
+            .into_iter()
+            .map(|expr| (locate(expr.offset), expr))
             .collect(),
     }
 }
