@@ -31,6 +31,15 @@ fn assert_no_canary_in_state(ws: &Workspace) {
     assert!(found.is_empty(), "secrets in state files: {found:?}");
 }
 
+/// `phoenix ARGS` with the canary as `CANARY_TOKEN`, expected to exit `code`.
+fn with_canary(ws: &Workspace, args: &[&str], code: i32) -> crate::common::Run {
+    ws.phoenix()
+        .env("CANARY_TOKEN", CANARY)
+        .args(args)
+        .run()
+        .expect_code(code)
+}
+
 #[test]
 fn secrets_never_reach_state_logs_or_output() {
     let ws = Workspace::new();
@@ -152,13 +161,7 @@ fn a_checks_output_is_masked() {
             ),
         ),
     );
-    let phoenix = |args: &[&str], code: i32| {
-        ws.phoenix()
-            .env("CANARY_TOKEN", CANARY)
-            .args(args)
-            .run()
-            .expect_code(code)
-    };
+    let phoenix = |args: &[&str], code: i32| with_canary(&ws, args, code);
     phoenix(&["run", "plan.toml"], 0);
     // In doubt, as after a crash: the resume runs the check.
     ws.crash_before_finishes();
@@ -514,13 +517,7 @@ fn a_step_reading_an_output_that_held_a_secret_fails_instead_of_getting_it_maske
             shell_step("given", "provision", "exit 1", ""),
         ),
     );
-    let phoenix = |args: &[&str], code: i32| {
-        ws.phoenix()
-            .env("CANARY_TOKEN", CANARY)
-            .args(args)
-            .run()
-            .expect_code(code)
-    };
+    let phoenix = |args: &[&str], code: i32| with_canary(&ws, args, code);
     let refused = "reads the output `url` of `made`, which held a secret's value and is not passed on (it would arrive as `***`): read the secret itself with `{{ secrets.NAME }}`";
     let run = phoenix(&["run", "plan.toml", "--keep-going"], 1);
     assert!(
