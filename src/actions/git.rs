@@ -118,7 +118,9 @@ pub async fn run(spec: &GitSpec, ctx: &StepContext<'_>) -> Result<Outputs, Actio
 /// are taken out of it and given to git as an `Authorization` header for
 /// that URL, in its environment (`GIT_CONFIG_COUNT`): a process's arguments
 /// can be read by every user of the machine (`ps`), and a clone keeps its
-/// URL in the checkout's `.git/config`, in the rebuilt configuration.
+/// URL in the checkout's `.git/config`, in the rebuilt configuration. A git
+/// older than 2.31 (no `GIT_CONFIG_COUNT`) is given the URL as written, as
+/// before: a rebuild on an old distribution must still fetch its config.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Remote {
     /// A local path made absolute, or the URL without credentials.
@@ -127,20 +129,25 @@ pub struct Remote {
     /// URL had: for the whole host, as submodules given by a relative URL
     /// live beside the repository.
     header: Option<(String, String)>,
+    /// The URL with its credentials, for a git that cannot take the header.
+    written: String,
 }
 
 impl Remote {
     /// A local path relative to the plan's directory, or a URL.
     pub fn new(repo: &str, plan_dir: &Path) -> Remote {
         if !(repo.contains("://") || repo.contains('@') && repo.contains(':')) {
+            let path = plan_dir.join(repo).display().to_string();
             return Remote {
-                url: plan_dir.join(repo).display().to_string(),
+                url: path.clone(),
                 header: None,
+                written: path,
             };
         }
         let plain = Remote {
             url: repo.to_string(),
             header: None,
+            written: repo.to_string(),
         };
         let Some((scheme, rest)) = repo.split_once("://") else {
             return plain;
@@ -171,15 +178,20 @@ impl Remote {
                     base64::engine::general_purpose::STANDARD.encode(credentials)
                 ),
             )),
+            written: repo.to_string(),
         }
     }
 
     /// Gives `command` (a git that talks to this remote) its credentials,
-    /// after any configuration the environment already passes the same way.
-    fn authorize(&self, command: &mut tokio::process::Command) {
+    /// after any configuration the environment already passes the same way;
+    /// the URL to name the remote by.
+    async fn authorize(&self, command: &mut tokio::process::Command) -> &str {
         let Some((host, header)) = &self.header else {
-            return;
+            return &self.url;
         };
+        if !takes_config_from_env().await {
+            return &self.written;
+        }
         let count: usize = std::env::var("GIT_CONFIG_COUNT")
             .ok()
             .and_then(|count| count.parse().ok())
@@ -191,7 +203,38 @@ impl Remote {
             )
             .env(format!("GIT_CONFIG_VALUE_{count}"), header)
             .env("GIT_CONFIG_COUNT", (count + 1).to_string());
+        &self.url
     }
+}
+
+/// Whether this machine's git reads configuration from `GIT_CONFIG_COUNT`
+/// (2.31 and later). Asked once.
+async fn takes_config_from_env() -> bool {
+    static TAKES: tokio::sync::OnceCell<bool> = tokio::sync::OnceCell::const_new();
+    *TAKES
+        .get_or_init(|| async {
+            let version = tokio::process::Command::new("git")
+                .arg("--version")
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await
+                .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+                .unwrap_or_default();
+            git_version_at_least(&version, (2, 31))
+        })
+        .await
+}
+
+/// Whether `git --version`'s answer (`git version 2.47.3`) is `least` or later.
+fn git_version_at_least(answer: &str, least: (u32, u32)) -> bool {
+    let mut numbers = answer
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or("")
+        .split('.')
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    version >= least
 }
 
 /// `git` with prompts off: a rebuild must fail, not hang, on missing credentials.
@@ -305,8 +348,8 @@ pub async fn resolve(
         return Ok(reference.to_ascii_lowercase());
     }
     let mut command = git().await;
-    command.args(["ls-remote", "--", &remote.url]);
-    remote.authorize(&mut command);
+    let url = remote.authorize(&mut command).await;
+    command.args(["ls-remote", "--", url]);
     let listing = run_git(command, cancel).await?;
     let refs: Vec<(&str, &str)> = listing
         .lines()
@@ -354,15 +397,15 @@ pub async fn resolve(
         init.args(["init", "--quiet", "--bare"]).arg(scratch);
         run_git(init, cancel).await?;
         let mut fetch = git().await;
+        let url = remote.authorize(&mut fetch).await;
         fetch.arg("-C").arg(scratch).args([
             "fetch",
             "--quiet",
             "--no-tags",
             "--",
-            &remote.url,
+            url,
             &format!("+{name}:refs/phoenix/probe"),
         ]);
-        remote.authorize(&mut fetch);
         run_git(fetch, cancel).await?;
         let mut parse = git().await;
         parse
@@ -419,10 +462,10 @@ async fn checkout(
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<(), ActionError> {
     let mut clone = git().await;
+    let url = remote.authorize(&mut clone).await;
     clone
-        .args(["clone", "--quiet", "--no-checkout", "--", &remote.url])
+        .args(["clone", "--quiet", "--no-checkout", "--", url])
         .arg(temp);
-    remote.authorize(&mut clone);
     run_git(clone, cancel).await?;
     let checkout = || async {
         let mut checkout = git().await;
@@ -444,7 +487,7 @@ async fn checkout(
             .arg("-C")
             .arg(temp)
             .args(["fetch", "--quiet", "origin", commit]);
-        remote.authorize(&mut fetch);
+        remote.authorize(&mut fetch).await;
         run_git(fetch, cancel).await.map_err(|e| {
             ActionError::Git(format!(
                 "commit {commit} (from `{reference}`) is no longer in {}: {e}",
@@ -465,7 +508,7 @@ async fn checkout(
             "--init",
             "--recursive",
         ]);
-        remote.authorize(&mut update);
+        remote.authorize(&mut update).await;
         run_git(update, cancel).await?;
     }
     Ok(())
@@ -479,6 +522,18 @@ mod tests {
     fn split(repo: &str) -> (String, Option<(String, String)>) {
         let remote = Remote::new(repo, Path::new("/plans"));
         (remote.url, remote.header)
+    }
+
+    #[test]
+    fn the_header_needs_git_2_31() {
+        assert!(git_version_at_least("git version 2.47.3", (2, 31)));
+        assert!(git_version_at_least(
+            "git version 2.31.0.windows.1",
+            (2, 31)
+        ));
+        assert!(git_version_at_least("git version 3.0.0", (2, 31)));
+        assert!(!git_version_at_least("git version 2.30.2", (2, 31)));
+        assert!(!git_version_at_least("not git", (2, 31)));
     }
 
     #[test]
