@@ -93,12 +93,11 @@ pub async fn run(spec: &CommandSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
     }
     let output_name = format!("{}.{}.out", ctx.step.id.value, ctx.attempt);
     let output_file = ctx.shared.run.tmp.join(&output_name);
-    let mut env: Vec<(&str, &OsStr)> = step_env
-        .iter()
-        .map(|(key, value)| (*key, OsStr::new(value)))
-        .collect();
-    env.push(("PHOENIX_OUTPUT", output_file.as_os_str()));
-    env.extend(ctx.shared.run.variables(ctx.step.id.as_str()));
+    let env = ctx.shared.run.environment(
+        ctx.step.id.as_str(),
+        step_env.iter().map(|(key, value)| (*key, value.as_str())),
+        &output_file,
+    );
     // Output goes through one pipe (stdout and stderr interleaved as written),
     // masked, into a log file created on the first byte: most steps print nothing,
     // and a file per silent attempt would cost an inode each.
@@ -301,6 +300,15 @@ async fn terminate(pgid: i32, child: &mut Child) {
 /// (`>> "$PHOENIX_OUTPUT"` on the wrong line) would put a dump in each.
 pub(crate) const OUTPUTS_LIMIT: u64 = 1024 * 1024;
 
+/// `SIZE, more than the 1 MiB outputs may take (…)`: what a step's outputs
+/// over [`OUTPUTS_LIMIT`] are said as, by every action that gives them.
+pub(crate) fn over_the_limit(size: u64) -> String {
+    format!(
+        "{}, more than the 1 MiB outputs may take (they are values later steps read: ids, hosts, paths)",
+        crate::report::terminal::bytes(size as f64)
+    )
+}
+
 /// A `PHOENIX_OUTPUT` file over [`OUTPUTS_LIMIT`]: its size, as found.
 #[derive(Debug)]
 pub(crate) struct TooLarge(u64);
@@ -309,8 +317,8 @@ impl std::fmt::Display for TooLarge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "`PHOENIX_OUTPUT` holds {}, more than the 1 MiB outputs may take (they are values later steps read: ids, hosts, paths); write large data to a file and give its path as the output",
-            crate::report::terminal::bytes(self.0 as f64),
+            "`PHOENIX_OUTPUT` holds {}; write large data to a file and give its path as the output",
+            over_the_limit(self.0)
         )
     }
 }

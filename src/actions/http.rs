@@ -313,11 +313,11 @@ fn outputs(spec: &HttpSpec, body: &str) -> Result<Outputs, ActionError> {
         };
         out.insert(name.clone(), text);
     }
-    let size: usize = out.values().map(String::len).sum();
-    if size as u64 > crate::actions::command::OUTPUTS_LIMIT {
+    let size = out.values().map(String::len).sum::<usize>() as u64;
+    if size > super::command::OUTPUTS_LIMIT {
         return Err(ActionError::Outputs(format!(
-            "the outputs hold {}, more than the 1 MiB outputs may take (they are values later steps read: ids, hosts, paths); point at the values, not at what holds them",
-            crate::report::terminal::bytes(size as f64)
+            "the outputs hold {}; point at the values, not at what holds them",
+            super::command::over_the_limit(size)
         )));
     }
     Ok(out)

@@ -53,8 +53,9 @@ pub fn build(shared: &Shared, step: &Step) -> Result<minijinja::Value, ActionErr
     let mut steps = Map::new();
     {
         let outputs = shared.outputs.read().unwrap_or_else(|e| e.into_inner());
+        let none = Default::default();
         for id in step_refs {
-            let given = outputs.get(&id).cloned().unwrap_or_default();
+            let given = outputs.get(&id).unwrap_or(&none);
             if !given.withheld.is_empty() {
                 let reads = step.texts.iter().flat_map(|text| output_keys_read(text));
                 refuse_withheld(reads, &outputs)?;

@@ -55,13 +55,27 @@ pub struct RunInfo {
 
 impl RunInfo {
     /// What every process Phoenix starts for a step (its command, its
-    /// `check`) is told of the run and the step, beside its environment.
-    pub fn variables<'a>(&'a self, step: &'a str) -> [(&'static str, &'a std::ffi::OsStr); 3] {
-        [
-            ("PHOENIX_RUN_ID", std::ffi::OsStr::new(&self.id)),
+    /// `check`) gets over the environment it inherits: the step's own `env`,
+    /// then its `PHOENIX_OUTPUT` file and what it is told of the run and the
+    /// step (Phoenix's, over any `env` that names them).
+    pub fn environment<'a>(
+        &'a self,
+        step: &'a str,
+        own: impl IntoIterator<Item = (&'a str, &'a str)>,
+        output: &'a std::path::Path,
+    ) -> Vec<(&'a str, &'a std::ffi::OsStr)> {
+        use std::ffi::OsStr;
+        let mut env: Vec<(&str, &OsStr)> = own
+            .into_iter()
+            .map(|(key, value)| (key, OsStr::new(value)))
+            .collect();
+        env.extend([
+            ("PHOENIX_OUTPUT", output.as_os_str()),
+            ("PHOENIX_RUN_ID", OsStr::new(&self.id)),
             ("PHOENIX_RUN_DIR", self.dir.as_os_str()),
-            ("PHOENIX_STEP", std::ffi::OsStr::new(step)),
-        ]
+            ("PHOENIX_STEP", OsStr::new(step)),
+        ]);
+        env
     }
 }
 

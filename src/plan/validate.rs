@@ -12,7 +12,7 @@ use super::diagnostic::{did_you_mean, Diagnostics};
 use super::interpolate::{expressions, has_expressions, references, Expression};
 use super::model::{Phase, Plan};
 use super::source::{Span, Spanned};
-use crate::actions::command::{CommandSpec, Program};
+use crate::actions::command::Program;
 use crate::actions::Action;
 use crate::graph::StepGraph;
 
@@ -150,7 +150,7 @@ pub fn check(plan: &mut Plan, diags: &mut Diagnostics) {
 
     check_expressions(plan, &graph, diags);
     check_destinations(plan, &graph, diags);
-    check_secret_arguments(plan, diags);
+    check_command_lines(plan, diags);
     // Kept for the run, `phoenix plan` and resume: built once a plan.
     let _ = plan.graph.set(graph);
 }
@@ -347,11 +347,13 @@ fn check_expressions(plan: &mut Plan, graph: &StepGraph, diags: &mut Diagnostics
     }
 }
 
-/// [secret-in-argv]: a secret in a command line. Every user of the machine
-/// can read a process's arguments (`ps`, `/proc/PID/cmdline`) while it runs,
-/// and a `shell` script is `sh`'s argument; its environment only its owner
-/// can read. So a secret goes in through `env` and is read from there.
-fn check_secret_arguments(plan: &Plan, diags: &mut Diagnostics) {
+/// What goes on a command line: [secret-in-argv], a secret there (every
+/// user of the machine can read a process's arguments, `ps` or
+/// `/proc/PID/cmdline`, while it runs, and a `shell` script is `sh`'s
+/// argument; its environment only its owner can read, so a secret goes in
+/// through `env` and is read from there), and [unquoted-output] in a
+/// `shell` script ([`check_shell_outputs`]).
+fn check_command_lines(plan: &Plan, diags: &mut Diagnostics) {
     let source = plan.source.clone();
     // Broken expressions were said by `check_expressions` already.
     let mut said = Diagnostics::default();
@@ -360,18 +362,14 @@ fn check_secret_arguments(plan: &Plan, diags: &mut Diagnostics) {
         if let Action::Command(spec) = &step.action.value {
             match &spec.program {
                 Program::Argv(argv) => lines.extend(argv.iter().map(|a| (a, "`run`"))),
-                Program::Shell(script) => lines.push((script, "the `shell` script")),
+                Program::Shell(script) => {
+                    check_shell_outputs(&source, step.id.as_str(), script, &mut said, diags);
+                    lines.push((script, "the `shell` script"));
+                }
             }
         }
         if let Some(check) = &step.check {
             lines.extend(check.iter().map(|a| (a, "`check`")));
-        }
-        if let Action::Command(CommandSpec {
-            program: Program::Shell(script),
-            ..
-        }) = &step.action.value
-        {
-            check_shell_outputs(&source, step.id.as_str(), script, &mut said, diags);
         }
         for (text, what) in lines {
             for (span, name) in expression_names(&source, text, &mut said) {

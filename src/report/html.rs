@@ -220,10 +220,7 @@ pub fn render(report: &Report, history: &[HistoryEntry]) -> String {
     html.push_str(&trend(history, report.rto.target_seconds));
     html.push_str("<h2>Steps</h2><table><tr><th>step</th><th>phase</th><th>state</th><th>attempts</th><th>duration</th><th>outputs</th></tr>");
     for step in &status.steps {
-        let state = match step.skip_note() {
-            Some(note) => format!("{}: {}", step.state.as_str(), escape(&note)),
-            None => step.state.as_str().to_string(),
-        };
+        let state = escape(&step.state_with_note());
         let outputs: Vec<String> = step
             .outputs
             .iter()

@@ -37,10 +37,10 @@ pub fn render(report: &Report) -> String {
                 }
                 StepState::Pending | StepState::Skipped => {
                     let mut skipped = TestCaseStatus::skipped();
-                    skipped.set_message(match step.skip_note() {
-                        _ if step.state == StepState::Pending => "not run".to_string(),
-                        Some(note) => format!("skipped: {note}"),
-                        None => "skipped".to_string(),
+                    skipped.set_message(if step.state == StepState::Pending {
+                        "not run".to_string()
+                    } else {
+                        step.state_with_note()
                     });
                     skipped
                 }

@@ -88,10 +88,7 @@ pub fn render(report: &Report) -> String {
             .iter()
             .map(|(k, v)| format!("`{k}={}`", v.replace('|', "\\|")))
             .collect();
-        let state = match step.skip_note() {
-            Some(note) => format!("{}: {}", step.state.as_str(), note.replace('|', "\\|")),
-            None => step.state.as_str().to_string(),
-        };
+        let state = step.state_with_note().replace('|', "\\|");
         let _ = writeln!(
             out,
             "| `{}` | {} | {state} | {} | {} | {} |",

@@ -74,6 +74,14 @@ pub struct StepStatus {
 }
 
 impl StepStatus {
+    /// The state as the reports show it: `skipped: WHY` for a skipped step.
+    pub fn state_with_note(&self) -> String {
+        match self.skip_note() {
+            Some(note) => format!("{}: {note}", self.state.as_str()),
+            None => self.state.as_str().to_string(),
+        }
+    }
+
     /// Why the step was skipped, in words.
     pub fn skip_note(&self) -> Option<String> {
         Some(match self.skip.as_ref()? {

@@ -243,13 +243,14 @@ async fn run_check(
     // Left by a check that was killed: what it wrote is not this one's.
     let _ = std::fs::remove_file(&output_file);
     // As its step's command gets them: the step's own `env` first.
-    let mut env: Vec<(&str, &OsStr)> = command
-        .env
-        .iter()
-        .map(|(key, value)| (key.as_str(), OsStr::new(value)))
-        .collect();
-    env.push(("PHOENIX_OUTPUT", output_file.as_os_str()));
-    env.extend(shared.run.variables(step));
+    let env = shared.run.environment(
+        step,
+        command
+            .env
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_str())),
+        &output_file,
+    );
     let mut child = spawner
         .spawn(&crate::exec::spawn::SpawnRequest {
             program: OsStr::new(program),
