@@ -357,6 +357,133 @@ fn an_undefined_name_in_a_template_fails_with_file_and_line() {
     assert_eq!(state_of(&ws.status(), "t"), "failed");
 }
 
+/// A template tree is made again as `cp -r` would copy it, rendered: a
+/// configuration repository holds scripts, links between its files, empty
+/// directories and the odd binary file, and each used to be lost without a
+/// word (a script's execute bit, a link, a directory) or to fail the step (a
+/// binary file).
+#[test]
+fn a_template_tree_keeps_modes_links_directories_and_binary_files() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let ws = Workspace::new();
+    let tpl = ws.path().join("tpl");
+    for dir in ["bin", "sites-available", "sites-enabled", "empty", ".git"] {
+        std::fs::create_dir_all(tpl.join(dir)).unwrap();
+    }
+    ws.write(
+        "tpl/bin/start.sh",
+        "#!/bin/sh\nexec app --port {{ vars.port }}\n",
+    );
+    ws.write(
+        "tpl/bin/secret.sh",
+        "#!/bin/sh\nTOKEN={{ secrets.token }}\n",
+    );
+    for script in ["tpl/bin/start.sh", "tpl/bin/secret.sh"] {
+        std::fs::set_permissions(
+            ws.path().join(script),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+    }
+    ws.write("tpl/sites-available/default", "listen {{ vars.port }}\n");
+    symlink(
+        "../sites-available/default",
+        tpl.join("sites-enabled/default"),
+    )
+    .unwrap();
+    symlink("/run/secrets/app", tpl.join("credentials")).unwrap();
+    let binary = [0u8, 159, 146, 150, b'{', b'{', 0, 255];
+    std::fs::write(tpl.join("keystore.jks"), binary).unwrap();
+    ws.write("tpl/.git/HEAD", "ref: refs/heads/main {{ nope }}\n");
+    let plan = format!(
+        "{HEADER}\n[vars]\nport = 8080\n\n[secrets]\ntoken = {{ env = \"TPL_SECRET\" }}\n
+[[step]]
+id = \"tree\"
+phase = \"configure\"
+action = \"template\"
+source = \"tpl\"
+dest = \"out\"
+timeout = \"1m\"
+"
+    );
+    ws.write("plan.toml", &plan);
+    let run = |code| {
+        ws.phoenix()
+            .env("TPL_SECRET", CANARY)
+            .args(["run", "plan.toml"])
+            .run()
+            .expect_code(code)
+    };
+    run(0);
+    let out = ws.path().join("out");
+    let mode = |name: &str| {
+        std::fs::symlink_metadata(out.join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(
+        ws.read("out/bin/start.sh"),
+        "#!/bin/sh\nexec app --port 8080\n"
+    );
+    assert_eq!(mode("bin/start.sh"), 0o755, "a script stays executable");
+    assert_eq!(
+        mode("bin/secret.sh"),
+        0o700,
+        "the owner's alone: it holds a secret"
+    );
+    assert_eq!(mode("sites-available/default"), 0o644);
+    assert_eq!(
+        std::fs::read_link(out.join("sites-enabled/default")).unwrap(),
+        Path::new("../sites-available/default")
+    );
+    assert_eq!(ws.read("out/sites-enabled/default"), "listen 8080\n");
+    assert_eq!(
+        std::fs::read_link(out.join("credentials")).unwrap(),
+        Path::new("/run/secrets/app"),
+        "a link is made as it is, not followed"
+    );
+    assert!(out.join("empty").is_dir());
+    assert_eq!(std::fs::read(out.join("keystore.jks")).unwrap(), binary);
+    assert!(
+        !out.join(".git").exists(),
+        "git's own files are no configuration"
+    );
+    assert_eq!(ws.outputs("tree")["files"], "4");
+    // Rendered again over its own result: the same.
+    run(0);
+    assert_eq!(ws.read("out/sites-enabled/default"), "listen 8080\n");
+    // A link left in `dest` where the tree has a directory is not written
+    // through.
+    let elsewhere = ws.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::remove_dir_all(out.join("sites-available")).unwrap();
+    symlink(&elsewhere, out.join("sites-available")).unwrap();
+    let refused = run(1);
+    assert!(
+        refused
+            .stderr()
+            .contains("a symbolic link: the template's files would be written where it points"),
+        "{}",
+        refused.stderr()
+    );
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    // A text file that is not UTF-8 fails, named with its line; nothing of
+    // the tree is written.
+    std::fs::remove_file(out.join("sites-available")).unwrap();
+    std::fs::write(tpl.join("latin1.conf"), b"a = 1\nname = caf\xe9\n").unwrap();
+    let latin = run(1);
+    assert!(
+        latin
+            .stderr()
+            .contains("template `tpl/latin1.conf` line 2: not UTF-8 text"),
+        "{}",
+        latin.stderr()
+    );
+    assert!(!out.join("sites-available").exists());
+}
+
 /// Over ssh, git runs in batch mode: on a rebuilt machine with no
 /// `known_hosts`, plain ssh would ask on the terminal and hang the step. An
 /// ssh command the operator chose is left as it is. A stand-in `ssh` on the
