@@ -24,8 +24,38 @@ pub enum UnpackError {
         #[source]
         source: io::Error,
     },
+    #[error("archive entry `{entry}`: cannot give it its owner, user {uid} and group {gid} (as a user other than root, or where those ids are not mapped, `owners = \"self\"` restores without them)")]
+    Owner {
+        entry: String,
+        uid: u32,
+        gid: u32,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot read the archive")]
     Read(#[source] io::Error),
+}
+
+/// Whose an unpacked archive's files are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owners {
+    /// The archive's: by user and group name where this machine knows the
+    /// name, else by number. GNU tar's way as root: a service's data
+    /// directory (PostgreSQL's) must be its user's, or it will not start.
+    Archive,
+    /// The user phoenix runs as: GNU tar's way for any other user.
+    Current,
+}
+
+impl Owners {
+    /// [`Owners::Archive`] as root, else [`Owners::Current`].
+    pub fn by_default() -> Owners {
+        if nix::unistd::geteuid().is_root() {
+            Owners::Archive
+        } else {
+            Owners::Current
+        }
+    }
 }
 
 /// The archive kinds phoenix unpacks, by file name.
@@ -55,20 +85,27 @@ impl Format {
 /// backups and bounds the memory a hostile archive can make us allocate.
 const ZSTD_WINDOW_LOG_MAX: u32 = 27;
 
-/// Unpacks `archive` into `dest`, which must be an empty directory.
-pub fn unpack(archive: &Path, format: Format, dest: &Path) -> Result<usize, UnpackError> {
+/// Unpacks `archive` into `dest`, which must be an empty directory; the
+/// archive's own entry for its top (`./`) gives `dest` its mode, time and
+/// owner, as GNU tar does.
+pub fn unpack(
+    archive: &Path,
+    format: Format,
+    dest: &Path,
+    owners: Owners,
+) -> Result<usize, UnpackError> {
     let file = File::open(archive).map_err(UnpackError::Read)?;
     let reader = io::BufReader::with_capacity(256 * 1024, file);
     match format {
-        Format::Tar => extract(reader, dest),
-        Format::TarGz => extract(flate2::read::MultiGzDecoder::new(reader), dest),
+        Format::Tar => extract(reader, dest, owners),
+        Format::TarGz => extract(flate2::read::MultiGzDecoder::new(reader), dest, owners),
         Format::TarZst => {
             let mut decoder =
                 zstd::stream::read::Decoder::with_buffer(reader).map_err(UnpackError::Read)?;
             decoder
                 .window_log_max(ZSTD_WINDOW_LOG_MAX)
                 .map_err(UnpackError::Read)?;
-            extract(decoder, dest)
+            extract(decoder, dest, owners)
         }
     }
 }
@@ -134,8 +171,54 @@ fn check_parents(dest: &Path, relative: &Path) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn extract(reader: impl Read, dest: &Path) -> Result<usize, UnpackError> {
+/// The user and group ids an archive's names stand for on this machine,
+/// each name looked up once.
+#[derive(Default)]
+struct Ids {
+    users: std::collections::HashMap<String, Option<u32>>,
+    groups: std::collections::HashMap<String, Option<u32>>,
+}
+
+impl Ids {
+    /// `(uid, gid)` for an entry: its user's and group's names where this
+    /// machine has them (the ids of a rebuilt machine's `postgres` user may
+    /// differ from the old one's), else the numbers in the archive.
+    fn of(&mut self, header: &tar::Header) -> (u32, u32) {
+        let number =
+            |id: io::Result<u64>| id.ok().and_then(|id| u32::try_from(id).ok()).unwrap_or(0);
+        let by_name = |names: &mut std::collections::HashMap<String, Option<u32>>,
+                       name: Option<&str>,
+                       look_up: fn(&str) -> Option<u32>| {
+            let name = name.filter(|n| !n.is_empty())?;
+            *names
+                .entry(name.to_string())
+                .or_insert_with(|| look_up(name))
+        };
+        let uid = by_name(&mut self.users, header.username().ok().flatten(), |name| {
+            nix::unistd::User::from_name(name)
+                .ok()
+                .flatten()
+                .map(|u| u.uid.as_raw())
+        })
+        .unwrap_or_else(|| number(header.uid()));
+        let gid = by_name(
+            &mut self.groups,
+            header.groupname().ok().flatten(),
+            |name| {
+                nix::unistd::Group::from_name(name)
+                    .ok()
+                    .flatten()
+                    .map(|g| g.gid.as_raw())
+            },
+        )
+        .unwrap_or_else(|| number(header.gid()));
+        (uid, gid)
+    }
+}
+
+fn extract(reader: impl Read, dest: &Path, owners: Owners) -> Result<usize, UnpackError> {
     let mut archive = tar::Archive::new(reader);
+    let mut ids = (owners == Owners::Archive).then(Ids::default);
     let mut count = 0;
     let mut directories = Vec::new();
     let mut links = Vec::new();
@@ -148,10 +231,33 @@ fn extract(reader: impl Read, dest: &Path) -> Result<usize, UnpackError> {
             reason,
         };
         let relative = relative_path(&raw).map_err(refuse)?;
-        if relative.as_os_str().is_empty() {
-            continue; // `./` itself
-        }
         let kind = entry.header().entry_type();
+        let mode = entry.header().mode().unwrap_or(0o644) & 0o1777; // no setuid, no setgid
+                                                                    // Whose the entry is to be, when the archive says: `None` keeps the
+                                                                    // user phoenix runs as.
+        let owner = ids.as_mut().map(|ids| ids.of(entry.header()));
+        // `lchown`: a link's own owner; the same as `chown` for anything else.
+        let give = |path: &Path| match owner {
+            Some((uid, gid)) => {
+                std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|source| {
+                    UnpackError::Owner {
+                        entry: name.clone(),
+                        uid,
+                        gid,
+                        source,
+                    }
+                })
+            }
+            None => Ok(()),
+        };
+        if relative.as_os_str().is_empty() {
+            // `./` itself: `dest`, which takes its mode, time and owner.
+            if kind.is_dir() {
+                give(dest)?;
+                directories.push((dest.to_path_buf(), mode, entry.header().mtime().ok()));
+            }
+            continue;
+        }
         if kind.is_character_special() || kind.is_block_special() {
             return Err(refuse("is a device file"));
         }
@@ -165,7 +271,6 @@ fn extract(reader: impl Read, dest: &Path) -> Result<usize, UnpackError> {
             path: target.clone(),
             source,
         };
-        let mode = entry.header().mode().unwrap_or(0o644) & 0o1777; // no setuid, no setgid
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent).map_err(write_error)?;
         }
@@ -175,6 +280,7 @@ fn extract(reader: impl Read, dest: &Path) -> Result<usize, UnpackError> {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && target.is_dir() => {}
                 Err(e) => return Err(write_error(e)),
             }
+            give(&target)?;
             directories.push((target.clone(), mode, entry.header().mtime().ok()));
         } else if kind.is_symlink() {
             let link = entry
@@ -188,6 +294,7 @@ fn extract(reader: impl Read, dest: &Path) -> Result<usize, UnpackError> {
                 ));
             }
             std::os::unix::fs::symlink(&*link, &target).map_err(write_error)?;
+            give(&target)?;
             links.push((name.clone(), target.clone()));
         } else if kind.is_hard_link() {
             let link = entry
@@ -219,6 +326,9 @@ fn extract(reader: impl Read, dest: &Path) -> Result<usize, UnpackError> {
                 .open(&target)
                 .map_err(write_error)?;
             io::copy(&mut entry, &mut file).map_err(write_error)?;
+            // Before the mode: a change of owner would clear its setuid
+            // and setgid bits, were they kept.
+            give(&target)?;
             file.set_permissions(fs::Permissions::from_mode(mode))
                 .map_err(write_error)?;
             if let Ok(mtime) = entry.header().mtime() {

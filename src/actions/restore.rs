@@ -21,6 +21,7 @@ pub const FIELDS: &[&str] = &[
     "verify",
     "dest",
     "unpack",
+    "owners",
     "max_age",
     "part_size",
     "parallelism",
@@ -57,6 +58,8 @@ pub struct RestoreSpec {
     pub verify_span: Option<crate::plan::source::Span>,
     pub dest: Spanned<String>,
     pub unpack: bool,
+    /// `owners`: whose the unpacked files are; unset, the archive's as root.
+    pub owners: Option<crate::unpack::Owners>,
     pub max_age: Option<Duration>,
     pub part_size: u64,
     pub parallelism: usize,
@@ -123,6 +126,12 @@ pub fn parse(fields: &Fields<'_, '_>, diags: &mut Diagnostics) -> Option<Restore
         }
     }
     let unpack = fields.choice("unpack", &["auto", "none"], diags);
+    let owners = fields
+        .choice("owners", &["archive", "self"], diags)
+        .map(|o| match o.value {
+            "archive" => crate::unpack::Owners::Archive,
+            _ => crate::unpack::Owners::Current,
+        });
     let max_age = fields.duration("max_age", diags).map(|d| d.value);
     let part_size = match fields.string("part_size", diags) {
         Some(text) => match crate::plan::fields::parse_size(&text) {
@@ -158,6 +167,7 @@ pub fn parse(fields: &Fields<'_, '_>, diags: &mut Diagnostics) -> Option<Restore
         verify_span: verify.map(|v| v.span),
         dest: dest?,
         unpack: unpack.map(|u| u.value == "auto").unwrap_or(true),
+        owners,
         max_age,
         part_size,
         parallelism,
@@ -431,7 +441,8 @@ pub async fn run(spec: &RestoreSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
                 let _ = std::fs::remove_dir_all(&tree);
                 std::fs::create_dir(&tree).map_err(|source| ActionError::Io { action: "create", path: tree.clone(), source })?;
                 let (archive, into) = (download.clone(), tree.clone());
-                let unpacked = tokio::task::spawn_blocking(move || crate::unpack::unpack(&archive, format, &into))
+                let owners = spec.owners.unwrap_or_else(crate::unpack::Owners::by_default);
+                let unpacked = tokio::task::spawn_blocking(move || crate::unpack::unpack(&archive, format, &into, owners))
                     .await
                     .map_err(|e| ActionError::Restore(e.to_string()))?;
                 if let Err(error) = unpacked {

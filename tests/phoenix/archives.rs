@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use phoenix::unpack::{unpack, Format, UnpackError};
+use phoenix::unpack::{unpack, Format, Owners, UnpackError};
 
 /// One crafted entry: raw name bytes, type, link target, content.
 struct Entry {
@@ -165,7 +165,7 @@ fn malicious_archives_are_refused_naming_the_entry() {
         let dest = scratch.path().join("root/dest");
         std::fs::create_dir_all(&dest).unwrap();
         let before = listing(scratch.path());
-        let result = unpack(&archive, format, &dest);
+        let result = unpack(&archive, format, &dest, Owners::Current);
         match result {
             Err(UnpackError::Refused { entry, reason }) => {
                 assert!(
@@ -200,7 +200,7 @@ fn setuid_and_setgid_bits_are_dropped() {
     std::fs::write(&archive, craft(&[entry])).unwrap();
     let dest = scratch.path().join("dest");
     std::fs::create_dir(&dest).unwrap();
-    unpack(&archive, Format::Tar, &dest).unwrap();
+    unpack(&archive, Format::Tar, &dest, Owners::Current).unwrap();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(dest.join("tool"))
@@ -213,26 +213,29 @@ fn setuid_and_setgid_bits_are_dropped() {
 }
 
 /// A description of a tree to compare: path, kind, mode, content or link target.
+/// Every entry under `root` (and `root` itself, as `./`) with its mode, owner
+/// and content or target.
 fn describe(root: &Path) -> Vec<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut out: Vec<String> = listing(root)
-        .into_iter()
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut out: Vec<String> = std::iter::once(root.to_path_buf())
+        .chain(listing(root))
         .map(|path| {
             let meta = std::fs::symlink_metadata(&path).unwrap();
             let relative = path.strip_prefix(root).unwrap().display().to_string();
             let mode = meta.permissions().mode() & 0o7777;
+            let owner = format!("{}:{}", meta.uid(), meta.gid());
             if meta.file_type().is_symlink() {
                 format!(
-                    "{relative} -> {}",
+                    "{relative} -> {} {owner}",
                     std::fs::read_link(&path).unwrap().display()
                 )
             } else if meta.is_dir() {
-                format!("{relative}/ {mode:o}")
+                format!("{relative}/ {mode:o} {owner}")
             } else {
                 let content = std::fs::read(&path).unwrap();
                 use sha2::Digest;
                 format!(
-                    "{relative} {mode:o} {} {}",
+                    "{relative} {mode:o} {owner} {} {}",
                     content.len(),
                     phoenix::plan::validate::hex(&sha2::Sha256::digest(&content))
                 )
@@ -241,6 +244,21 @@ fn describe(root: &Path) -> Vec<String> {
         .collect();
     out.sort();
     out
+}
+
+/// GNU tar's unpacking as the user the tests run as (keeping the archive's
+/// owners as root, as it does by default), into a new `into`.
+fn gnu_unpack(tar_path: &Path, into: &Path) {
+    std::fs::create_dir(into).unwrap();
+    gnu_tar(
+        &[
+            "-xf",
+            tar_path.to_str().unwrap(),
+            "-C",
+            into.to_str().unwrap(),
+        ],
+        into,
+    );
 }
 
 fn gnu_tar(args: &[&str], dir: &Path) {
@@ -387,20 +405,102 @@ fn benign_archives_unpack_like_gnu_tar() {
         )
         .unwrap();
         let by_gnu = scratch.path().join("gnu");
-        std::fs::create_dir(&by_gnu).unwrap();
-        gnu_tar(
-            &[
-                "-xf",
-                tar_path.to_str().unwrap(),
-                "-C",
-                by_gnu.to_str().unwrap(),
-                "--no-same-owner",
-            ],
-            scratch.path(),
-        );
+        gnu_unpack(&tar_path, &by_gnu);
         let by_phoenix = scratch.path().join("phoenix");
         std::fs::create_dir(&by_phoenix).unwrap();
-        unpack(&archive, format, &by_phoenix).unwrap_or_else(|e| panic!("{what}: {e}"));
+        unpack(&archive, format, &by_phoenix, Owners::by_default())
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(describe(&by_phoenix), describe(&by_gnu), "{what}");
+    }
+}
+
+/// A service's data directory, archived from its top (`tar -C PGDATA -cf
+/// x.tar .`), comes back as GNU tar brings it back: the top takes the
+/// archive's mode (PostgreSQL will not start on a data directory open to
+/// others), and as root every file its owner, by name where this machine
+/// has the name (a rebuilt machine's `postgres` user may have another id),
+/// else by number. Before, everything was root's and the top 0755.
+#[test]
+fn archives_keep_their_owners_and_top_mode_as_gnu_tar_does() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let root = nix::unistd::geteuid().is_root();
+    let scratch = tempfile::tempdir().unwrap();
+    let source = scratch.path().join("pgdata");
+    std::fs::create_dir_all(source.join("base/1")).unwrap();
+    std::fs::write(source.join("PG_VERSION"), "16\n").unwrap();
+    std::fs::write(source.join("base/1/1259"), vec![1u8; 8192]).unwrap();
+    std::os::unix::fs::symlink("base", source.join("current")).unwrap();
+    std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // By number (no such user here), and by a name every Debian has, with a
+    // number that is not that name's here.
+    for (what, owner) in [
+        (
+            "numbers",
+            ["--owner=4242", "--group=4343", "--numeric-owner"],
+        ),
+        (
+            "names",
+            [
+                "--owner=nobody:1234",
+                "--group=nogroup:1235",
+                "--format=gnu",
+            ],
+        ),
+    ] {
+        let tar_path = scratch.path().join(format!("{what}.tar"));
+        let mut args = vec!["-cf", tar_path.to_str().unwrap()];
+        args.extend(owner);
+        args.extend(["-C", source.to_str().unwrap(), "."]);
+        gnu_tar(&args, scratch.path());
+        let by_gnu = scratch.path().join(format!("{what}-gnu"));
+        gnu_unpack(&tar_path, &by_gnu);
+        let by_phoenix = scratch.path().join(format!("{what}-phoenix"));
+        std::fs::create_dir(&by_phoenix).unwrap();
+        unpack(&tar_path, Format::Tar, &by_phoenix, Owners::by_default())
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(describe(&by_phoenix), describe(&by_gnu), "{what}");
+        let meta = std::fs::metadata(&by_phoenix).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700, "{what}");
+        let file = std::fs::metadata(by_phoenix.join("base/1/1259")).unwrap();
+        let expected = match (root, what) {
+            (false, _) => (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            ),
+            (true, "numbers") => (4242, 4343),
+            (true, _) => (
+                nix::unistd::User::from_name("nobody")
+                    .unwrap()
+                    .unwrap()
+                    .uid
+                    .as_raw(),
+                nix::unistd::Group::from_name("nogroup")
+                    .unwrap()
+                    .unwrap()
+                    .gid
+                    .as_raw(),
+            ),
+        };
+        assert_eq!((file.uid(), file.gid()), expected, "{what}");
+        assert_eq!(meta.uid(), expected.0, "{what}: the top's owner");
+    }
+    // `owners = "self"`: everything the unpacking user's, as before.
+    let by_self = scratch.path().join("self");
+    std::fs::create_dir(&by_self).unwrap();
+    unpack(
+        &scratch.path().join("numbers.tar"),
+        Format::Tar,
+        &by_self,
+        Owners::Current,
+    )
+    .unwrap();
+    let me = nix::unistd::geteuid().as_raw();
+    for path in std::iter::once(by_self.clone()).chain(listing(&by_self)) {
+        assert_eq!(
+            std::fs::symlink_metadata(&path).unwrap().uid(),
+            me,
+            "{}",
+            path.display()
+        );
     }
 }
