@@ -16,6 +16,7 @@ use crate::plan::load::{LoadError, LoadOptions, Loaded};
 mod backups;
 mod graph;
 mod history;
+mod logs;
 mod plan;
 mod report;
 mod resume;
@@ -81,6 +82,8 @@ pub enum Command {
     Resume(resume::ResumeArgs),
     /// Where a run stands.
     Status(status::StatusArgs),
+    /// What a step printed (secrets masked); --follow prints it as it runs.
+    Logs(logs::LogsArgs),
     /// A run's report: Markdown, JSON, JUnit or HTML.
     Report(report::ReportArgs),
     /// Every run in the state: plan, drill or recovery, result, RTO, RPO.
@@ -175,6 +178,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Run(args) => run::run(&cli.global, args),
         Command::Resume(args) => resume::run(&cli.global, args),
         Command::Status(args) => status::run(&cli.global, args),
+        Command::Logs(args) => logs::run(&cli.global, args),
         Command::Report(args) => report::run(&cli.global, args),
         Command::History(args) => history::run(&cli.global, args),
         Command::Unlock(args) => unlock::run(&cli.global, args),

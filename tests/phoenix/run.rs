@@ -1221,3 +1221,104 @@ fn skipping_a_step_whose_outputs_a_step_to_run_reads_needs_them_given() {
         );
     }
 }
+
+/// `phoenix logs STEP --follow` prints a running step's output as it is
+/// written, secrets masked, and ends with the attempt; the operator no
+/// longer pieces a log's path together for `tail -f`.
+#[test]
+fn logs_follow_a_running_step_until_it_ends() {
+    use std::io::{BufRead, Read};
+    let ws = Workspace::new();
+    let secret = "logs-canary-Q7x2";
+    let plan = format!(
+        "{HEADER}\n[secrets]\ntok = {{ env = \"LOGS_TOK\" }}\n{}{}",
+        shell_step(
+            "slow",
+            "provision",
+            "echo first $TOK; while [ ! -e go ]; do sleep 0.02; done; echo second $TOK",
+            "env = { TOK = \"{{ secrets.tok }}\" }"
+        ),
+        shell_step("later", "configure", "echo later", "needs = [\"slow\"]"),
+    );
+    ws.write("plan.toml", &plan);
+    let mut run = ws
+        .phoenix()
+        .env("LOGS_TOK", secret)
+        .args(["run", "plan.toml"])
+        .spawn();
+    let started = crate::common::wait_for(std::time::Duration::from_secs(30), || {
+        ws.state().join("runs").is_dir()
+            && std::fs::read_to_string(ws.run_dir().join("logs/slow.1.log"))
+                .is_ok_and(|log| log.contains("first"))
+    });
+    assert!(started, "the step printed its first line");
+    // A step that has not started has nothing yet; one the run does not
+    // have is refused, naming the run's steps (those not started too).
+    let pending = ws.expect(["logs", "later"], 0);
+    assert!(
+        pending.stderr().contains("step `later` of run"),
+        "{}",
+        pending.stderr()
+    );
+    assert!(
+        pending.stderr().contains("has not started"),
+        "{}",
+        pending.stderr()
+    );
+    let unknown = ws.expect(["logs", "nope"], 2);
+    assert!(
+        unknown.stderr().contains("its steps: later, slow"),
+        "{}",
+        unknown.stderr()
+    );
+    let mut follow = ws.phoenix().args(["logs", "slow", "--follow"]).spawn();
+    // Read on a thread: a `logs` that hung would otherwise hang the test.
+    let (lines, printed) = std::sync::mpsc::channel();
+    let stdout = std::io::BufReader::new(follow.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stdout.lines() {
+            let _ = lines.send(line.unwrap());
+        }
+    });
+    let limit = std::time::Duration::from_secs(30);
+    assert_eq!(printed.recv_timeout(limit).as_deref(), Ok("first ***"));
+    // Written after `logs` started: followed.
+    ws.write("go", "");
+    let ended = crate::common::wait_for(limit, || follow.try_wait().unwrap().is_some());
+    if !ended {
+        let _ = follow.kill();
+    }
+    assert!(ended, "--follow ends with the attempt");
+    assert_eq!(printed.recv_timeout(limit).as_deref(), Ok("second ***"));
+    let mut stderr = String::new();
+    follow
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        stderr.contains("step `slow` attempt 1 succeeded"),
+        "{stderr}"
+    );
+    assert!(follow.wait().unwrap().success());
+    assert!(run.wait().unwrap().success());
+    // Afterwards: the run's logs listed, a step's printed whole.
+    let list = ws.expect(["logs"], 0).stdout();
+    assert!(
+        list.contains("slow.1.log") && list.contains("later.1.log"),
+        "{list}"
+    );
+    assert!(
+        list.find("slow").unwrap() < list.find("later").unwrap(),
+        "{list}"
+    );
+    assert_eq!(ws.expect(["logs", "later"], 0).stdout(), "later\n");
+    let attempt = ws.expect(["logs", "slow", "--attempt", "2"], 2);
+    assert!(
+        attempt.stderr().contains("has 1 attempt"),
+        "{}",
+        attempt.stderr()
+    );
+    assert!(!list.contains(secret));
+}
