@@ -111,7 +111,7 @@ pub fn run(global: &GlobalArgs, args: LogsArgs) -> CliResult {
             return Ok(exit_codes::SUCCESS);
         }
         polls += 1;
-        if polls % CHECK_EVERY != 0 {
+        if !polls.is_multiple_of(CHECK_EVERY) {
             continue;
         }
         let (_, view, live) = session::view(state.as_ref(), &run_id)?;
