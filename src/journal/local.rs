@@ -92,20 +92,31 @@ impl StateStore for LocalState {
         // Its `logs`, `work` and `tmp` are made where the run executes
         // (`Session::execute`), as they are for a run kept in S3.
         make_dir(&dir)?;
-        let plan = dir.join("plan.toml");
-        let mut file = create_private(&plan).map_err(StateError::io("write", &plan))?;
-        file.write_all(plan_text.as_bytes())
-            .and_then(|_| file.sync_all())
-            .map_err(StateError::io("write", &plan))?;
-        let journal = self.journal_path(run_id);
-        create_private(&journal).map_err(StateError::io("create", &journal))?;
-        // The new entries must survive a crash as well as the files' contents.
-        for d in [&dir, &self.runs()] {
-            File::open(d)
-                .and_then(|f| f.sync_all())
-                .map_err(StateError::io("sync", d))?;
-        }
-        Ok(())
+        let made = || -> Result<(), StateError> {
+            let plan = dir.join("plan.toml");
+            let mut file = create_private(&plan).map_err(StateError::io("write", &plan))?;
+            file.write_all(plan_text.as_bytes())
+                .and_then(|_| file.sync_all())
+                .map_err(StateError::io("write", &plan))?;
+            let journal = self.journal_path(run_id);
+            create_private(&journal).map_err(StateError::io("create", &journal))?;
+            // The new entries must survive a crash as well as the files' contents.
+            for d in [&dir, &self.runs()] {
+                File::open(d)
+                    .and_then(|f| f.sync_all())
+                    .map_err(StateError::io("sync", d))?;
+            }
+            Ok(())
+        };
+        // A run that could not be made (a full disk) leaves no directory
+        // behind to be taken for a run.
+        made().inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&dir);
+        })
+    }
+
+    fn discard_run(&self, run_id: &str) {
+        let _ = std::fs::remove_dir_all(self.run_dir(run_id));
     }
 
     fn journal(&self, run_id: &str) -> Result<Box<dyn JournalBackend>, StateError> {

@@ -62,6 +62,9 @@ pub trait StateStore: Send + Sync {
     fn set_aside_tail(&self, run_id: &str, len: u64) -> Result<PathBuf, StateError>;
     /// Writes a whole file of a run (a report), replacing it atomically.
     fn write_file(&self, run_id: &str, name: &str, bytes: &[u8]) -> Result<PathBuf, StateError>;
+    /// Removes what [`StateStore::create_run`] made for a run whose journal
+    /// could not take even its header: nothing of it was recorded.
+    fn discard_run(&self, _run_id: &str) {}
     /// The plan copy kept at the run's start.
     fn read_plan(&self, run_id: &str) -> Result<String, StateError>;
     /// Every run id in the state, in no particular order.

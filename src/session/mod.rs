@@ -94,6 +94,14 @@ pub enum SessionError {
         #[source]
         source: crate::journal::writer::JournalWriteError,
     },
+    /// The journal's first record, its header, could not be written: the
+    /// run has nothing to resume from, and its directory is gone.
+    #[error("run `{run}` could not start: its journal could not be written; nothing was recorded, and nothing ran: `phoenix run` it again once the state can be written")]
+    NotStarted {
+        run: String,
+        #[source]
+        source: crate::journal::writer::JournalWriteError,
+    },
 }
 
 /// `` `a`, `b` (still running: pid 42 (sh)) ``.
@@ -690,11 +698,17 @@ impl Session<'_> {
         let short_slice = ShortSlice::for_this_thread();
         let result = runtime.block_on(async {
             for record in first_records {
-                shared
-                    .journal
-                    .append_durable(record)
-                    .await
-                    .map_err(journal_write(&shared))?;
+                let header = matches!(record, Record::Header(_));
+                match shared.journal.append_durable(record).await {
+                    Ok(_) => {}
+                    Err(source) if header => {
+                        return Err(SessionError::NotStarted {
+                            run: self.run_id.clone(),
+                            source,
+                        });
+                    }
+                    Err(source) => return Err(journal_write(&shared)(source)),
+                }
             }
             // Watched from here: a check that hangs is stopped by Ctrl-C
             // like a step, with the lock released and the run resumable.
@@ -748,6 +762,17 @@ impl Session<'_> {
             Ok::<_, SessionError>(result)
         });
         drop(short_slice);
+        let result = match result {
+            Err(error @ SessionError::NotStarted { .. }) => {
+                // Nothing ran and nothing was recorded: no run to report.
+                drop(shared);
+                runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+                let _ = thread.join();
+                self.state.discard_run(&self.run_id);
+                return Err(error);
+            }
+            result => result,
+        };
         self.events.emit(Event::RunFinished {
             run_id: self.run_id.clone(),
             result: *result.as_ref().unwrap_or(&RunResult::Failed),

@@ -447,6 +447,49 @@ fn a_full_disk_stops_the_run_and_leaves_the_journal_whole() {
     assert_eq!(ws.status()["state"], "succeeded");
 }
 
+/// A disk full before the journal's first record (its header, with a
+/// fingerprint per step) is written: nothing ran and nothing was recorded,
+/// so the run says to start again, not to resume, and leaves no directory
+/// to be listed as an unreadable run.
+#[test]
+fn a_run_whose_journal_cannot_take_its_header_leaves_nothing() {
+    let ws = Workspace::new();
+    let mut plan = String::from(HEADER);
+    for i in 0..600 {
+        plan.push_str(&format!(
+            "\n[[step]]\nid = \"s{i}\"\nphase = \"provision\"\naction = \"noop\"\n"
+        ));
+    }
+    ws.write("plan.toml", &plan);
+    // 38 KiB a file: the plan's copy (some 34 KB) fits, the header (some 45
+    // KB of fingerprints) does not.
+    let run = Phoenix::under(
+        ws.path(),
+        &["sh", "-c", "trap '' XFSZ; ulimit -f 76; exec \"$0\" \"$@\""],
+    )
+    .args(["run", "plan.toml"])
+    .run()
+    .expect_code(1);
+    let stderr = run.stderr();
+    assert!(
+        stderr.contains("could not start: its journal could not be written; nothing was recorded"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("report"),
+        "no report of a run that never was: {stderr}"
+    );
+    let runs = std::fs::read_dir(ws.state().join("runs")).unwrap().count();
+    assert_eq!(runs, 0, "no run directory is left behind");
+    let history = ws.expect(["history"], 0);
+    assert!(
+        !history.stderr().contains("left out"),
+        "{}",
+        history.stderr()
+    );
+    ws.expect(["run", "plan.toml", "-q"], 0);
+}
+
 #[test]
 fn a_step_that_asks_at_the_terminal_fails_instead_of_hanging() {
     // Phoenix on a terminal (`script` gives it one), a step that would ask

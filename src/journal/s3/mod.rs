@@ -165,6 +165,16 @@ impl StateStore for S3State {
         }
     }
 
+    fn discard_run(&self, run_id: &str) {
+        // As far as the store can be reached: the same failure may stop this.
+        let (remote, key) = (self.remote.clone(), format!("runs/{run_id}/plan.toml"));
+        let _ = object::run(
+            self.handle(),
+            async move { remote.delete(&key, None).await },
+        );
+        let _ = std::fs::remove_dir_all(self.run_dir(run_id));
+    }
+
     fn journal(&self, run_id: &str) -> Result<Box<dyn JournalBackend>, StateError> {
         let (remote, run) = (self.remote.clone(), run_id.to_string());
         let next = self
