@@ -313,16 +313,23 @@ pub fn exit_code_of(end: &crate::session::SessionEnd, global: &GlobalArgs) -> i3
             run_id = %end.run_id,
             result = end.result.as_str(),
             state = %end.location,
-            report = %format!("{}/report.json", end.location),
+            report = end.report_written.then(|| format!("{}/report.json", end.location)),
             resume = resume.as_deref(),
         );
     } else if !global.quiet || end.result != RunResult::Succeeded {
         crate::note!("state: {}", end.location);
-        crate::note!(
-            "report: {}/report.json (HTML: phoenix report {} --format html -o report.html)",
-            end.location,
-            end.run_id
-        );
+        if end.report_written {
+            crate::note!(
+                "report: {}/report.json (HTML: phoenix report {} --format html -o report.html)",
+                end.location,
+                end.run_id
+            );
+        } else {
+            crate::note!(
+                "report: not written (above); `phoenix report {}` makes it from the journal",
+                end.run_id
+            );
+        }
         if let Some(resume) = &resume {
             crate::note!("continue with: {resume}");
         }

@@ -169,6 +169,8 @@ pub struct SessionEnd {
     pub location: String,
     pub result: RunResult,
     pub run_dir: PathBuf,
+    /// Whether `report.json` was written (a full disk may stop it).
+    pub report_written: bool,
 }
 
 pub fn new_run_id() -> String {
@@ -821,6 +823,7 @@ impl Session<'_> {
             run_id: self.run_id,
             result: result?,
             run_dir,
+            report_written: report.is_ok(),
         })
     }
 }
