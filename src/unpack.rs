@@ -64,22 +64,49 @@ pub enum Format {
     Tar,
     TarGz,
     TarZst,
+    TarXz,
+    TarBz2,
 }
+
+/// Every name ending [`Format::of`] knows, for messages.
+pub const UNPACKED: &str = ".tar, .tar.gz/.tgz, .tar.zst, .tar.xz/.txz, .tar.bz2/.tbz2";
 
 impl Format {
     pub fn of(name: &str) -> Option<Format> {
         let name = name.to_ascii_lowercase();
-        if name.ends_with(".tar") {
+        let ends = |endings: &[&str]| endings.iter().any(|e| name.ends_with(e));
+        if ends(&[".tar"]) {
             Some(Format::Tar)
-        } else if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
+        } else if ends(&[".tar.gz", ".tgz"]) {
             Some(Format::TarGz)
-        } else if name.ends_with(".tar.zst") || name.ends_with(".tar.zstd") {
+        } else if ends(&[".tar.zst", ".tar.zstd"]) {
             Some(Format::TarZst)
+        } else if ends(&[".tar.xz", ".txz"]) {
+            Some(Format::TarXz)
+        } else if ends(&[".tar.bz2", ".tbz2", ".tbz"]) {
+            Some(Format::TarBz2)
         } else {
             None
         }
     }
+
+    /// What a name such as `db.tar.lz4` or `db.tar.gpg` is wrapped in: a tar
+    /// archive phoenix cannot unpack, which `unpack = "auto"` would otherwise
+    /// write to `dest` as a file without a word.
+    pub fn unknown_wrapping(name: &str) -> Option<String> {
+        let lower = name.to_ascii_lowercase();
+        let file = lower.rsplit('/').next().unwrap_or(&lower);
+        if Format::of(file).is_some() {
+            return None;
+        }
+        let (_, after) = file.split_once(".tar.")?;
+        Some(after.to_string())
+    }
 }
+
+/// xz's dictionary can be 1.5 GiB; as for zstd's window, a bound on what a
+/// hostile archive can make us allocate (`xz -9` needs 65 MiB to unpack).
+const XZ_MEMORY_LIMIT: u64 = 256 * 1024 * 1024;
 
 /// zstd frames may ask for a window of up to 2 GiB; 128 MiB is plenty for
 /// backups and bounds the memory a hostile archive can make us allocate.
@@ -107,6 +134,20 @@ pub fn unpack(
                 .map_err(UnpackError::Read)?;
             extract(decoder, dest, owners)
         }
+        Format::TarXz => {
+            // Concatenated streams, as `pxz` and `xz -T` may write them.
+            let stream = liblzma::stream::Stream::new_stream_decoder(
+                XZ_MEMORY_LIMIT,
+                liblzma::stream::CONCATENATED,
+            )
+            .map_err(|e| UnpackError::Read(e.into()))?;
+            extract(
+                liblzma::read::XzDecoder::new_stream(reader, stream),
+                dest,
+                owners,
+            )
+        }
+        Format::TarBz2 => extract(bzip2::read::MultiBzDecoder::new(reader), dest, owners),
     }
 }
 
@@ -426,5 +467,19 @@ mod tests {
         assert_eq!(Format::of("db.tar.zst"), Some(Format::TarZst));
         assert_eq!(Format::of("db.TGZ"), Some(Format::TarGz));
         assert_eq!(Format::of("db.dump"), None);
+        assert_eq!(Format::of("db.tar.xz"), Some(Format::TarXz));
+        assert_eq!(Format::of("db.txz"), Some(Format::TarXz));
+        assert_eq!(Format::of("db.tar.bz2"), Some(Format::TarBz2));
+        assert_eq!(
+            Format::unknown_wrapping("nightly/db.tar.lz4").as_deref(),
+            Some("lz4")
+        );
+        assert_eq!(
+            Format::unknown_wrapping("db.tar.gz.gpg").as_deref(),
+            Some("gz.gpg")
+        );
+        assert_eq!(Format::unknown_wrapping("db.tar.gz"), None);
+        assert_eq!(Format::unknown_wrapping("db.dump"), None);
+        assert_eq!(Format::unknown_wrapping("my.tarball/db.dump"), None);
     }
 }

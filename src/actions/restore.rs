@@ -174,6 +174,18 @@ pub fn parse(fields: &Fields<'_, '_>, diags: &mut Diagnostics) -> Option<Restore
     })
 }
 
+/// Why a backup named like a tar archive in a wrapping phoenix does not
+/// unpack (`db.tar.lz4`, `db.tar.gz.gpg`) is refused under `unpack =
+/// "auto"`, before a byte is fetched: written to `dest` as a file, it would
+/// have the next step fail on a directory that is not there, or worse.
+pub fn not_unpackable(spec: &RestoreSpec, key: &str) -> Option<String> {
+    let wrapping = crate::unpack::Format::unknown_wrapping(key).filter(|_| spec.unpack)?;
+    Some(format!(
+        "`{key}` looks like a tar archive in `.{wrapping}`, which phoenix does not unpack (it unpacks {}); set `unpack = \"none\"` to restore it as a file and unpack it in a later step",
+        crate::unpack::UNPACKED
+    ))
+}
+
 /// `latest` or `before:RFC3339`.
 pub fn parse_select(text: &str) -> Result<Select, String> {
     if text == "latest" {
@@ -421,6 +433,9 @@ pub async fn run(spec: &RestoreSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
         None
     };
 
+    if let Some(problem) = not_unpackable(spec, &object.key) {
+        return Err(ActionError::Restore(problem));
+    }
     let dest = ctx.path(&spec.dest)?;
     let download = super::beside(&dest, "download")?;
     let result = async {

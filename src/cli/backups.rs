@@ -130,6 +130,7 @@ pub fn run(_global: &GlobalArgs, args: BackupsArgs) -> CliResult {
                         ));
                     }
                 }
+                problems.extend(crate::actions::restore::not_unpackable(spec, &object.key));
                 if spec.verify && check.digest.is_none() {
                     problems.push(format!(
                         "no digest: neither `{}.sha256` nor `sha256` metadata",

@@ -109,7 +109,28 @@ fn compress(tar: Vec<u8>, format: Format) -> Vec<u8> {
             encoder.finish().unwrap()
         }
         Format::TarZst => zstd::encode_all(tar.as_slice(), 3).unwrap(),
+        // As backup scripts make them (`tar cJf`, `tar cjf`): by the tools.
+        Format::TarXz => through("xz", &tar),
+        Format::TarBz2 => through("bzip2", &tar),
     }
+}
+
+/// `bytes` compressed by `program` (xz, bzip2) to its standard output.
+fn through(program: &str, bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new(program)
+        .args(["-c", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let input = bytes.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input).unwrap());
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(output.status.success(), "{program}");
+    output.stdout
 }
 
 /// Every file below `dir`, for "nothing was written outside".
@@ -370,6 +391,22 @@ fn benign_archives_unpack_like_gnu_tar() {
                 std::fs::write(d.join("small"), "s").unwrap();
             }),
             Format::TarZst,
+        ),
+        (
+            "xz",
+            Box::new(|d: &Path| {
+                std::fs::create_dir_all(d.join("var/lib")).unwrap();
+                std::fs::write(d.join("var/lib/data"), "row\n".repeat(100_000)).unwrap();
+            }),
+            Format::TarXz,
+        ),
+        (
+            "bzip2",
+            Box::new(|d: &Path| {
+                std::fs::write(d.join("dump.sql"), "INSERT 1;\n".repeat(50_000)).unwrap();
+                std::fs::create_dir(d.join("empty")).unwrap();
+            }),
+            Format::TarBz2,
         ),
         (
             "dangling and dir links inside",

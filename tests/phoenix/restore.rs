@@ -401,3 +401,57 @@ fn backups_preflight_reports_and_fails_on_problems() {
         run.stderr()
     );
 }
+
+/// A backup named like a tar archive in a wrapping phoenix does not unpack
+/// (`.tar.lz4`, an encrypted `.tar.gz.gpg`) used to be written to `dest` as
+/// a file under `unpack = "auto"`, and the step after it failed on a
+/// directory that was not there. It is refused before anything is fetched,
+/// and by the preflight; `unpack = "none"` restores it as a file.
+#[test]
+fn a_tar_in_a_wrapping_phoenix_does_not_unpack_is_refused_not_written_as_a_file() {
+    let ws = Workspace::new();
+    backup(
+        &ws,
+        "pg/db.tar.lz4",
+        b"\x04\x22\x4d\x18 lz4 frame",
+        true,
+        60,
+    );
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}{}",
+            restore_step("data", "prefix = \"pg/\"\ndest = \"out/data\"")
+        ),
+    );
+    let run = ws.expect(["run", "plan.toml"], 1);
+    assert!(
+        run.stderr().contains(
+            "`pg/db.tar.lz4` looks like a tar archive in `.lz4`, which phoenix does not unpack"
+        ),
+        "{}",
+        run.stderr()
+    );
+    assert!(!ws.path().join("out/data").exists());
+    let preflight = ws.expect(["backups", "plan.toml"], 1);
+    assert!(
+        preflight.stdout().contains("does not unpack"),
+        "{}",
+        preflight.stdout()
+    );
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}{}",
+            restore_step(
+                "data",
+                "prefix = \"pg/\"\ndest = \"out/db.tar.lz4\"\nunpack = \"none\""
+            )
+        ),
+    );
+    ws.expect(["run", "plan.toml"], 0);
+    assert_eq!(
+        std::fs::read(ws.path().join("out/db.tar.lz4")).unwrap(),
+        b"\x04\x22\x4d\x18 lz4 frame"
+    );
+}
