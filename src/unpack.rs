@@ -90,17 +90,26 @@ impl Format {
         }
     }
 
-    /// What a name such as `db.tar.lz4` or `db.tar.gpg` is wrapped in: a tar
-    /// archive phoenix cannot unpack, which `unpack = "auto"` would otherwise
-    /// write to `dest` as a file without a word.
+    /// What a name such as `db.tar.lz4` or `db.tar.gz.gpg` is wrapped in: a
+    /// tar archive compressed or encrypted in a way phoenix cannot unpack,
+    /// which `unpack = "auto"` would otherwise write to `dest` as a file
+    /// without a word. Only known wrappings count: `db.tar.zst.raw` is a
+    /// name of the plan's own choosing, and stays a file.
     pub fn unknown_wrapping(name: &str) -> Option<String> {
+        const WRAPPINGS: &[&str] = &[
+            "gz", "zst", "zstd", "xz", "bz2", "lz4", "lz", "lzma", "lzo", "z", "sz", "br", "gpg",
+            "pgp", "asc", "age", "enc", "aes",
+        ];
         let lower = name.to_ascii_lowercase();
         let file = lower.rsplit('/').next().unwrap_or(&lower);
         if Format::of(file).is_some() {
             return None;
         }
-        let (_, after) = file.split_once(".tar.")?;
-        Some(after.to_string())
+        let (_, after) = file.rsplit_once(".tar.")?;
+        after
+            .split('.')
+            .all(|part| WRAPPINGS.contains(&part))
+            .then(|| after.to_string())
     }
 }
 
@@ -481,5 +490,6 @@ mod tests {
         assert_eq!(Format::unknown_wrapping("db.tar.gz"), None);
         assert_eq!(Format::unknown_wrapping("db.dump"), None);
         assert_eq!(Format::unknown_wrapping("my.tarball/db.dump"), None);
+        assert_eq!(Format::unknown_wrapping("base.tar.zst.raw"), None);
     }
 }
