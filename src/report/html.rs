@@ -218,6 +218,32 @@ pub fn render(report: &Report, history: &[HistoryEntry]) -> String {
     html.push_str(&gantt(report));
     html.push_str("<h2>Trend of this plan's runs</h2>");
     html.push_str(&trend(history, report.rto.target_seconds));
+    if let Some(previous) = &report.previous {
+        let _ = write!(
+            html,
+            "<h2>Against the previous {kind}</h2><p>{}</p>",
+            escape(&super::compare::summary(report, previous))
+        );
+        if previous.steps.is_empty() {
+            html.push_str("<p>No step's duration changed by 1s and 10% or more.</p>");
+        } else {
+            html.push_str("<table><tr><th>step</th><th>then</th><th>now</th><th>change</th></tr>");
+            for step in &previous.steps {
+                let _ = write!(
+                    html,
+                    "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    escape(&step.id),
+                    duration(step.before_seconds),
+                    duration(step.now_seconds),
+                    escape(&super::compare::change(
+                        step.before_seconds,
+                        step.now_seconds
+                    ))
+                );
+            }
+            html.push_str("</table>");
+        }
+    }
     html.push_str("<h2>Steps</h2><table><tr><th>step</th><th>phase</th><th>state</th><th>attempts</th><th>duration</th><th>outputs</th></tr>");
     for step in &status.steps {
         let state = escape(&step.state_with_note());

@@ -53,6 +53,29 @@ pub fn render(report: &Report) -> String {
     out.push_str("| objective | target | actual | met |\n|---|---|---|---|\n");
     out.push_str(&target_row("RTO", &report.rto));
     out.push_str(&target_row("RPO", &report.rpo));
+    if let Some(previous) = &report.previous {
+        let _ = writeln!(
+            out,
+            "\n## Against the previous {}\n\n{}\n",
+            status.kind(),
+            super::compare::summary(report, previous)
+        );
+        if previous.steps.is_empty() {
+            out.push_str("No step's duration changed by 1s and 10% or more.\n");
+        } else {
+            out.push_str("| step | then | now | change |\n|---|---|---|---|\n");
+            for step in &previous.steps {
+                let _ = writeln!(
+                    out,
+                    "| `{}` | {} | {} | {} |",
+                    step.id,
+                    duration(step.before_seconds),
+                    duration(step.now_seconds),
+                    super::compare::change(step.before_seconds, step.now_seconds)
+                );
+            }
+        }
+    }
     out.push_str("\n## Phases\n\n| phase | started | finished | span |\n|---|---|---|---|\n");
     for phase in &report.phases {
         let span = match (phase.started_at, phase.finished_at) {

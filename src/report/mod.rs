@@ -1,6 +1,7 @@
 //! Consumers of a run: the terminal view while it runs, and, from its journal
 //! afterwards, the status, the report in every format, and the history.
 
+pub mod compare;
 pub mod history;
 pub mod html;
 pub mod junit;

@@ -35,6 +35,10 @@ pub struct Report {
     /// The last lines of output of each failed step.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub log_tails: BTreeMap<String, String>,
+    /// Against the last succeeded run of the same plan and kind: filled by
+    /// `phoenix report`, not in the `report.json` a run ends with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<super::compare::Comparison>,
 }
 
 #[derive(Serialize, Clone, Copy)]
@@ -203,6 +207,7 @@ pub fn build(
         deployed,
         restored,
         log_tails,
+        previous: None,
         status,
     }
 }

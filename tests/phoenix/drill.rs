@@ -829,3 +829,72 @@ fn every_step_of_the_demo_plan_is_safe_to_run_again() {
         processes_of(&run_id, &run_dir)
     );
 }
+
+/// A report names what changed since the last succeeded run of the same
+/// plan and kind: the RTO then and now, and the steps whose duration changed
+/// the most. A recovery is not compared with a drill, nor a failed run used
+/// as the baseline; `report.json`, written as the run ends, has none of it.
+#[test]
+fn a_report_compares_with_the_previous_run_of_its_kind() {
+    let ws = Workspace::new();
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{DRILL_HEADER}\n[vars]\nrestore = \"true\"\nfail = \"false\"\n{}{}",
+            shell_step("db", "restore", "{{ vars.restore }}", ""),
+            shell_step("check", "restore", "! {{ vars.fail }}", "needs = [\"db\"]"),
+        ),
+    );
+    let run = |args: &[&str], code| {
+        let mut all = vec!["run", "plan.toml", "-q"];
+        all.extend(args);
+        ws.expect(all, code);
+        ws.status()["run_id"].as_str().unwrap().to_string()
+    };
+    let first = run(&["--drill"], 0);
+    let alone = ws.expect(["report", "--format", "json"], 0).stdout();
+    let alone: serde_json::Value = serde_json::from_str(&alone).unwrap();
+    assert!(alone.get("previous").is_none(), "the first drill has none");
+    // A recovery and a failed drill between: neither is the baseline.
+    run(&["--var", "restore=sleep 2"], 0);
+    run(&["--drill", "--var", "fail=true"], 1);
+    let slower = run(&["--drill", "--var", "restore=sleep 1.2"], 0);
+    let md = ws.expect(["report"], 0).stdout();
+    assert!(
+        md.contains(&format!(
+            "## Against the previous drill\n\nAgainst the previous drill, run `{first}` of "
+        )),
+        "{md}"
+    );
+    assert!(md.contains("RTO then "), "{md}");
+    let section = &md[md.find("## Against").unwrap()..md.find("## Phases").unwrap()];
+    let row = section
+        .lines()
+        .find(|l| l.starts_with("| `db` |"))
+        .unwrap_or_else(|| panic!("{md}"));
+    assert!(row.contains("| +"), "slower: {row}");
+    assert!(
+        !section.contains("`check`"),
+        "an unchanged step is not listed: {section}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ws.expect(["report", "--format", "json"], 0).stdout()).unwrap();
+    assert_eq!(json["previous"]["run_id"], first.as_str());
+    assert_eq!(json["previous"]["steps"][0]["id"], "db");
+    let (then, now) = (
+        &json["previous"]["steps"][0]["before_seconds"],
+        &json["previous"]["steps"][0]["now_seconds"],
+    );
+    assert!(
+        now.as_f64().unwrap() >= 1.2 && then.as_f64().unwrap() < 1.0,
+        "{json}"
+    );
+    let html = ws.expect(["report", "--format", "html"], 0).stdout();
+    assert!(
+        html.contains("<h2>Against the previous drill</h2>"),
+        "{html}"
+    );
+    let file =
+        std::fs::read_to_string(ws.state().join("runs").join(&slower).join("report.json")).unwrap();
+    assert!(!file.contains("\"previous\""), "{file}");
+}
