@@ -32,16 +32,17 @@ pub fn run(global: &GlobalArgs, args: ReportArgs) -> CliResult {
     let state = existing_state(global)?;
     let run_id = super::run_or_newest(state.as_ref(), args.run_id)?;
     let mut report = report::for_run(state.as_ref(), &run_id, None)?;
-    let history = match args.format {
-        ReportFormat::Junit => Vec::new(),
-        _ => report::plan_history(state.as_ref(), &report.status.plan),
-    };
-    report.previous = report::compare::with_previous(state.as_ref(), &report, &history);
+    if !matches!(args.format, ReportFormat::Junit) {
+        report.previous = report::compare::with_previous(state.as_ref(), &report);
+    }
     let text = match args.format {
         ReportFormat::Md => report::markdown::render(&report),
         ReportFormat::Json => serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
         ReportFormat::Junit => report::junit::render(&report),
-        ReportFormat::Html => report::html::render(&report, &history),
+        ReportFormat::Html => report::html::render(
+            &report,
+            &report::plan_history(state.as_ref(), &report.status.plan),
+        ),
     };
     match args.output {
         Some(path) => {

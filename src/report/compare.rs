@@ -6,8 +6,10 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::history::HistoryEntry;
+use std::collections::HashMap;
+
 use super::model::Report;
+use crate::journal::record::Record;
 use crate::journal::StateStore;
 
 /// How many changed steps a comparison names, the largest changes first.
@@ -39,35 +41,44 @@ impl StepChange {
 }
 
 /// `report`'s run against the last succeeded run of the same plan and kind
-/// that started before it, among `history` (the state's runs); `None` when
-/// there is none, or it cannot be read.
-pub fn with_previous(
-    state: &dyn StateStore,
-    report: &Report,
-    history: &[HistoryEntry],
-) -> Option<Comparison> {
+/// that started before it; `None` when there is none, or it cannot be read.
+/// Each run's journal is read for its header and last record only; one, the
+/// earlier run's, is read whole.
+pub fn with_previous(state: &dyn StateStore, report: &Report) -> Option<Comparison> {
     let status = &report.status;
-    let earlier = history
-        .iter()
-        .filter(|h| {
-            h.plan == status.plan
-                && h.drill == status.drill
-                && h.result == "succeeded"
-                && h.started_at < status.started_at
-                && h.run_id != status.run_id
+    let (started_at, run_id) = state
+        .run_ids()
+        .ok()?
+        .into_iter()
+        .filter(|id| *id != status.run_id)
+        .filter_map(|id| {
+            let bytes = state.read_journal(&id).ok()?;
+            let first = bytes.split(|b| *b == b'\n').next()?;
+            let Ok(Record::Header(header)) = serde_json::from_slice::<Record>(first) else {
+                return None;
+            };
+            (header.plan == status.plan
+                && header.drill == status.drill
+                && header.started_at < status.started_at
+                && crate::session::ended_successfully(&bytes))
+            .then_some((header.started_at, id))
         })
-        .max_by_key(|h| h.started_at)?;
-    let (_, view, _) = crate::session::view(state, &earlier.run_id).ok()?;
+        .max()?;
+    let earlier = super::for_run(state, &run_id, None).ok()?;
+    let before: HashMap<&str, f64> = earlier
+        .status
+        .steps
+        .iter()
+        .filter_map(|s| Some((s.id.as_str(), s.duration_seconds?)))
+        .collect();
     let mut steps: Vec<StepChange> = status
         .steps
         .iter()
         .filter_map(|step| {
-            let now = step.duration_seconds?;
-            let before = view.steps.get(&step.id)?.duration_seconds?;
             Some(StepChange {
                 id: step.id.clone(),
-                before_seconds: before,
-                now_seconds: now,
+                before_seconds: *before.get(step.id.as_str())?,
+                now_seconds: step.duration_seconds?,
             })
         })
         .filter(|c| c.change().abs() >= 1.0 && c.change().abs() >= 0.1 * c.before_seconds)
@@ -75,9 +86,9 @@ pub fn with_previous(
     steps.sort_by(|a, b| b.change().abs().total_cmp(&a.change().abs()));
     steps.truncate(STEPS_SHOWN);
     Some(Comparison {
-        run_id: earlier.run_id.clone(),
-        started_at: earlier.started_at,
-        rto_seconds: earlier.rto_seconds,
+        run_id,
+        started_at,
+        rto_seconds: earlier.rto.actual_seconds,
         steps,
     })
 }

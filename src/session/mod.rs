@@ -453,7 +453,7 @@ pub fn newest_unfinished(state: &dyn StateStore) -> Result<Option<String>, Sessi
 /// Whether a journal's last complete record ends the run successfully:
 /// nothing follows a success (a succeeded run is not resumed), so the last
 /// line says it without reading the whole journal.
-fn ended_successfully(bytes: &[u8]) -> bool {
+pub(crate) fn ended_successfully(bytes: &[u8]) -> bool {
     bytes
         .split(|b| *b == b'\n')
         .rev()
