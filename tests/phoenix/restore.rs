@@ -455,3 +455,92 @@ fn a_tar_in_a_wrapping_phoenix_does_not_unpack_is_refused_not_written_as_a_file(
         b"\x04\x22\x4d\x18 lz4 frame"
     );
 }
+
+/// Unmounts what a test mounted, however it ends.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A restore into a mount point (a fresh volume mounted for the data, the
+/// usual target) was unpacked beside it, on the filesystem above (the root
+/// one, for a backup of hundreds of gigabytes), and then failed: a mount
+/// point cannot be renamed over. Now the work is done inside the volume and
+/// the tree replaces what it held, its `lost+found` kept.
+#[test]
+fn a_restore_into_a_mount_point_works_on_that_filesystem() {
+    use std::os::unix::fs::PermissionsExt;
+    let ws = Workspace::new();
+    let volume = ws.path().join("vol");
+    std::fs::create_dir(&volume).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(&volume)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    let _unmount = Mounted(volume.clone());
+    std::fs::create_dir(volume.join("lost+found")).unwrap();
+    std::fs::write(volume.join("old"), "from before").unwrap();
+    // A data directory archived from its top: 0700, two files.
+    let source = ws.path().join("pgdata");
+    std::fs::create_dir_all(source.join("base")).unwrap();
+    std::fs::write(source.join("PG_VERSION"), "16\n").unwrap();
+    std::fs::write(source.join("base/1"), vec![7u8; 100_000]).unwrap();
+    std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::create_dir_all(ws.path().join("backups/pg")).unwrap();
+    let archive = ws.path().join("backups/pg/data.tar");
+    let tar = std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&source)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    let bytes = std::fs::read(&archive).unwrap();
+    backup(&ws, "pg/data.tar", &bytes, true, 60);
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}{}",
+            restore_step("data", "key = \"pg/data.tar\"\ndest = \"vol\"")
+        ),
+    );
+    let run = ws.expect(["run", "plan.toml"], 0);
+    let mut names: Vec<String> = std::fs::read_dir(&volume)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["PG_VERSION", "base", "lost+found"],
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(ws.read("vol/PG_VERSION"), "16\n");
+    assert_eq!(std::fs::read(volume.join("base/1")).unwrap().len(), 100_000);
+    assert_eq!(
+        std::fs::metadata(&volume).unwrap().permissions().mode() & 0o777,
+        0o700,
+        "the volume's top takes the archive's"
+    );
+    let beside: Vec<_> = std::fs::read_dir(ws.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("phoenix-"))
+        .collect();
+    assert!(
+        beside.is_empty(),
+        "nothing was staged beside the volume: {beside:?}"
+    );
+}
