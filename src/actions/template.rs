@@ -317,54 +317,52 @@ fn render(name: &str, text: &str, context: &minijinja::Value) -> Result<String, 
 fn write_atomically(path: &Path, bytes: &[u8], mode: Mode) -> Result<(), ActionError> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let io = |action: &'static str| {
-        let path = path.to_path_buf();
-        move |source| ActionError::Io {
-            action,
-            path,
-            source,
+    in_place(path, |temp| {
+        let created = match mode {
+            Mode::Exact(bits) | Mode::Created(bits) => bits,
+        };
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(created)
+            .open(temp)
+            .and_then(|mut file| file.write_all(bytes).map(|()| file))
+            .map_err(|e| ("write", e))?;
+        if let Mode::Exact(bits) = mode {
+            // The umask may have narrowed the mode at creation: set it exactly,
+            // before the sync, which then makes the mode durable with the data.
+            file.set_permissions(std::fs::Permissions::from_mode(bits))
+                .map_err(|e| ("set the mode of", e))?;
         }
-    };
-    let temp = fresh_temp(path)?;
-    let created = match mode {
-        Mode::Exact(bits) | Mode::Created(bits) => bits,
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(created)
-        .open(&temp)
-        .map_err(io("write"))?;
-    file.write_all(bytes).map_err(io("write"))?;
-    if let Mode::Exact(bits) = mode {
-        // The umask may have narrowed the mode at creation: set it exactly,
-        // before the sync, which then makes the mode durable with the data.
-        file.set_permissions(std::fs::Permissions::from_mode(bits))
-            .map_err(io("set the mode of"))?;
-    }
-    file.sync_all().map_err(io("write"))?;
-    std::fs::rename(&temp, path).map_err(io("move into place"))?;
-    super::sync_parent(path).map_err(io("make durable the move of"))?;
-    Ok(())
+        file.sync_all().map_err(|e| ("write", e))
+    })
 }
 
 /// Makes `path` a symbolic link to `link` (as the source had it), replacing
 /// what was there by a rename, as a file is.
 fn link_atomically(path: &Path, link: &Path) -> Result<(), ActionError> {
-    let io = |action: &'static str| {
-        let path = path.to_path_buf();
-        move |source| ActionError::Io {
-            action,
-            path,
-            source,
-        }
+    in_place(path, |temp| {
+        std::os::unix::fs::symlink(link, temp).map_err(|e| ("link", e))
+    })
+}
+
+/// Makes `path` as `make` makes it under a temporary name beside it, then
+/// renames it into place, the move made durable. `make` fails with what it
+/// was doing.
+fn in_place(
+    path: &Path,
+    make: impl FnOnce(&Path) -> Result<(), (&'static str, std::io::Error)>,
+) -> Result<(), ActionError> {
+    let io = |action: &'static str, source| ActionError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
     };
     let temp = fresh_temp(path)?;
-    std::os::unix::fs::symlink(link, &temp).map_err(io("link"))?;
-    std::fs::rename(&temp, path).map_err(io("move into place"))?;
-    super::sync_parent(path).map_err(io("make durable the move of"))?;
-    Ok(())
+    make(&temp).map_err(|(action, source)| io(action, source))?;
+    std::fs::rename(&temp, path).map_err(|e| io("move into place", e))?;
+    super::sync_parent(path).map_err(|e| io("make durable the move of", e))
 }
 
 /// The temporary name `path` is made under before its rename, with nothing
