@@ -461,40 +461,13 @@ async fn checkout(
     submodules: bool,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<(), ActionError> {
-    let mut clone = git().await;
-    let url = remote.authorize(&mut clone).await;
-    clone
-        .args(["clone", "--quiet", "--no-checkout", "--", url])
-        .arg(temp);
-    run_git(clone, cancel).await?;
-    let checkout = || async {
-        let mut checkout = git().await;
-        checkout.arg("-C").arg(temp).args([
-            "-c",
-            "advice.detachedHead=false",
-            "checkout",
-            "--quiet",
-            "--detach",
-            commit,
-        ]);
-        run_git(checkout, cancel).await
-    };
-    if checkout().await.is_err() {
-        // The commit is no longer on any branch or tag (the tag moved away from
-        // it): ask for it by id, then check out again.
-        let mut fetch = git().await;
-        fetch
-            .arg("-C")
-            .arg(temp)
-            .args(["fetch", "--quiet", "origin", commit]);
-        remote.authorize(&mut fetch).await;
-        run_git(fetch, cancel).await.map_err(|e| {
-            ActionError::Git(format!(
-                "commit {commit} (from `{reference}`) is no longer in {}: {e}",
-                strip_credentials(&remote.url)
-            ))
-        })?;
-        checkout().await?;
+    match shallow(remote, reference, commit, temp, cancel).await {
+        Ok(()) => {}
+        Err(ActionError::Interrupted) => return Err(ActionError::Interrupted),
+        Err(_) => {
+            let _ = std::fs::remove_dir_all(temp);
+            whole(remote, reference, commit, temp, cancel).await?;
+        }
     }
     if submodules && temp.join(".gitmodules").exists() {
         let mut update = git().await;
@@ -510,6 +483,109 @@ async fn checkout(
         ]);
         remote.authorize(&mut update).await;
         run_git(update, cancel).await?;
+    }
+    Ok(())
+}
+
+/// Checks out `commit` with only its own tree fetched (`--depth 1` of
+/// `reference`): a configuration repository with years of history comes in
+/// a moment instead of whole, and the rebuild's RTO does not grow with it.
+/// It fails where that cannot be done: a remote that cannot fetch shallow (a
+/// dumb HTTP server), or a `reference` that points elsewhere now (a tag
+/// moved since the run froze its commit). The caller then clones whole.
+async fn shallow(
+    remote: &Remote,
+    reference: &str,
+    commit: &str,
+    temp: &Path,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<(), ActionError> {
+    let mut init = git().await;
+    init.args(["init", "--quiet"]).arg(temp);
+    run_git(init, cancel).await?;
+    // As a clone would name it: relative submodule URLs resolve against it.
+    let mut add = git().await;
+    let url = remote.authorize(&mut add).await;
+    add.arg("-C")
+        .arg(temp)
+        .args(["remote", "add", "origin", "--", url]);
+    run_git(add, cancel).await?;
+    let mut fetch = git().await;
+    remote.authorize(&mut fetch).await;
+    fetch.arg("-C").arg(temp).args([
+        "fetch",
+        "--quiet",
+        "--depth",
+        "1",
+        "--no-tags",
+        "origin",
+        reference,
+    ]);
+    run_git(fetch, cancel).await?;
+    let mut parse = git().await;
+    parse
+        .arg("-C")
+        .arg(temp)
+        .args(["rev-parse", "--verify", "FETCH_HEAD^{commit}"]);
+    let fetched = run_git(parse, cancel).await?;
+    if fetched.trim() != commit {
+        return Err(ActionError::Git(format!(
+            "`{reference}` is {} now, not {commit}",
+            fetched.trim()
+        )));
+    }
+    detach(temp, commit, cancel).await
+}
+
+/// `git checkout --detach COMMIT` in `repo`.
+async fn detach(
+    repo: &Path,
+    commit: &str,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<(), ActionError> {
+    let mut checkout = git().await;
+    checkout.arg("-C").arg(repo).args([
+        "-c",
+        "advice.detachedHead=false",
+        "checkout",
+        "--quiet",
+        "--detach",
+        commit,
+    ]);
+    run_git(checkout, cancel).await.map(drop)
+}
+
+/// Checks out `commit` from a whole clone: for the remotes [`shallow`]
+/// cannot serve, and for a commit no ref points to any more.
+async fn whole(
+    remote: &Remote,
+    reference: &str,
+    commit: &str,
+    temp: &Path,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<(), ActionError> {
+    let mut clone = git().await;
+    let url = remote.authorize(&mut clone).await;
+    clone
+        .args(["clone", "--quiet", "--no-checkout", "--", url])
+        .arg(temp);
+    run_git(clone, cancel).await?;
+    if detach(temp, commit, cancel).await.is_err() {
+        // The commit is no longer on any branch or tag (the tag moved away from
+        // it): ask for it by id, then check out again.
+        let mut fetch = git().await;
+        fetch
+            .arg("-C")
+            .arg(temp)
+            .args(["fetch", "--quiet", "origin", commit]);
+        remote.authorize(&mut fetch).await;
+        run_git(fetch, cancel).await.map_err(|e| {
+            ActionError::Git(format!(
+                "commit {commit} (from `{reference}`) is no longer in {}: {e}",
+                strip_credentials(&remote.url)
+            ))
+        })?;
+        detach(temp, commit, cancel).await?;
     }
     Ok(())
 }

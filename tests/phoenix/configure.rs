@@ -210,6 +210,47 @@ fn a_failed_checkout_leaves_dest_as_it_was() {
     assert_eq!(ws.read("out/file"), "v2\n");
 }
 
+/// Only the pinned commit's tree is fetched where the remote can do it: a
+/// configuration repository's whole history used to be cloned on every
+/// rebuild, and its size added to the RTO. Where it cannot (a bundle here
+/// takes the tag whole; a tag moved since the run froze its commit), the
+/// checkout is the same, from a whole clone.
+#[test]
+fn a_checkout_fetches_only_the_pinned_commit_where_it_can() {
+    let ws = Workspace::new();
+    let repo = ws.path().join("repo");
+    let (one, two) = make_repo(&repo);
+    for n in 3..6 {
+        std::fs::write(repo.join("file"), format!("v{n}\n")).unwrap();
+        git(&repo, &["commit", "-q", "-am", "more"]);
+    }
+    ws.write(
+        "plan.toml",
+        &format!(
+            "{HEADER}{}{}",
+            git_step("tag", "repo", "v2", "by-tag", ""),
+            git_step("id", "repo", &one, "by-id", "")
+        ),
+    );
+    ws.expect(["run", "plan.toml"], 0);
+    for (dest, commit, content) in [("by-tag", &two, "v2\n"), ("by-id", &one, "v1\n")] {
+        let checkout = ws.path().join(dest);
+        assert_eq!(git(&checkout, &["rev-parse", "HEAD"]), *commit);
+        assert_eq!(ws.read(format!("{dest}/file")), content);
+        assert!(checkout.join(".git/shallow").exists(), "{dest}: shallow");
+        assert_eq!(
+            git(&checkout, &["rev-list", "--count", "HEAD"]),
+            "1",
+            "{dest}"
+        );
+        assert_eq!(
+            git(&checkout, &["remote", "get-url", "origin"]),
+            repo.display().to_string(),
+            "{dest}: origin named as a clone names it"
+        );
+    }
+}
+
 const CANARY: &str = "tpl-secret-Kx93";
 
 #[test]
