@@ -120,7 +120,8 @@ pub async fn run(spec: &TemplateSpec, ctx: &StepContext<'_>) -> Result<Outputs, 
         }
     };
     if !single {
-        for dir in &tree.dirs {
+        // `dest` itself first: an empty tree still makes its directory.
+        for dir in std::iter::once(Path::new("")).chain(tree.dirs.iter().map(PathBuf::as_path)) {
             make_dir(&dest, dir)?;
         }
     }

@@ -523,6 +523,14 @@ timeout = \"1m\"
         latin.stderr()
     );
     assert!(!out.join("sites-available").exists());
+    // An empty tree still makes its directory, as `cp -r` does.
+    std::fs::create_dir(ws.path().join("empty-tpl")).unwrap();
+    ws.write(
+        "empty.toml",
+        &format!("{HEADER}\n[[step]]\nid = \"e\"\nphase = \"configure\"\naction = \"template\"\nsource = \"empty-tpl\"\ndest = \"empty-out\"\ntimeout = \"1m\"\n"),
+    );
+    ws.expect(["run", "empty.toml"], 0);
+    assert!(ws.path().join("empty-out").is_dir());
 }
 
 /// Over ssh, git runs in batch mode: on a rebuilt machine with no
