@@ -93,9 +93,14 @@ pub fn with_previous(state: &dyn StateStore, report: &Report) -> Option<Comparis
     })
 }
 
-/// `+1m 5s, +23%`, `-2.0s, -40%`: a change and its share of `before`.
+/// `+1m 5s, +23%`, `-2.0s, -40%`: a change and its share of `before`;
+/// `no change` below a twentieth of a second.
 pub fn change(before: f64, now: f64) -> String {
     let delta = now - before;
+    // What rounds to `0.0s` is no change, whatever its share of a blink.
+    if delta.abs() < 0.05 {
+        return "no change".to_string();
+    }
     let sign = if delta < 0.0 { "-" } else { "+" };
     let share = if before > 0.0 {
         format!(", {sign}{:.0}%", (delta.abs() / before) * 100.0)
