@@ -134,3 +134,16 @@ pub fn summary(report: &Report, previous: &Comparison) -> String {
         previous.started_at.format("%Y-%m-%d %H:%M:%SZ")
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::change;
+
+    #[test]
+    fn changes_are_said_with_their_share() {
+        assert_eq!(change(10.0, 12.5), "+2.5s, +25%");
+        assert_eq!(change(120.0, 60.0), "-1m, -50%");
+        assert_eq!(change(0.0, 2.0), "+2s");
+        assert_eq!(change(0.30, 0.32), "no change");
+    }
+}
