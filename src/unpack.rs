@@ -45,6 +45,8 @@ pub enum Owners {
     Archive,
     /// The user phoenix runs as: GNU tar's way for any other user.
     Current,
+    /// One user and group for every entry (`owners = "postgres"`).
+    Given { uid: u32, gid: u32 },
 }
 
 impl Owners {
@@ -269,6 +271,10 @@ impl Ids {
 fn extract(reader: impl Read, dest: &Path, owners: Owners) -> Result<usize, UnpackError> {
     let mut archive = tar::Archive::new(reader);
     let mut ids = (owners == Owners::Archive).then(Ids::default);
+    let given = match owners {
+        Owners::Given { uid, gid } => Some((uid, gid)),
+        _ => None,
+    };
     let mut count = 0;
     let mut directories = Vec::new();
     let mut links = Vec::new();
@@ -285,7 +291,7 @@ fn extract(reader: impl Read, dest: &Path, owners: Owners) -> Result<usize, Unpa
         let mode = entry.header().mode().unwrap_or(0o644) & 0o1777; // no setuid, no setgid
                                                                     // Whose the entry is to be, when the archive says: `None` keeps the
                                                                     // user phoenix runs as.
-        let owner = ids.as_mut().map(|ids| ids.of(entry.header()));
+        let owner = given.or_else(|| ids.as_mut().map(|ids| ids.of(entry.header())));
         // `lchown`: a link's own owner; the same as `chown` for anything else.
         let give = |path: &Path| match owner {
             Some((uid, gid)) => {

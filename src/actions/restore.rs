@@ -58,8 +58,8 @@ pub struct RestoreSpec {
     pub verify_span: Option<crate::plan::source::Span>,
     pub dest: Spanned<String>,
     pub unpack: bool,
-    /// `owners`: whose the unpacked files are; unset, the archive's as root.
-    pub owners: Option<crate::unpack::Owners>,
+    /// `owners`: whose the restored files are; unset, an archive's as root.
+    pub owners: Option<OwnersSpec>,
     pub max_age: Option<Duration>,
     pub part_size: u64,
     pub parallelism: usize,
@@ -126,12 +126,21 @@ pub fn parse(fields: &Fields<'_, '_>, diags: &mut Diagnostics) -> Option<Restore
         }
     }
     let unpack = fields.choice("unpack", &["auto", "none"], diags);
-    let owners = fields
-        .choice("owners", &["archive", "self"], diags)
-        .map(|o| match o.value {
-            "archive" => crate::unpack::Owners::Archive,
-            _ => crate::unpack::Owners::Current,
-        });
+    let owners = fields.string("owners", diags).and_then(|text| {
+        let owners = OwnersSpec::parse(&text.value);
+        if owners.is_none() {
+            diags.error(
+                fields.source,
+                text.span,
+                "invalid-value",
+                format!(
+                    "`owners` in {} must be `archive`, `self` or a user such as `postgres` or `postgres:postgres`, found `{}`",
+                    fields.what, text.value
+                ),
+            );
+        }
+        owners
+    });
     let max_age = fields.duration("max_age", diags).map(|d| d.value);
     let part_size = match fields.string("part_size", diags) {
         Some(text) => match crate::plan::fields::parse_size(&text) {
@@ -184,6 +193,77 @@ pub fn not_unpackable(spec: &RestoreSpec, key: &str) -> Option<String> {
         "`{key}` looks like a tar archive in `.{wrapping}`, which phoenix does not unpack (it unpacks {}); set `unpack = \"none\"` to restore it as a file and unpack it in a later step",
         crate::unpack::UNPACKED
     ))
+}
+
+/// Whose the restored files are, as the plan says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OwnersSpec {
+    /// `archive`: an archive's entries' own (the default as root).
+    Archive,
+    /// `self`: the user phoenix runs as (the default for any other).
+    Current,
+    /// `USER` or `USER:GROUP` (names or numbers): everything restored,
+    /// looked up when the step runs (an earlier step may make the user).
+    Named { user: String, group: Option<String> },
+}
+
+impl OwnersSpec {
+    fn parse(text: &str) -> Option<OwnersSpec> {
+        let name = |n: &str| {
+            n.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        };
+        match text {
+            "archive" => Some(OwnersSpec::Archive),
+            "self" => Some(OwnersSpec::Current),
+            _ => {
+                let (user, group) = match text.split_once(':') {
+                    Some((user, group)) => (user, Some(group)),
+                    None => (text, None),
+                };
+                (name(user) && group.is_none_or(name)).then(|| OwnersSpec::Named {
+                    user: user.to_string(),
+                    group: group.map(str::to_string),
+                })
+            }
+        }
+    }
+
+    /// What the unpacking is told, users and groups looked up on this machine.
+    fn resolve(&self) -> Result<crate::unpack::Owners, ActionError> {
+        use crate::unpack::Owners;
+        let (user, group) = match self {
+            OwnersSpec::Archive => return Ok(Owners::Archive),
+            OwnersSpec::Current => return Ok(Owners::Current),
+            OwnersSpec::Named { user, group } => (user, group),
+        };
+        let missing = |what: &str, name: &str| {
+            ActionError::Restore(format!(
+                "`owners`: there is no {what} `{name}` on this machine (an earlier step may make it: `needs` that step)"
+            ))
+        };
+        let found = nix::unistd::User::from_name(user).ok().flatten();
+        let (uid, primary) = match (&found, user.parse::<u32>()) {
+            (Some(found), _) => (found.uid.as_raw(), Some(found.gid.as_raw())),
+            (None, Ok(uid)) => (uid, None),
+            (None, Err(_)) => return Err(missing("user", user)),
+        };
+        let gid = match group {
+            Some(group) => match (
+                nix::unistd::Group::from_name(group).ok().flatten(),
+                group.parse::<u32>(),
+            ) {
+                (Some(found), _) => found.gid.as_raw(),
+                (None, Ok(gid)) => gid,
+                (None, Err(_)) => return Err(missing("group", group)),
+            },
+            None => primary.unwrap_or(uid),
+        };
+        Ok(Owners::Given { uid, gid })
+    }
 }
 
 /// `latest` or `before:RFC3339`.
@@ -436,6 +516,8 @@ pub async fn run(spec: &RestoreSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
     if let Some(problem) = not_unpackable(spec, &object.key) {
         return Err(ActionError::Restore(problem));
     }
+    // Before a byte is fetched: a user that is not there fails at once.
+    let owners = spec.owners.as_ref().map(OwnersSpec::resolve).transpose()?;
     let dest = ctx.path(&spec.dest)?;
     let download = super::beside(&dest, "download")?;
     let result = async {
@@ -456,7 +538,7 @@ pub async fn run(spec: &RestoreSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
                 let _ = std::fs::remove_dir_all(&tree);
                 std::fs::create_dir(&tree).map_err(|source| ActionError::Io { action: "create", path: tree.clone(), source })?;
                 let (archive, into) = (download.clone(), tree.clone());
-                let owners = spec.owners.unwrap_or_else(crate::unpack::Owners::by_default);
+                let owners = owners.unwrap_or_else(crate::unpack::Owners::by_default);
                 let unpacked = tokio::task::spawn_blocking(move || crate::unpack::unpack(&archive, format, &into, owners))
                     .await
                     .map_err(|e| ActionError::Restore(e.to_string()))?;
@@ -473,6 +555,9 @@ pub async fn run(spec: &RestoreSpec, ctx: &StepContext<'_>) -> Result<Outputs, A
             None => {
                 if dest.is_dir() {
                     return Err(ActionError::Restore(format!("`{}` is a directory; `{}` is not an archive to unpack into it", dest.display(), object.key)));
+                }
+                if let Some(crate::unpack::Owners::Given { uid, gid }) = owners {
+                    std::os::unix::fs::lchown(&download, Some(uid), Some(gid)).map_err(|source| ActionError::Io { action: "give its owner to", path: dest.clone(), source })?;
                 }
                 std::fs::rename(&download, &dest).map_err(|source| ActionError::Io { action: "move into place", path: dest.clone(), source })?;
                 super::sync_parent(&dest).map_err(|source| ActionError::Io { action: "make durable the move of", path: dest.clone(), source })?;
