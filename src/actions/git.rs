@@ -251,6 +251,13 @@ async fn git() -> tokio::process::Command {
     command
 }
 
+/// [`git`] working in `repo` (`git -C REPO`).
+async fn git_in(repo: &Path) -> tokio::process::Command {
+    let mut command = git().await;
+    command.arg("-C").arg(repo);
+    command
+}
+
 /// Whether the person running Phoenix chose how git runs ssh
 /// (`GIT_SSH_COMMAND`, `GIT_SSH`, or `core.sshCommand` in git's global or
 /// system configuration): then that is left as it is. Otherwise git's ssh
@@ -396,9 +403,9 @@ pub async fn resolve(
         let mut init = git().await;
         init.args(["init", "--quiet", "--bare"]).arg(scratch);
         run_git(init, cancel).await?;
-        let mut fetch = git().await;
+        let mut fetch = git_in(scratch).await;
         let url = remote.authorize(&mut fetch).await;
-        fetch.arg("-C").arg(scratch).args([
+        fetch.args([
             "fetch",
             "--quiet",
             "--no-tags",
@@ -407,11 +414,8 @@ pub async fn resolve(
             &format!("+{name}:refs/phoenix/probe"),
         ]);
         run_git(fetch, cancel).await?;
-        let mut parse = git().await;
-        parse
-            .arg("-C")
-            .arg(scratch)
-            .args(["rev-parse", "--verify", "refs/phoenix/probe^{commit}"]);
+        let mut parse = git_in(scratch).await;
+        parse.args(["rev-parse", "--verify", "refs/phoenix/probe^{commit}"]);
         Ok(run_git(parse, cancel).await?.trim().to_string())
     }
     .await
@@ -437,19 +441,16 @@ async fn is_clean_checkout(dest: &Path, commit: &str) -> bool {
         return false;
     }
     let never = tokio_util::sync::CancellationToken::new();
-    let mut head = git().await;
-    head.arg("-C").arg(dest).args(["rev-parse", "HEAD"]);
+    let mut head = git_in(dest).await;
+    head.args(["rev-parse", "HEAD"]);
     let Ok(head) = run_git(head, &never).await else {
         return false;
     };
     if head.trim() != commit {
         return false;
     }
-    let mut status = git().await;
-    status
-        .arg("-C")
-        .arg(dest)
-        .args(["status", "--porcelain", "--ignore-submodules=none"]);
+    let mut status = git_in(dest).await;
+    status.args(["status", "--porcelain", "--ignore-submodules=none"]);
     matches!(run_git(status, &never).await, Ok(out) if out.trim().is_empty())
 }
 
@@ -470,9 +471,9 @@ async fn checkout(
         }
     }
     if submodules && temp.join(".gitmodules").exists() {
-        let mut update = git().await;
+        let mut update = git_in(temp).await;
         // Local paths and bundles are how offline rebuilds get their code.
-        update.arg("-C").arg(temp).args([
+        update.args([
             "-c",
             "protocol.file.allow=always",
             "submodule",
@@ -504,15 +505,13 @@ async fn shallow(
     init.args(["init", "--quiet"]).arg(temp);
     run_git(init, cancel).await?;
     // As a clone would name it: relative submodule URLs resolve against it.
-    let mut add = git().await;
+    let mut add = git_in(temp).await;
     let url = remote.authorize(&mut add).await;
-    add.arg("-C")
-        .arg(temp)
-        .args(["remote", "add", "origin", "--", url]);
+    add.args(["remote", "add", "origin", "--", url]);
     run_git(add, cancel).await?;
-    let mut fetch = git().await;
+    let mut fetch = git_in(temp).await;
     remote.authorize(&mut fetch).await;
-    fetch.arg("-C").arg(temp).args([
+    fetch.args([
         "fetch",
         "--quiet",
         "--depth",
@@ -522,11 +521,8 @@ async fn shallow(
         reference,
     ]);
     run_git(fetch, cancel).await?;
-    let mut parse = git().await;
-    parse
-        .arg("-C")
-        .arg(temp)
-        .args(["rev-parse", "--verify", "FETCH_HEAD^{commit}"]);
+    let mut parse = git_in(temp).await;
+    parse.args(["rev-parse", "--verify", "FETCH_HEAD^{commit}"]);
     let fetched = run_git(parse, cancel).await?;
     if fetched.trim() != commit {
         return Err(ActionError::Git(format!(
@@ -543,8 +539,8 @@ async fn detach(
     commit: &str,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<(), ActionError> {
-    let mut checkout = git().await;
-    checkout.arg("-C").arg(repo).args([
+    let mut checkout = git_in(repo).await;
+    checkout.args([
         "-c",
         "advice.detachedHead=false",
         "checkout",
@@ -573,11 +569,8 @@ async fn whole(
     if detach(temp, commit, cancel).await.is_err() {
         // The commit is no longer on any branch or tag (the tag moved away from
         // it): ask for it by id, then check out again.
-        let mut fetch = git().await;
-        fetch
-            .arg("-C")
-            .arg(temp)
-            .args(["fetch", "--quiet", "origin", commit]);
+        let mut fetch = git_in(temp).await;
+        fetch.args(["fetch", "--quiet", "origin", commit]);
         remote.authorize(&mut fetch).await;
         run_git(fetch, cancel).await.map_err(|e| {
             ActionError::Git(format!(
