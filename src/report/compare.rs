@@ -110,10 +110,10 @@ pub fn change(before: f64, now: f64) -> String {
     format!("{sign}{}{share}", super::markdown::duration(delta.abs()))
 }
 
-/// The comparison's opening sentence, the same in every format:
-/// `Against the previous drill, run `ID` of DATE: RTO then 31m, now 38m
-/// (+7m, +23%).`
-pub fn summary(report: &Report, previous: &Comparison) -> String {
+/// The comparison's opening sentence, the same in every format, the run id
+/// as `code` writes code: `Against the previous drill, run ID of DATE: RTO
+/// then 31m, now 38m (+7m, +23%).`
+pub fn summary(report: &Report, previous: &Comparison, code: impl Fn(&str) -> String) -> String {
     let kind = report.status.kind();
     let rto = match (previous.rto_seconds, report.rto.actual_seconds) {
         (Some(before), Some(now)) => format!(
@@ -129,8 +129,8 @@ pub fn summary(report: &Report, previous: &Comparison) -> String {
         _ => "no RTO to compare".to_string(),
     };
     format!(
-        "Against the previous {kind}, run `{}` of {}: {rto}.",
-        previous.run_id,
+        "Against the previous {kind}, run {} of {}: {rto}.",
+        code(&previous.run_id),
         previous.started_at.format("%Y-%m-%d %H:%M:%SZ")
     )
 }

@@ -222,7 +222,10 @@ pub fn render(report: &Report, history: &[HistoryEntry]) -> String {
         let _ = write!(
             html,
             "<h2>Against the previous {kind}</h2><p>{}</p>",
-            escape(&super::compare::summary(report, previous))
+            super::compare::summary(report, previous, |id| format!(
+                "<code>{}</code>",
+                escape(id)
+            ))
         );
         if previous.steps.is_empty() {
             html.push_str("<p>No step's duration changed by 1s and 10% or more.</p>");

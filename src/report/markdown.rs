@@ -58,7 +58,7 @@ pub fn render(report: &Report) -> String {
             out,
             "\n## Against the previous {}\n\n{}\n",
             status.kind(),
-            super::compare::summary(report, previous)
+            super::compare::summary(report, previous, |id| format!("`{id}`"))
         );
         if previous.steps.is_empty() {
             out.push_str("No step's duration changed by 1s and 10% or more.\n");
