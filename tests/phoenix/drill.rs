@@ -894,6 +894,10 @@ fn a_report_compares_with_the_previous_run_of_its_kind() {
         html.contains("<h2>Against the previous drill</h2>"),
         "{html}"
     );
+    assert!(
+        html.contains(&format!("run <code>{first}</code> of ")),
+        "{html}"
+    );
     let file =
         std::fs::read_to_string(ws.state().join("runs").join(&slower).join("report.json")).unwrap();
     assert!(!file.contains("\"previous\""), "{file}");
