@@ -27,6 +27,9 @@ pub struct LogsArgs {
     /// Which attempt (default: the latest).
     #[arg(long, value_name = "N")]
     pub attempt: Option<u32>,
+    /// The output of the check a resume ran for the step in doubt instead.
+    #[arg(long, conflicts_with_all = ["attempt", "follow"])]
+    pub check: bool,
     /// Go on printing what the attempt writes until it ends (waiting for the
     /// step to start, if it has not).
     #[arg(short, long)]
@@ -62,6 +65,15 @@ pub fn run(global: &GlobalArgs, args: LogsArgs) -> CliResult {
             "run `{run_id}` has no step `{step}`; its steps: {}",
             ids.join(", ")
         )));
+    }
+    if args.check {
+        let path = state.logs_dir(&run_id).join(format!("{step}.check.log"));
+        if print_from(&path, 0).is_none_or(|printed| printed == 0) {
+            super::say_info(&format!(
+                "no check of step `{step}` printed anything in run `{run_id}` (a check runs for a step in doubt, on resume)"
+            ));
+        }
+        return Ok(exit_codes::SUCCESS);
     }
     let attempts = view.steps.get(step).map_or(0, |s| s.attempts);
     if args.attempt.is_some_and(|n| n == 0 || n > attempts) {

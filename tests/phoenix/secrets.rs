@@ -173,6 +173,9 @@ fn a_checks_output_is_masked() {
     );
     let log = std::fs::read_to_string(ws.run_dir().join("logs/checked.check.log")).unwrap();
     assert_eq!(log, "check sees ***\nand ***\n");
+    // `phoenix logs STEP --check` prints it.
+    let shown = phoenix(&["logs", "checked", "--check"], 0);
+    assert_eq!(shown.stdout(), log);
     assert_no_canary_in_state(&ws);
 }
 
