@@ -101,7 +101,7 @@ fn chain(n: usize, sleep: &str) -> String {
         plan += &shell_step(
             &format!("s{i:02}"),
             "provision",
-            &format!("echo s{i:02} >> ledger; sleep {sleep}"),
+            &format!("echo s{i:02} >> ledger; sleep {sleep}; echo s{i:02} done"),
             &needs,
         );
     }
@@ -188,6 +188,9 @@ fn killed_on_one_machine_resumed_on_another_with_only_the_url() {
         "{}",
         report.stdout()
     );
+    // What a step printed, from the logs the run copied up.
+    let logs = c.expect(["logs", "s11", "--state", url], 0);
+    assert_eq!(logs.stdout(), "s11 done\n", "{}", logs.stderr());
     // A local state elsewhere is not touched, and no `.phoenix` appears.
     assert!(!ws.state().exists());
 }
