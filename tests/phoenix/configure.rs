@@ -140,10 +140,9 @@ fn submodules_are_checked_out_at_their_pinned_tags() {
         &["submodule", "add", "-q", lib_a.to_str().unwrap(), "a"],
     );
     git(&ws.path().join("env/a"), &["checkout", "-q", "v1"]);
-    git(
-        &sup,
-        &["submodule", "add", "-q", lib_b.to_str().unwrap(), "b"],
-    );
+    // By a URL relative to the superproject's, as hosted repositories often
+    // are: the checkout resolves it against its `origin`.
+    git(&sup, &["submodule", "add", "-q", "../lib_b", "b"]);
     git(&ws.path().join("env/b"), &["checkout", "-q", "v2"]);
     git(&sup, &["add", "-A"]);
     git(&sup, &["commit", "-q", "-m", "pin libs"]);
