@@ -186,6 +186,17 @@ fn unescape(field: &[u8]) -> Vec<u8> {
 pub(crate) fn beside(dest: &Path, suffix: &str) -> Result<PathBuf, ActionError> {
     let ending = format!(".{suffix}");
     if is_mount_point(dest) {
+        // What replaces a mount point's contents would empty the machine.
+        if std::fs::canonicalize(dest).is_ok_and(|d| d.parent().is_none()) {
+            return Err(ActionError::Io {
+                action: "put anything in place at",
+                path: dest.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "it is the root of the machine's filesystem, whose contents a restore or checkout would replace; give a directory under it",
+                ),
+            });
+        }
         remove_leftovers(dest, INSIDE, |rest| rest == ending);
         return Ok(dest.join(format!("{INSIDE}{}{ending}", std::process::id())));
     }
@@ -251,6 +262,15 @@ mod tests {
         assert_eq!(unescape(br"/mnt/my\040disk"), b"/mnt/my disk");
         assert_eq!(unescape(br"/a\134b"), br"/a\b");
         assert_eq!(unescape(br"/plain\0"), br"/plain\0");
+    }
+
+    #[test]
+    fn nothing_is_put_in_place_at_the_root() {
+        let refused = crate::error_text(&beside(Path::new("/"), "unpack").unwrap_err());
+        assert!(
+            refused.contains("the root of the machine's filesystem"),
+            "{refused}"
+        );
     }
 
     #[test]
