@@ -247,25 +247,25 @@ impl Ids {
                 .or_insert_with(|| look_up(name))
         };
         let uid = by_name(&mut self.users, header.username().ok().flatten(), |name| {
-            nix::unistd::User::from_name(name)
-                .ok()
-                .flatten()
-                .map(|u| u.uid.as_raw())
+            user(name).map(|(uid, _)| uid)
         })
         .unwrap_or_else(|| number(header.uid()));
-        let gid = by_name(
-            &mut self.groups,
-            header.groupname().ok().flatten(),
-            |name| {
-                nix::unistd::Group::from_name(name)
-                    .ok()
-                    .flatten()
-                    .map(|g| g.gid.as_raw())
-            },
-        )
-        .unwrap_or_else(|| number(header.gid()));
+        let gid = by_name(&mut self.groups, header.groupname().ok().flatten(), group)
+            .unwrap_or_else(|| number(header.gid()));
         (uid, gid)
     }
+}
+
+/// User `name`'s id and primary group's id on this machine.
+pub fn user(name: &str) -> Option<(u32, u32)> {
+    let user = nix::unistd::User::from_name(name).ok().flatten()?;
+    Some((user.uid.as_raw(), user.gid.as_raw()))
+}
+
+/// Group `name`'s id on this machine.
+pub fn group(name: &str) -> Option<u32> {
+    let group = nix::unistd::Group::from_name(name).ok().flatten()?;
+    Some(group.gid.as_raw())
 }
 
 fn extract(reader: impl Read, dest: &Path, owners: Owners) -> Result<usize, UnpackError> {

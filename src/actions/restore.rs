@@ -245,19 +245,14 @@ impl OwnersSpec {
                 "`owners`: there is no {what} `{name}` on this machine (an earlier step may make it: `needs` that step)"
             ))
         };
-        let found = nix::unistd::User::from_name(user).ok().flatten();
-        let (uid, primary) = match (&found, user.parse::<u32>()) {
-            (Some(found), _) => (found.uid.as_raw(), Some(found.gid.as_raw())),
+        let (uid, primary) = match (crate::unpack::user(user), user.parse::<u32>()) {
+            (Some((uid, gid)), _) => (uid, Some(gid)),
             (None, Ok(uid)) => (uid, None),
             (None, Err(_)) => return Err(missing("user", user)),
         };
         let gid = match group {
-            Some(group) => match (
-                nix::unistd::Group::from_name(group).ok().flatten(),
-                group.parse::<u32>(),
-            ) {
-                (Some(found), _) => found.gid.as_raw(),
-                (None, Ok(gid)) => gid,
+            Some(group) => match (crate::unpack::group(group), group.parse::<u32>()) {
+                (Some(gid), _) | (None, Ok(gid)) => gid,
                 (None, Err(_)) => return Err(missing("group", group)),
             },
             None => primary.unwrap_or(uid),

@@ -9,7 +9,6 @@ use serde::Serialize;
 use std::collections::HashMap;
 
 use super::model::Report;
-use crate::journal::record::Record;
 use crate::journal::StateStore;
 
 /// How many changed steps a comparison names, the largest changes first.
@@ -53,10 +52,7 @@ pub fn with_previous(state: &dyn StateStore, report: &Report) -> Option<Comparis
         .filter(|id| *id != status.run_id)
         .filter_map(|id| {
             let bytes = state.read_journal(&id).ok()?;
-            let first = bytes.split(|b| *b == b'\n').next()?;
-            let Ok(Record::Header(header)) = serde_json::from_slice::<Record>(first) else {
-                return None;
-            };
+            let header = crate::session::first_header(&bytes)?;
             (header.plan == status.plan
                 && header.drill == status.drill
                 && header.started_at < status.started_at

@@ -447,7 +447,7 @@ pub fn run(
 /// The newest run that did not succeed. A run whose journal is damaged counts
 /// as unfinished, so that resuming it reports the damage.
 pub fn newest_unfinished(state: &dyn StateStore) -> Result<Option<String>, SessionError> {
-    newest_where(state, |bytes| !ended_successfully(bytes))
+    newest_where(state, |_, bytes| !ended_successfully(bytes))
 }
 
 /// Whether a journal's last complete record ends the run successfully:
@@ -472,12 +472,12 @@ pub(crate) fn ended_successfully(bytes: &[u8]) -> bool {
 
 /// The newest run in the state, finished or not.
 pub fn newest(state: &dyn StateStore) -> Result<Option<String>, SessionError> {
-    newest_where(state, |_| true)
+    newest_where(state, |_, _| true)
 }
 
 fn newest_where(
     state: &dyn StateStore,
-    keep: impl Fn(&[u8]) -> bool,
+    keep: impl Fn(&Header, &[u8]) -> bool,
 ) -> Result<Option<String>, SessionError> {
     let mut best: Option<(chrono::DateTime<Utc>, String)> = None;
     for id in state.run_ids()? {
@@ -492,7 +492,7 @@ fn newest_where(
         let Some(header) = first_header(&bytes) else {
             continue;
         };
-        if !keep(&bytes) {
+        if !keep(&header, &bytes) {
             continue;
         }
         if best.as_ref().is_none_or(|(at, _)| header.started_at > *at) {
@@ -503,7 +503,7 @@ fn newest_where(
 }
 
 /// The header record alone, even when later lines are damaged.
-fn first_header(bytes: &[u8]) -> Option<Header> {
+pub(crate) fn first_header(bytes: &[u8]) -> Option<Header> {
     let line = bytes.split(|b| *b == b'\n').next()?;
     match serde_json::from_slice(line) {
         Ok(Record::Header(header)) => Some(header),

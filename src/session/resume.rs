@@ -10,7 +10,7 @@ use std::sync::Arc;
 use chrono::Utc;
 
 use super::{
-    absolute, ended_successfully, first_header, lacks, lock_info, newest_unfinished, newest_where,
+    absolute, ended_successfully, lacks, lock_info, newest_unfinished, newest_where,
     outputs_needed, plan_hash, scratch_dir, unless_lost, unset_secrets, warn_took_over,
     ResumeRequest, Resuming, Session, SessionEnd, SessionError,
 };
@@ -42,9 +42,8 @@ pub fn resume(
             // run, not that of another plan sharing the state (which the
             // file would then be refused for).
             let of_plan = match request.plan.as_deref().and_then(plan_name) {
-                Some(name) => newest_where(state, |bytes| {
-                    !ended_successfully(bytes)
-                        && first_header(bytes).is_some_and(|header| header.plan == name)
+                Some(name) => newest_where(state, |header, bytes| {
+                    header.plan == name && !ended_successfully(bytes)
                 })?,
                 None => None,
             };

@@ -39,6 +39,24 @@ fn backup(ws: &Workspace, key: &str, content: &[u8], sidecar: bool, age_secs: u6
     }
 }
 
+/// `source`'s contents archived from its top by GNU tar (`tar OPTIONS -C
+/// SOURCE .`, `-czf` for gzip), as backup scripts make them.
+fn tar_of(source: &std::path::Path, options: &[&str]) -> Vec<u8> {
+    let archive = source.with_extension("archive");
+    let status = std::process::Command::new("tar")
+        .args(options)
+        .arg(&archive)
+        .arg("-C")
+        .arg(source)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success(), "tar {options:?}");
+    let bytes = std::fs::read(&archive).unwrap();
+    std::fs::remove_file(&archive).unwrap();
+    bytes
+}
+
 fn restore_step(id: &str, fields: &str) -> String {
     format!("\n[[step]]\nid = \"{id}\"\nphase = \"restore\"\naction = \"restore\"\nstore = \"local\"\ntimeout = \"1m\"\n{fields}\n")
 }
@@ -273,19 +291,7 @@ fn archives_are_unpacked_into_dest_and_replace_it_whole() {
     let source = ws.path().join("src");
     std::fs::create_dir_all(source.join("conf")).unwrap();
     std::fs::write(source.join("conf/app.conf"), "x = 1\n").unwrap();
-    let tar_path = ws.path().join("files.tar.gz");
-    let status = std::process::Command::new("tar")
-        .args([
-            "-czf",
-            tar_path.to_str().unwrap(),
-            "-C",
-            source.to_str().unwrap(),
-            ".",
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let bytes = std::fs::read(&tar_path).unwrap();
+    let bytes = tar_of(&source, &["-czf"]);
     backup(&ws, "files/files.tar.gz", &bytes, true, 5);
     std::fs::create_dir_all(ws.path().join("restored/stale")).unwrap();
     // What a Phoenix killed mid-restore left beside `dest` under its own
@@ -495,18 +501,7 @@ fn a_restore_into_a_mount_point_works_on_that_filesystem() {
     std::fs::write(source.join("PG_VERSION"), "16\n").unwrap();
     std::fs::write(source.join("base/1"), vec![7u8; 100_000]).unwrap();
     std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o700)).unwrap();
-    std::fs::create_dir_all(ws.path().join("backups/pg")).unwrap();
-    let archive = ws.path().join("backups/pg/data.tar");
-    let tar = std::process::Command::new("tar")
-        .arg("-cf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&source)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(tar.success());
-    let bytes = std::fs::read(&archive).unwrap();
+    let bytes = tar_of(&source, &["-cf"]);
     backup(&ws, "pg/data.tar", &bytes, true, 60);
     ws.write(
         "plan.toml",
@@ -556,22 +551,11 @@ fn owners_can_name_the_user_everything_restored_goes_to() {
     let source = ws.path().join("tree");
     std::fs::create_dir_all(source.join("sub")).unwrap();
     std::fs::write(source.join("sub/file"), "x").unwrap();
-    let tar = std::process::Command::new("tar")
-        .args(["--owner=4242", "--group=4343", "--numeric-owner", "-cf"])
-        .arg(ws.path().join("t.tar"))
-        .arg("-C")
-        .arg(&source)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(tar.success());
-    backup(
-        &ws,
-        "a/tree.tar",
-        &std::fs::read(ws.path().join("t.tar")).unwrap(),
-        true,
-        60,
+    let bytes = tar_of(
+        &source,
+        &["--owner=4242", "--group=4343", "--numeric-owner", "-cf"],
     );
+    backup(&ws, "a/tree.tar", &bytes, true, 60);
     backup(&ws, "a/db.dump", b"dump", true, 60);
     let plan = |owners: &str| {
         format!(
